@@ -1,0 +1,5 @@
+//! Wire protocols. Both translate to and from one action-level shape: the request and the
+//! result of an action as the AWS JSON 1.0 protocol spells them (`serde_json::Value`), so the
+//! engine implements each action once.
+
+pub mod query;

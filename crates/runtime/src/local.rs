@@ -1,0 +1,1 @@
+//! The local runtime: tasks are processes on this machine.

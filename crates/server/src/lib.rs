@@ -1,0 +1,1 @@
+//! coalmine-server
