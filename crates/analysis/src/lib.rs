@@ -1,1 +1,493 @@
-//! coalmine-analysis
+//! coalmine-analysis: the canary-versus-primary judgement.
+//!
+//! Pure: numbers in, verdicts out. The pipeline gathers an [`Observation`] (per-revision
+//! telemetry from the queue and task exits from the runtime) and calls [`evaluate`] with the
+//! app's alarms; each alarm yields one [`Verdict`] that carries the numbers that decided it.
+//! [`overall`] folds them into one [`Outcome`].
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub mod duration;
+pub mod stats;
+
+/// One alarm, as written in `[[alarms]]` of `coalmine.toml` (`kind = "dlq-depth"`, ...).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum AlarmSpec {
+    /// The guidance's alarm: the DLQ's depth (maximum over `period`) above `threshold`.
+    DlqDepth {
+        threshold: u64,
+        #[serde(with = "duration::serde_str")]
+        period: Duration,
+    },
+    /// The canary's failure ratio significantly above the primary's (see [`stats::two_proportion_z`]),
+    /// judged once the canary has completed `min_sample` messages; or, at once,
+    /// `consecutive_failures` failures in a row with no success (0 turns the fast path off).
+    FailureRatio {
+        min_sample: u64,
+        confidence: f64,
+        consecutive_failures: u64,
+    },
+    /// The canary's tasks exited `threshold` times or more.
+    Crashes { threshold: u64 },
+    /// The canary's processing time at `percentile` above `factor` times the primary's,
+    /// with at least `min_sample` timings on both sides.
+    Latency {
+        percentile: f64,
+        factor: f64,
+        min_sample: u64,
+    },
+    /// A canary message held in flight longer than `factor` times the primary's p95
+    /// processing time, and at least `min_ms`.
+    Hung { factor: f64, min_ms: u64 },
+}
+
+impl AlarmSpec {
+    /// The `kind` as written in `coalmine.toml`: `"dlq-depth"`, `"failure-ratio"`, ...
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AlarmSpec::DlqDepth { .. } => "dlq-depth",
+            AlarmSpec::FailureRatio { .. } => "failure-ratio",
+            AlarmSpec::Crashes { .. } => "crashes",
+            AlarmSpec::Latency { .. } => "latency",
+            AlarmSpec::Hung { .. } => "hung",
+        }
+    }
+
+    /// Every kind, in the order of [`default_alarms`].
+    pub const KINDS: [&'static str; 5] = ["dlq-depth", "failure-ratio", "crashes", "latency", "hung"];
+
+    /// The default alarm of a kind, or `None` for an unknown kind.
+    pub fn default_of(kind: &str) -> Option<AlarmSpec> {
+        default_alarms().into_iter().find(|a| a.kind() == kind)
+    }
+}
+
+/// The alarms in force when `coalmine.toml` has no `[[alarms]]`: every kind on.
+///
+/// - `dlq-depth`: threshold 10, period 300 s (the guidance's alarm);
+/// - `failure-ratio`: min sample 20, confidence 0.99, 3 consecutive failures;
+/// - `crashes`: threshold 1;
+/// - `latency`: p95, factor 2, min sample 20;
+/// - `hung`: factor 10, at least 30 s.
+pub fn default_alarms() -> Vec<AlarmSpec> {
+    vec![
+        AlarmSpec::DlqDepth {
+            threshold: 10,
+            period: Duration::from_secs(300),
+        },
+        AlarmSpec::FailureRatio {
+            min_sample: 20,
+            confidence: 0.99,
+            consecutive_failures: 3,
+        },
+        AlarmSpec::Crashes { threshold: 1 },
+        AlarmSpec::Latency {
+            percentile: 95.0,
+            factor: 2.0,
+            min_sample: 20,
+        },
+        AlarmSpec::Hung {
+            factor: 10.0,
+            min_ms: 30_000,
+        },
+    ]
+}
+
+/// What one revision did over the observation window.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RevisionSample {
+    pub revision: String,
+    /// Messages received.
+    pub received: u64,
+    /// Messages deleted (processed successfully).
+    pub succeeded: u64,
+    /// Messages returned, expired or dead-lettered.
+    pub failed: u64,
+    /// Messages this revision's receives sent to the DLQ.
+    pub dead_lettered: u64,
+    /// Failures since this revision's last success (the current run of failures).
+    pub failures_since_last_success: u64,
+    /// Receive-to-delete times of the successful messages, in milliseconds.
+    pub latencies_ms: Vec<f64>,
+    /// Age of the oldest message this revision holds in flight, in milliseconds.
+    pub oldest_in_flight_ms: Option<u64>,
+    /// Task exits (crashes and restarts) of this revision's tasks.
+    pub task_exits: u64,
+}
+
+/// Everything the alarms look at, for one window.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Observation {
+    pub now_ms: u64,
+    pub window_ms: u64,
+    pub canary: RevisionSample,
+    pub primary: RevisionSample,
+    /// The DLQ's maximum depth over the DLQ alarm's period.
+    pub dlq_depth_max: u64,
+}
+
+/// The conclusion of one alarm, or of all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Pass,
+    Fail,
+    /// Not enough data yet.
+    Inconclusive,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Outcome::Pass => "pass",
+            Outcome::Fail => "fail",
+            Outcome::Inconclusive => "inconclusive",
+        })
+    }
+}
+
+/// One alarm's conclusion with the numbers behind it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub outcome: Outcome,
+    /// The alarm's kind (`"failure-ratio"`, ...).
+    pub alarm: String,
+    /// One sentence, with the numbers, for people.
+    pub reason: String,
+    /// What decided it: sample sizes, counts, ratios, statistics, thresholds.
+    pub numbers: BTreeMap<String, f64>,
+}
+
+/// Evaluate every alarm against one observation: one verdict per alarm, in order.
+pub fn evaluate(alarms: &[AlarmSpec], obs: &Observation) -> Vec<Verdict> {
+    alarms.iter().map(|a| evaluate_one(a, obs)).collect()
+}
+
+/// Any `Fail` gives `Fail`; all `Pass` (or no verdict at all) gives `Pass`; otherwise `Inconclusive`.
+pub fn overall(verdicts: &[Verdict]) -> Outcome {
+    if verdicts.iter().any(|v| v.outcome == Outcome::Fail) {
+        Outcome::Fail
+    } else if verdicts.iter().all(|v| v.outcome == Outcome::Pass) {
+        Outcome::Pass
+    } else {
+        Outcome::Inconclusive
+    }
+}
+
+/// The `p`-th percentile (0..=100) of `values`, interpolating linearly between the closest
+/// ranks (the method of numpy's default and Excel's `PERCENTILE.INC`). NaNs are ignored.
+/// `None` for no values or `p` outside 0..=100.
+pub fn percentile(values: &[f64], p: f64) -> Option<f64> {
+    if !(0.0..=100.0).contains(&p) {
+        return None;
+    }
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = p / 100.0 * (v.len() - 1) as f64;
+    let lo = rank.floor() as usize;
+    let hi = rank.ceil() as usize;
+    let frac = rank - lo as f64;
+    Some(v[lo] + (v[hi] - v[lo]) * frac)
+}
+
+/// Below this difference (ms) processing times are never called slower: timer noise.
+pub const LATENCY_MIN_DIFFERENCE_MS: f64 = 1.0;
+
+fn verdict(outcome: Outcome, alarm: &str, reason: String, numbers: &[(&str, f64)]) -> Verdict {
+    Verdict {
+        outcome,
+        alarm: alarm.to_string(),
+        reason,
+        numbers: numbers.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+    }
+}
+
+fn evaluate_one(alarm: &AlarmSpec, obs: &Observation) -> Verdict {
+    let kind = alarm.kind();
+    match *alarm {
+        AlarmSpec::DlqDepth { threshold, period } => {
+            let depth = obs.dlq_depth_max;
+            let numbers = [
+                ("dlq_depth_max", depth as f64),
+                ("threshold", threshold as f64),
+                ("period_s", period.as_secs_f64()),
+            ];
+            let p = duration::format(period);
+            if depth > threshold {
+                verdict(
+                    Outcome::Fail,
+                    kind,
+                    format!("DLQ depth reached {depth} over {p}, above the threshold of {threshold}"),
+                    &numbers,
+                )
+            } else {
+                verdict(
+                    Outcome::Pass,
+                    kind,
+                    format!("DLQ depth at most {depth} over {p}, within the threshold of {threshold}"),
+                    &numbers,
+                )
+            }
+        }
+        AlarmSpec::FailureRatio {
+            min_sample,
+            confidence,
+            consecutive_failures,
+        } => failure_ratio(kind, min_sample, confidence, consecutive_failures, obs),
+        AlarmSpec::Crashes { threshold } => {
+            let exits = obs.canary.task_exits;
+            let numbers = [("task_exits", exits as f64), ("threshold", threshold as f64)];
+            if exits >= threshold {
+                verdict(
+                    Outcome::Fail,
+                    kind,
+                    format!("canary tasks exited {exits} times, at or above the threshold of {threshold}"),
+                    &numbers,
+                )
+            } else {
+                verdict(
+                    Outcome::Pass,
+                    kind,
+                    format!("canary tasks exited {exits} times, below the threshold of {threshold}"),
+                    &numbers,
+                )
+            }
+        }
+        AlarmSpec::Latency {
+            percentile: pct,
+            factor,
+            min_sample,
+        } => {
+            let nc = obs.canary.latencies_ms.len() as u64;
+            let np = obs.primary.latencies_ms.len() as u64;
+            let mut numbers = vec![
+                ("canary_n", nc as f64),
+                ("primary_n", np as f64),
+                ("percentile", pct),
+                ("factor", factor),
+                ("min_sample", min_sample as f64),
+            ];
+            if nc < min_sample || np < min_sample || nc == 0 || np == 0 {
+                return verdict(
+                    Outcome::Inconclusive,
+                    kind,
+                    format!(
+                        "not enough timings yet: canary {nc}, primary {np}, need {min_sample} on each side"
+                    ),
+                    &numbers,
+                );
+            }
+            let c = percentile(&obs.canary.latencies_ms, pct).unwrap_or(0.0);
+            let p = percentile(&obs.primary.latencies_ms, pct).unwrap_or(0.0);
+            let limit = factor * p;
+            numbers.extend([
+                ("canary_ms", c),
+                ("primary_ms", p),
+                ("limit_ms", limit),
+                ("min_difference_ms", LATENCY_MIN_DIFFERENCE_MS),
+            ]);
+            let label = format!("p{}", fmt_num(pct));
+            if c > limit && c - p > LATENCY_MIN_DIFFERENCE_MS {
+                verdict(
+                    Outcome::Fail,
+                    kind,
+                    format!(
+                        "canary {label} processing time {} ms is above {} x the primary's {} ms ({} ms)",
+                        fmt_num(c),
+                        fmt_num(factor),
+                        fmt_num(p),
+                        fmt_num(limit)
+                    ),
+                    &numbers,
+                )
+            } else {
+                verdict(
+                    Outcome::Pass,
+                    kind,
+                    format!(
+                        "canary {label} processing time {} ms is within {} x the primary's {} ms",
+                        fmt_num(c),
+                        fmt_num(factor),
+                        fmt_num(p)
+                    ),
+                    &numbers,
+                )
+            }
+        }
+        AlarmSpec::Hung { factor, min_ms } => {
+            let p95 = percentile(&obs.primary.latencies_ms, 95.0);
+            let limit = match p95 {
+                Some(p) => (factor * p).max(min_ms as f64),
+                None => min_ms as f64,
+            };
+            let mut numbers = vec![
+                ("factor", factor),
+                ("min_ms", min_ms as f64),
+                ("limit_ms", limit),
+            ];
+            if let Some(p) = p95 {
+                numbers.push(("primary_p95_ms", p));
+            }
+            match obs.canary.oldest_in_flight_ms {
+                Some(age) => {
+                    numbers.push(("oldest_in_flight_ms", age as f64));
+                    if age as f64 > limit {
+                        verdict(
+                            Outcome::Fail,
+                            kind,
+                            format!(
+                                "a canary message has been in flight for {age} ms, longer than the limit of {} ms",
+                                fmt_num(limit)
+                            ),
+                            &numbers,
+                        )
+                    } else {
+                        verdict(
+                            Outcome::Pass,
+                            kind,
+                            format!(
+                                "the oldest canary message in flight is {age} ms old, within the limit of {} ms",
+                                fmt_num(limit)
+                            ),
+                            &numbers,
+                        )
+                    }
+                }
+                None => verdict(
+                    Outcome::Pass,
+                    kind,
+                    format!(
+                        "the canary holds no message in flight (limit {} ms)",
+                        fmt_num(limit)
+                    ),
+                    &numbers,
+                ),
+            }
+        }
+    }
+}
+
+/// The failure-ratio alarm.
+///
+/// The test is a one-sided two-proportion z-test with a pooled standard error and Yates'
+/// continuity correction (see [`stats::two_proportion_z`]): H0 "the canary fails no more often
+/// than the primary" is rejected when the p-value is below `1 - confidence`. The continuity
+/// correction keeps the test honest with the small failure counts a 1 % noise floor gives
+/// (without it, 3 failures in 100 against 1 in 300 would already be "significant").
+/// The sample is the messages each revision completed (succeeded + failed) in the window; the
+/// canary needs `min_sample` of them, the primary at least one. The fast path fails at once
+/// when the canary has `consecutive_failures` failures in a row with no success.
+fn failure_ratio(
+    kind: &str,
+    min_sample: u64,
+    confidence: f64,
+    consecutive_failures: u64,
+    obs: &Observation,
+) -> Verdict {
+    let c = &obs.canary;
+    let p = &obs.primary;
+    let nc = c.succeeded + c.failed;
+    let np = p.succeeded + p.failed;
+    let mut numbers = vec![
+        ("canary_n", nc as f64),
+        ("canary_failures", c.failed as f64),
+        ("primary_n", np as f64),
+        ("primary_failures", p.failed as f64),
+        ("min_sample", min_sample as f64),
+        ("confidence", confidence),
+        ("consecutive_failures", c.failures_since_last_success as f64),
+        ("consecutive_failures_limit", consecutive_failures as f64),
+    ];
+    if consecutive_failures > 0 && c.failures_since_last_success >= consecutive_failures {
+        return verdict(
+            Outcome::Fail,
+            kind,
+            format!(
+                "the canary failed {} messages in a row with no success (limit {consecutive_failures})",
+                c.failures_since_last_success
+            ),
+            &numbers,
+        );
+    }
+    if nc < min_sample.max(1) {
+        return verdict(
+            Outcome::Inconclusive,
+            kind,
+            format!("the canary has completed {nc} messages, the test needs {min_sample}"),
+            &numbers,
+        );
+    }
+    if np == 0 {
+        return verdict(
+            Outcome::Inconclusive,
+            kind,
+            "the primary has completed no message in the window, nothing to compare with".to_string(),
+            &numbers,
+        );
+    }
+    let rc = c.failed as f64 / nc as f64;
+    let rp = p.failed as f64 / np as f64;
+    let test = stats::two_proportion_z(c.failed, nc, p.failed, np);
+    let alpha = 1.0 - confidence;
+    let z_crit = stats::normal_quantile(confidence);
+    numbers.extend([
+        ("canary_ratio", rc),
+        ("primary_ratio", rp),
+        ("z", test.z),
+        ("p_value", test.p_value),
+        ("z_critical", z_crit),
+    ]);
+    let pct = |r: f64| format!("{}%", fmt_num(r * 100.0));
+    if test.p_value < alpha {
+        verdict(
+            Outcome::Fail,
+            kind,
+            format!(
+                "the canary failed {} of {nc} messages ({}) against the primary's {} of {np} ({}): z = {:.2}, p = {:.2e} < {}",
+                c.failed,
+                pct(rc),
+                p.failed,
+                pct(rp),
+                test.z,
+                test.p_value,
+                fmt_num(alpha)
+            ),
+            &numbers,
+        )
+    } else {
+        verdict(
+            Outcome::Pass,
+            kind,
+            format!(
+                "the canary failed {} of {nc} messages ({}) against the primary's {} of {np} ({}): z = {:.2}, not significant at {}",
+                c.failed,
+                pct(rc),
+                p.failed,
+                pct(rp),
+                test.z,
+                fmt_num(confidence)
+            ),
+            &numbers,
+        )
+    }
+}
+
+/// A number for a sentence: integers without decimals, others with up to 2.
+fn fmt_num(x: f64) -> String {
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        format!("{}", x as i64)
+    } else {
+        let s = format!("{x:.2}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests;
