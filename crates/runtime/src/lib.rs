@@ -33,6 +33,12 @@ pub enum RuntimeError {
     },
     #[error("the runtime is shutting down")]
     ShuttingDown,
+    #[error("the state folder {path} is used by another coalmine runtime (pid {}); stop that one first or use another state folder", pid.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into()))]
+    StateInUse { path: PathBuf, pid: Option<u32> },
+    #[error("no logs for `{target}` under {dir}: name a service (`primary`) or a task (`primary-3`) that has run")]
+    NoLogs { target: String, dir: PathBuf },
+    #[error("cannot start the runtime's supervisor thread: {0}")]
+    Start(std::io::Error),
 }
 
 /// One built version of the app as a runtime sees it: where its files are and how to start it.

@@ -1,0 +1,272 @@
+//! Task logs: `<state>/logs/tasks/<service>/<task>.log`, size-capped with rotation
+//! (`<task>.log.1` is the previous file, `.2` the one before...), tail and follow.
+//!
+//! Tail and follow need only the state folder, so `coalmine logs` works from another process
+//! than the one supervising the tasks.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
+
+use crate::RuntimeError;
+
+/// Where task logs live under a state folder.
+pub fn tasks_log_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("logs").join("tasks")
+}
+
+/// A task's log file. Task ids are `<service>-<n>`.
+pub fn task_log_path(state_dir: &Path, task: &str) -> Option<PathBuf> {
+    let (service, n) = task.rsplit_once('-')?;
+    if service.is_empty() || n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(tasks_log_dir(state_dir).join(service).join(format!("{task}.log")))
+}
+
+/// Copy a task's output into its log file, rotating when it reaches `max_bytes`.
+pub(crate) async fn pump(mut rx: pipe::Receiver, path: PathBuf, header: String, max_bytes: u64, keep: usize) {
+    let mut writer = match RotatingFile::open(path.clone(), max_bytes, keep) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot open task log; the task's output is discarded");
+            let mut sink = vec![0u8; 8192];
+            while let Ok(n) = rx.read(&mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+            return;
+        }
+    };
+    writer.write(header.as_bytes());
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match rx.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => writer.write(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "reading task output failed");
+                break;
+            }
+        }
+    }
+}
+
+struct RotatingFile {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    max_bytes: u64,
+    keep: usize,
+}
+
+impl RotatingFile {
+    fn open(path: PathBuf, max_bytes: u64, keep: usize) -> io::Result<RotatingFile> {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let size = file.metadata()?.len();
+        Ok(RotatingFile { path, file, size, max_bytes: max_bytes.max(1024), keep: keep.max(1) })
+    }
+
+    fn write(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.size >= self.max_bytes {
+                if let Err(e) = self.rotate() {
+                    tracing::warn!(path = %self.path.display(), error = %e, "log rotation failed");
+                    return;
+                }
+            }
+            let room = (self.max_bytes - self.size) as usize;
+            let n = room.min(data.len());
+            if let Err(e) = self.file.write_all(&data[..n]) {
+                tracing::warn!(path = %self.path.display(), error = %e, "writing task log failed");
+                return;
+            }
+            self.size += n as u64;
+            data = &data[n..];
+        }
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        for i in (1..self.keep).rev() {
+            let from = rotated(&self.path, i);
+            if from.exists() {
+                fs::rename(&from, rotated(&self.path, i + 1))?;
+            }
+        }
+        fs::rename(&self.path, rotated(&self.path, 1))?;
+        self.file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+        self.size = 0;
+        Ok(())
+    }
+}
+
+fn rotated(path: &Path, i: usize) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{i}"));
+    PathBuf::from(s)
+}
+
+/// One line of a task's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub task: String,
+    pub line: String,
+}
+
+/// The log files a target names: a task id (`primary-3`) or a service (`primary`, all of its
+/// tasks' logs, current and past).
+pub fn log_files(state_dir: &Path, target: &str) -> Result<Vec<(String, PathBuf)>, RuntimeError> {
+    let dir = tasks_log_dir(state_dir);
+    let service_dir = dir.join(target);
+    if service_dir.is_dir() {
+        let mut out = Vec::new();
+        let rd = fs::read_dir(&service_dir).map_err(|e| RuntimeError::Io { path: service_dir.clone(), source: e })?;
+        for entry in rd.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(task) = name.strip_suffix(".log") {
+                out.push((task.to_string(), entry.path()));
+            }
+        }
+        out.sort_by_key(|(t, _)| task_number(t));
+        return Ok(out);
+    }
+    match task_log_path(state_dir, target) {
+        Some(p) if p.exists() => Ok(vec![(target.to_string(), p)]),
+        _ => Err(RuntimeError::NoLogs { target: target.to_string(), dir }),
+    }
+}
+
+fn task_number(task: &str) -> u64 {
+    task.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+/// The last `lines` lines of a task's log (or of each of a service's task logs, in task order),
+/// reading into the previous rotated file when the current one is short.
+pub fn tail(state_dir: &Path, target: &str, lines: usize) -> Result<Vec<LogLine>, RuntimeError> {
+    let mut out = Vec::new();
+    for (task, path) in log_files(state_dir, target)? {
+        let mut keep: VecDeque<String> = VecDeque::with_capacity(lines.min(4096));
+        // Oldest first: .1 then the current file.
+        for p in [rotated(&path, 1), path.clone()] {
+            let Ok(f) = File::open(&p) else { continue };
+            let mut f = f;
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            // Read at most the last 4 MiB of each file.
+            let start = len.saturating_sub(4 << 20);
+            if f.seek(SeekFrom::Start(start)).is_err() {
+                continue;
+            }
+            let mut r = BufReader::new(f);
+            if start > 0 {
+                let mut skip = Vec::new();
+                let _ = r.read_until(b'\n', &mut skip);
+            }
+            let mut raw = Vec::new();
+            loop {
+                raw.clear();
+                match r.read_until(b'\n', &mut raw) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let s = String::from_utf8_lossy(&raw).trim_end_matches(['\n', '\r']).to_string();
+                        if keep.len() == lines {
+                            keep.pop_front();
+                        }
+                        if lines > 0 {
+                            keep.push_back(s);
+                        }
+                    }
+                }
+            }
+        }
+        out.extend(keep.into_iter().map(|line| LogLine { task: task.clone(), line }));
+    }
+    Ok(out)
+}
+
+/// Follows a task's or a service's logs: each [`LogFollower::poll`] returns the complete lines
+/// written since the previous one, across rotations, and picks up tasks started later.
+pub struct LogFollower {
+    state_dir: PathBuf,
+    target: String,
+    files: BTreeMap<String, Followed>,
+}
+
+struct Followed {
+    path: PathBuf,
+    file: File,
+    ino: u64,
+    partial: Vec<u8>,
+}
+
+impl LogFollower {
+    /// Start following at the current end of every log file (use [`tail`] for what came before).
+    pub fn new(state_dir: &Path, target: &str) -> Result<LogFollower, RuntimeError> {
+        let mut f = LogFollower { state_dir: state_dir.to_path_buf(), target: target.to_string(), files: BTreeMap::new() };
+        for (task, path) in log_files(state_dir, target)? {
+            if let Some(mut followed) = Followed::open(&path) {
+                let _ = followed.file.seek(SeekFrom::End(0));
+                f.files.insert(task, followed);
+            }
+        }
+        Ok(f)
+    }
+
+    /// New complete lines since the last call. Never blocks; call it on a timer.
+    pub fn poll(&mut self) -> Vec<LogLine> {
+        let mut out = Vec::new();
+        if let Ok(files) = log_files(&self.state_dir, &self.target) {
+            for (task, path) in files {
+                if !self.files.contains_key(&task) {
+                    if let Some(followed) = Followed::open(&path) {
+                        self.files.insert(task, followed);
+                    }
+                }
+            }
+        }
+        for (task, f) in self.files.iter_mut() {
+            f.read_new(task, &mut out);
+            // Rotated: finish the old file (done above), continue with the new one.
+            if let Ok(meta) = fs::metadata(&f.path) {
+                if meta.ino() != f.ino {
+                    if let Some(mut fresh) = Followed::open(&f.path) {
+                        fresh.partial = std::mem::take(&mut f.partial);
+                        *f = fresh;
+                        f.read_new(task, &mut out);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Followed {
+    fn open(path: &Path) -> Option<Followed> {
+        let file = File::open(path).ok()?;
+        let ino = file.metadata().ok()?.ino();
+        Some(Followed { path: path.to_path_buf(), file, ino, partial: Vec::new() })
+    }
+
+    fn read_new(&mut self, task: &str, out: &mut Vec<LogLine>) {
+        let mut buf = Vec::new();
+        if self.file.read_to_end(&mut buf).is_err() {
+            return;
+        }
+        self.partial.extend_from_slice(&buf);
+        while let Some(i) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=i).collect();
+            let s = String::from_utf8_lossy(&line).trim_end_matches(['\n', '\r']).to_string();
+            out.push(LogLine { task: task.to_string(), line: s });
+        }
+    }
+}
