@@ -1,0 +1,240 @@
+//! The validated description of an app: what `coalmine.toml` says, with every default filled in.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use coalmine_analysis::duration::serde_str;
+use coalmine_analysis::AlarmSpec;
+use serde::{Deserialize, Serialize};
+
+/// One app, as described by its `coalmine.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppSpec {
+    /// The app's name: lowercase letters, digits and `-`.
+    pub app: String,
+    /// The folder holding `coalmine.toml`; relative paths of the file are resolved against it,
+    /// and coalmine keeps its state in `<root>/.coalmine/`.
+    pub root: PathBuf,
+    pub source: SourceSpec,
+    pub build: BuildSpec,
+    pub run: RunSpec,
+    pub queue: QueueSpec,
+    pub services: ServicesSpec,
+    pub server: ServerSpec,
+    pub steps: Vec<Step>,
+    pub alarms: Vec<AlarmSpec>,
+}
+
+/// Where the app's commits come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceSpec {
+    pub repo: Repo,
+    /// Default `main`.
+    pub branch: String,
+    /// How often the branch is polled; default 5 s.
+    #[serde(with = "serde_str")]
+    pub poll_interval: Duration,
+}
+
+/// A git repository: a local folder (resolved against the folder of `coalmine.toml`) or a URL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Repo {
+    Path(PathBuf),
+    Url(String),
+}
+
+impl Repo {
+    /// What to give `git clone` / `git fetch`.
+    pub fn location(&self) -> String {
+        match self {
+            Repo::Path(p) => p.display().to_string(),
+            Repo::Url(u) => u.clone(),
+        }
+    }
+}
+
+/// How a commit becomes a revision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildSpec {
+    /// The buildspec's path inside the checked-out commit (relative to the checkout's root);
+    /// default `buildspec.yml`.
+    pub buildspec: PathBuf,
+    /// Default 60 min (CodeBuild's default).
+    #[serde(with = "serde_str")]
+    pub timeout: Duration,
+}
+
+/// How a task runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSpec {
+    /// The command line, run in the revision's artifact folder.
+    pub command: String,
+    /// Extra environment of every task.
+    pub env: BTreeMap<String, String>,
+    /// Grace between SIGTERM and SIGKILL; default 30 s (ECS's default).
+    #[serde(with = "serde_str")]
+    pub stop_timeout: Duration,
+    /// A command whose success says a task is healthy; without it a task is healthy once it
+    /// has stayed up for `healthy_after`.
+    pub health_command: Option<String>,
+    /// Default 2 s.
+    #[serde(with = "serde_str")]
+    pub healthy_after: Duration,
+    /// During a deployment, the share of the desired tasks that must stay healthy; default 100.
+    pub minimum_healthy_percent: u32,
+    /// During a deployment, the most tasks that may run, as a share of the desired; default 200.
+    pub maximum_percent: u32,
+}
+
+/// The queue the app consumes and its dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueSpec {
+    /// Default: the app's name.
+    pub name: String,
+    /// Default 300 s.
+    #[serde(with = "serde_str")]
+    pub visibility_timeout: Duration,
+    /// Default `<app>-dlq`.
+    pub dlq: String,
+    /// Receives before a message goes to the DLQ; default 1.
+    pub max_receive_count: u32,
+    /// Default 60 min.
+    #[serde(with = "serde_str")]
+    pub dlq_retention: Duration,
+    /// An external SQS endpoint; `None` runs the embedded queue.
+    pub endpoint: Option<String>,
+    /// The embedded queue's port; default 9324.
+    pub port: u16,
+    /// Default `us-east-1`.
+    pub region: String,
+}
+
+/// The two services.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServicesSpec {
+    /// Default 3 tasks.
+    pub primary: ServiceSpec,
+    /// Default 1 task.
+    pub canary: ServiceSpec,
+}
+
+impl ServicesSpec {
+    pub fn get(&self, name: ServiceName) -> &ServiceSpec {
+        match name {
+            ServiceName::Primary => &self.primary,
+            ServiceName::Canary => &self.canary,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    pub tasks: u32,
+}
+
+/// The control plane's HTTP API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerSpec {
+    /// Default 7070.
+    pub port: u16,
+    /// Default 127.0.0.1.
+    pub bind: IpAddr,
+}
+
+/// `primary` or `canary`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceName {
+    Primary,
+    Canary,
+}
+
+impl ServiceName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceName::Primary => "primary",
+            ServiceName::Canary => "canary",
+        }
+    }
+}
+
+impl std::fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What an `analysis` step does when its verdicts pass for its whole duration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Promote {
+    /// Passing verdicts over the duration complete the step by themselves (the automatic
+    /// mode of Argo Rollouts and Flagger). The default.
+    Auto,
+    /// The verdicts are shown, but the step ends only when a person approves.
+    Manual,
+}
+
+/// One release step. Default: deploy canary (10 min), approval (7 days), deploy primary (15 min).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "kebab-case")]
+pub enum Step {
+    /// Put the execution's revision on a service and wait for steady state within `timeout`.
+    Deploy {
+        service: ServiceName,
+        #[serde(with = "serde_str")]
+        timeout: Duration,
+    },
+    /// Wait for a person to approve or reject; the timeout rejects.
+    Approval {
+        #[serde(with = "serde_str")]
+        timeout: Duration,
+    },
+    /// Wait this long (alarms keep watching).
+    Pause {
+        #[serde(with = "serde_str")]
+        duration: Duration,
+    },
+    /// Set a service's task count.
+    Scale { service: ServiceName, tasks: u32 },
+    /// Judge the canary for `duration`; see [`Promote`].
+    Analysis {
+        #[serde(with = "serde_str")]
+        duration: Duration,
+        promote: Promote,
+    },
+}
+
+impl Step {
+    /// A short label: `deploy canary`, `approval`, `pause 30s`, `scale canary to 2`, `analysis 2m`.
+    pub fn label(&self) -> String {
+        use coalmine_analysis::duration::format;
+        match self {
+            Step::Deploy { service, .. } => format!("deploy {service}"),
+            Step::Approval { .. } => "approval".to_string(),
+            Step::Pause { duration } => format!("pause {}", format(*duration)),
+            Step::Scale { service, tasks } => format!("scale {service} to {tasks}"),
+            Step::Analysis { duration, .. } => format!("analysis {}", format(*duration)),
+        }
+    }
+}
+
+/// The steps used when `coalmine.toml` has none, as in the guidance.
+pub fn default_steps() -> Vec<Step> {
+    vec![
+        Step::Deploy {
+            service: ServiceName::Canary,
+            timeout: Duration::from_secs(10 * 60),
+        },
+        Step::Approval {
+            timeout: Duration::from_secs(7 * 86_400),
+        },
+        Step::Deploy {
+            service: ServiceName::Primary,
+            timeout: Duration::from_secs(15 * 60),
+        },
+    ]
+}
