@@ -40,3 +40,141 @@ impl SqsError {
         SqsError { code: "InternalFailure", query_code: "InternalFailure", status: 500, sender_fault: false, message: message.into() }
     }
 }
+
+impl SqsError {
+    pub fn queue_does_not_exist() -> Self {
+        Self::client_legacy(
+            "QueueDoesNotExist",
+            "AWS.SimpleQueueService.NonExistentQueue",
+            "The specified queue does not exist.",
+        )
+    }
+
+    pub fn receipt_handle_invalid(handle: &str) -> Self {
+        Self::client(
+            "ReceiptHandleIsInvalid",
+            format!("The input receipt handle \"{handle}\" is not a valid receipt handle."),
+        )
+    }
+
+    pub fn message_not_inflight() -> Self {
+        Self::client_legacy(
+            "MessageNotInflight",
+            "AWS.SimpleQueueService.MessageNotInflight",
+            "The message referred to is not in flight.",
+        )
+    }
+
+    pub fn too_many_entries(n: usize) -> Self {
+        Self::client_legacy(
+            "TooManyEntriesInBatchRequest",
+            "AWS.SimpleQueueService.TooManyEntriesInBatchRequest",
+            format!("Maximum number of entries per request are 10. You have sent {n}."),
+        )
+    }
+
+    pub fn empty_batch() -> Self {
+        Self::client_legacy(
+            "EmptyBatchRequest",
+            "AWS.SimpleQueueService.EmptyBatchRequest",
+            "There should be at least one entry in the request.",
+        )
+    }
+
+    pub fn ids_not_distinct(id: &str) -> Self {
+        Self::client_legacy(
+            "BatchEntryIdsNotDistinct",
+            "AWS.SimpleQueueService.BatchEntryIdsNotDistinct",
+            format!("Id {id} repeated."),
+        )
+    }
+
+    pub fn invalid_batch_entry_id(id: &str) -> Self {
+        Self::client_legacy(
+            "InvalidBatchEntryId",
+            "AWS.SimpleQueueService.InvalidBatchEntryId",
+            format!(
+                "A batch entry id can only contain alphanumeric characters, hyphens and underscores. It can be at most 80 letters long; got \"{id}\"."
+            ),
+        )
+    }
+
+    pub fn batch_too_long(size: usize, max: usize) -> Self {
+        Self::client_legacy(
+            "BatchRequestTooLong",
+            "AWS.SimpleQueueService.BatchRequestTooLong",
+            format!("Batch requests cannot be longer than {max} bytes. You have sent {size} bytes."),
+        )
+    }
+
+    pub fn invalid_attribute_name(name: &str) -> Self {
+        Self::client("InvalidAttributeName", format!("Unknown Attribute {name}."))
+    }
+
+    pub fn invalid_attribute_value(message: impl Into<String>) -> Self {
+        Self::client("InvalidAttributeValue", message)
+    }
+
+    pub fn queue_already_exists(name: &str) -> Self {
+        Self::client(
+            "QueueAlreadyExists",
+            format!("A queue named {name} already exists with different attributes; use SetQueueAttributes to change them."),
+        )
+    }
+
+    pub fn purge_in_progress(name: &str) -> Self {
+        Self::client_legacy(
+            "PurgeQueueInProgress",
+            "AWS.SimpleQueueService.PurgeQueueInProgress",
+            format!("Only one PurgeQueue operation on {name} is allowed every 60 seconds."),
+        )
+    }
+
+    pub fn unsupported_operation(action: &str) -> Self {
+        Self::client_legacy(
+            "UnsupportedOperation",
+            "AWS.SimpleQueueService.UnsupportedOperation",
+            format!("{action} is not a valid SQS action; see the SQS API reference for the list of actions."),
+        )
+    }
+
+    pub fn invalid_action(action: &str) -> Self {
+        Self::client(
+            "InvalidAction",
+            format!("The action {action} is not valid for this endpoint; see the SQS API reference for the list of actions."),
+        )
+    }
+
+    pub fn invalid_message_contents(message: impl Into<String>) -> Self {
+        Self::client("InvalidMessageContents", message)
+    }
+
+    pub fn resource_not_found(message: impl Into<String>) -> Self {
+        Self::client("ResourceNotFoundException", message)
+    }
+
+    pub fn malformed(message: impl Into<String>) -> Self {
+        Self::client("MalformedQueryString", message)
+    }
+
+    pub fn request_too_large(limit: usize) -> Self {
+        SqsError {
+            code: "RequestEntityTooLarge",
+            query_code: "RequestEntityTooLarge",
+            status: 413,
+            sender_fault: true,
+            message: format!("The request body is larger than {limit} bytes; send smaller batches."),
+        }
+    }
+}
+
+/// Errors opening or running the broker itself (not client errors).
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue store {path}: {source}; check the data directory is writable and not used by another broker")]
+    Store { path: std::path::PathBuf, #[source] source: rusqlite::Error },
+    #[error("queue data directory {path}: {source}")]
+    Io { path: std::path::PathBuf, #[source] source: std::io::Error },
+    #[error("queue store {path} holds invalid data: {message}")]
+    Corrupt { path: std::path::PathBuf, message: String },
+}

@@ -1,13 +1,76 @@
 //! `coalmine queue ...`: the embedded SQS-compatible queue.
 
+use std::io::Write as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use anyhow::Context as _;
+use coalmine_queue::{Broker, BrokerConfig, Durability};
 
 #[derive(clap::Subcommand)]
 pub enum QueueCommand {
     /// Serve the SQS-compatible queue (default 127.0.0.1:9324, data in ./.coalmine).
-    Serve,
+    Serve(ServeArgs),
 }
 
-pub fn run(_cmd: QueueCommand) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("queue serve is not built yet")
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Port to listen on (0: any free port; the line `listening on ...` tells which).
+    #[arg(long, default_value_t = 9324)]
+    pub port: u16,
+    /// Address to bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: String,
+    /// Folder of the queue's data (`queue.db`).
+    #[arg(long, default_value = ".coalmine")]
+    pub data_dir: PathBuf,
+    /// `commit`: answer a change only once it is on disk; `none`: answer at once.
+    #[arg(long, default_value = "commit", value_parser = ["commit", "none"])]
+    pub durability: String,
+    /// Region used in queue ARNs.
+    #[arg(long, default_value = "us-east-1")]
+    pub region: String,
+}
+
+pub fn run(cmd: QueueCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        QueueCommand::Serve(a) => serve(a),
+    }
+}
+
+fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
+    let durability: Durability = a.durability.parse().map_err(anyhow::Error::msg)?;
+    let mut cfg = BrokerConfig::new(&a.data_dir);
+    cfg.durability = durability;
+    cfg.region = a.region.clone();
+    let broker = Broker::open(cfg).with_context(|| format!("opening the queue data in {}", a.data_dir.display()))?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let result = rt.block_on(async {
+        let addr = format!("{}:{}", a.bind, a.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("binding {addr}; is another queue already listening there? choose another --port"))?;
+        let local = listener.local_addr()?;
+        {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "listening on http://{local}")?;
+            out.flush()?;
+        }
+        tracing::info!(address = %local, data_dir = %a.data_dir.display(), "queue serving");
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+            }
+        };
+        tokio::select! {
+            r = broker.serve(listener) => r.context("serving the queue")?,
+            _ = shutdown => tracing::info!("queue stopping"),
+        }
+        anyhow::Ok(())
+    });
+    broker.close();
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    result.map(|_| ExitCode::SUCCESS)
 }

@@ -1,0 +1,502 @@
+//! Queues and messages in memory, with their validation rules.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+use tokio::sync::Notify;
+
+use crate::error::SqsError;
+use crate::telemetry::{Event, Telemetry};
+
+pub const ACCOUNT: &str = "000000000000";
+pub const MAX_MESSAGE_BYTES: usize = 262_144;
+
+pub(crate) struct Extra {
+    pub attrs: Option<Map<String, Value>>,
+    pub sys_attrs: Option<Map<String, Value>>,
+    pub group: Option<Arc<str>>,
+    pub dedup_id: Option<String>,
+    pub seqnum: u64,
+    pub dl_source: Option<String>,
+    pub dl_moved_at: u64,
+}
+
+pub(crate) struct Msg {
+    pub id: u128,
+    pub body: Box<str>,
+    pub extra: Option<Box<Extra>>,
+    pub sent_ms: u64,
+    pub visible_at: u64,
+    pub first_recv_ms: u64,
+    pub recv_count: u32,
+    /// Nonce of the current receipt handle; 0 when not in flight.
+    pub nonce: u32,
+    pub sender: Arc<str>,
+    /// The last receiver (access key id).
+    pub receiver: Option<Arc<str>>,
+    pub received_at: u64,
+}
+
+impl Msg {
+    pub fn id_string(&self) -> String {
+        uuid::Uuid::from_u128(self.id).hyphenated().to_string()
+    }
+    pub fn group(&self) -> Option<&Arc<str>> {
+        self.extra.as_ref().and_then(|e| e.group.as_ref())
+    }
+
+    pub fn row(&self, seq: u64, queue: &str) -> crate::store::MsgRow {
+        let e = self.extra.as_deref();
+        crate::store::MsgRow {
+            seq,
+            queue: queue.to_string(),
+            id: self.id_string(),
+            body: self.body.to_string(),
+            attrs: e.and_then(|e| e.attrs.as_ref()).map(|a| Value::Object(a.clone()).to_string()),
+            sys_attrs: e.and_then(|e| e.sys_attrs.as_ref()).map(|a| Value::Object(a.clone()).to_string()),
+            sent_ms: self.sent_ms,
+            visible_at: self.visible_at,
+            recv_count: self.recv_count,
+            first_recv_ms: self.first_recv_ms,
+            nonce: self.nonce,
+            sender: self.sender.to_string(),
+            receiver: self.receiver.as_ref().map(|r| r.to_string()),
+            received_at: self.received_at,
+            group_id: e.and_then(|e| e.group.as_ref()).map(|g| g.to_string()),
+            dedup_id: e.and_then(|e| e.dedup_id.clone()),
+            seqnum: e.map(|e| e.seqnum).unwrap_or(0),
+            dl_source: e.and_then(|e| e.dl_source.clone()),
+            dl_moved_at: e.map(|e| e.dl_moved_at).unwrap_or(0),
+        }
+    }
+
+    pub fn state_op(&self, seq: u64) -> crate::store::Op {
+        crate::store::Op::State {
+            seq,
+            visible_at: self.visible_at,
+            recv_count: self.recv_count,
+            first_recv_ms: self.first_recv_ms,
+            nonce: self.nonce,
+            receiver: self.receiver.as_ref().map(|r| r.to_string()),
+            received_at: self.received_at,
+        }
+    }
+}
+
+pub(crate) struct Queue {
+    pub name: String,
+    pub fifo: bool,
+    /// Attributes set by users (normalized strings).
+    pub attrs: BTreeMap<String, String>,
+    pub tags: BTreeMap<String, String>,
+    pub created_s: u64,
+    pub modified_s: u64,
+    pub last_purge_ms: u64,
+    pub msgs: HashMap<u64, Msg>,
+    pub ready: BTreeSet<u64>,
+    pub pending: BTreeSet<(u64, u64)>,
+    pub inflight: usize,
+    pub group_inflight: HashMap<Arc<str>, u32>,
+    pub dedup: HashMap<String, (u64, u128, u64)>,
+    pub dedup_order: VecDeque<(u64, String)>,
+    pub next_seqnum: u64,
+    pub notify: Arc<Notify>,
+    // parsed attributes
+    pub visibility_s: u64,
+    pub delay_s: u64,
+    pub retention_ms: u64,
+    pub max_size: usize,
+    pub wait_s: u64,
+    pub redrive: Option<(String, u32)>,
+}
+
+pub fn default_attr(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "DelaySeconds" => "0",
+        "MaximumMessageSize" => "262144",
+        "MessageRetentionPeriod" => "345600",
+        "ReceiveMessageWaitTimeSeconds" => "0",
+        "VisibilityTimeout" => "30",
+        "SqsManagedSseEnabled" => "false",
+        _ => return None,
+    })
+}
+
+pub const SETTABLE: &[&str] = &[
+    "DelaySeconds",
+    "MaximumMessageSize",
+    "MessageRetentionPeriod",
+    "Policy",
+    "ReceiveMessageWaitTimeSeconds",
+    "VisibilityTimeout",
+    "RedrivePolicy",
+    "RedriveAllowPolicy",
+    "KmsMasterKeyId",
+    "KmsDataKeyReusePeriodSeconds",
+    "SqsManagedSseEnabled",
+    "FifoQueue",
+    "ContentBasedDeduplication",
+    "DeduplicationScope",
+    "FifoThroughputLimit",
+];
+
+pub const READ_ONLY: &[&str] = &[
+    "ApproximateNumberOfMessages",
+    "ApproximateNumberOfMessagesNotVisible",
+    "ApproximateNumberOfMessagesDelayed",
+    "CreatedTimestamp",
+    "LastModifiedTimestamp",
+    "QueueArn",
+];
+
+pub fn arn(region: &str, name: &str) -> String {
+    format!("arn:aws:sqs:{region}:{ACCOUNT}:{name}")
+}
+
+pub fn name_from_arn(arn: &str) -> Option<&str> {
+    let parts: Vec<&str> = arn.split(':').collect();
+    if parts.len() == 6 && parts[0] == "arn" && parts[2] == "sqs" {
+        Some(parts[5])
+    } else {
+        None
+    }
+}
+
+fn int_in(name: &str, v: &str, lo: u64, hi: u64) -> Result<String, SqsError> {
+    match v.trim().parse::<u64>() {
+        Ok(n) if (lo..=hi).contains(&n) => Ok(n.to_string()),
+        _ => Err(SqsError::invalid_attribute_value(format!(
+            "Invalid value for the parameter {name}: \"{v}\"; it must be an integer from {lo} to {hi}."
+        ))),
+    }
+}
+
+/// Validate and normalize one attribute. `fifo` tells whether the queue is FIFO.
+pub fn validate_attr(name: &str, value: &str, fifo: bool, creating: bool) -> Result<String, SqsError> {
+    let bad = |why: &str| SqsError::invalid_attribute_value(format!("Invalid value for the parameter {name}: {why}"));
+    match name {
+        "DelaySeconds" => int_in(name, value, 0, 900),
+        "MaximumMessageSize" => int_in(name, value, 1024, 262_144),
+        "MessageRetentionPeriod" => int_in(name, value, 60, 1_209_600),
+        "ReceiveMessageWaitTimeSeconds" => int_in(name, value, 0, 20),
+        "VisibilityTimeout" => int_in(name, value, 0, 43_200),
+        "KmsDataKeyReusePeriodSeconds" => int_in(name, value, 60, 86_400),
+        "Policy" | "KmsMasterKeyId" => Ok(value.to_string()),
+        "SqsManagedSseEnabled" | "ContentBasedDeduplication" | "FifoQueue" => {
+            if (name != "SqsManagedSseEnabled") && !fifo && !(name == "FifoQueue" && value == "false") {
+                return Err(SqsError::invalid_attribute_name(name));
+            }
+            if name == "FifoQueue" && !creating {
+                return Err(SqsError::invalid_attribute_name(name));
+            }
+            match value.to_ascii_lowercase().as_str() {
+                "true" => Ok("true".into()),
+                "false" => Ok("false".into()),
+                _ => Err(bad("must be true or false")),
+            }
+        }
+        "DeduplicationScope" | "FifoThroughputLimit" => {
+            if !fifo {
+                return Err(SqsError::invalid_attribute_name(name));
+            }
+            let ok: &[&str] = if name == "DeduplicationScope" { &["messageGroup", "queue"] } else { &["perQueue", "perMessageGroupId"] };
+            if ok.contains(&value) {
+                Ok(value.to_string())
+            } else {
+                Err(bad(&format!("must be one of {ok:?}")))
+            }
+        }
+        "RedrivePolicy" => {
+            if value.is_empty() {
+                return Ok(String::new());
+            }
+            let v: Value = serde_json::from_str(value).map_err(|_| bad("must be a JSON object"))?;
+            let target = v.get("deadLetterTargetArn").and_then(Value::as_str).ok_or_else(|| bad("deadLetterTargetArn is missing"))?;
+            if name_from_arn(target).is_none() {
+                return Err(bad("deadLetterTargetArn is not a queue ARN"));
+            }
+            let max = match v.get("maxReceiveCount") {
+                Some(Value::Number(n)) => n.as_u64(),
+                Some(Value::String(s)) => s.parse::<u64>().ok(),
+                _ => None,
+            }
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| bad("maxReceiveCount must be an integer from 1 to 1000"))?;
+            Ok(serde_json::json!({"deadLetterTargetArn": target, "maxReceiveCount": max}).to_string())
+        }
+        "RedriveAllowPolicy" => {
+            if value.is_empty() {
+                return Ok(String::new());
+            }
+            let v: Value = serde_json::from_str(value).map_err(|_| bad("must be a JSON object"))?;
+            let perm = v.get("redrivePermission").and_then(Value::as_str).ok_or_else(|| bad("redrivePermission is missing"))?;
+            match perm {
+                "allowAll" | "denyAll" => {}
+                "byQueue" => {
+                    let arns = v.get("sourceQueueArns").and_then(Value::as_array).ok_or_else(|| bad("sourceQueueArns is required with byQueue"))?;
+                    if arns.is_empty() || arns.len() > 10 {
+                        return Err(bad("sourceQueueArns must list 1 to 10 queue ARNs"));
+                    }
+                }
+                _ => return Err(bad("redrivePermission must be allowAll, denyAll or byQueue")),
+            }
+            Ok(v.to_string())
+        }
+        _ => Err(SqsError::invalid_attribute_name(name)),
+    }
+}
+
+pub fn valid_queue_name(name: &str) -> bool {
+    let base = name.strip_suffix(".fifo").unwrap_or(name);
+    !name.is_empty() && name.len() <= 80 && !base.is_empty() && base.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+impl Queue {
+    pub fn new(name: &str, attrs: BTreeMap<String, String>, tags: BTreeMap<String, String>, created_s: u64) -> Queue {
+        let mut q = Queue {
+            name: name.to_string(),
+            fifo: name.ends_with(".fifo"),
+            attrs,
+            tags,
+            created_s,
+            modified_s: created_s,
+            last_purge_ms: 0,
+            msgs: HashMap::new(),
+            ready: BTreeSet::new(),
+            pending: BTreeSet::new(),
+            inflight: 0,
+            group_inflight: HashMap::new(),
+            dedup: HashMap::new(),
+            dedup_order: VecDeque::new(),
+            next_seqnum: 0,
+            notify: Arc::new(Notify::new()),
+            visibility_s: 30,
+            delay_s: 0,
+            retention_ms: 345_600_000,
+            max_size: MAX_MESSAGE_BYTES,
+            wait_s: 0,
+            redrive: None,
+        };
+        q.reparse();
+        q
+    }
+
+    pub fn attr(&self, name: &str) -> Option<&str> {
+        self.attrs.get(name).map(String::as_str).filter(|s| !s.is_empty()).or_else(|| default_attr(name))
+    }
+
+    pub fn reparse(&mut self) {
+        let num = |q: &Queue, n: &str| q.attr(n).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        self.visibility_s = num(self, "VisibilityTimeout");
+        self.delay_s = num(self, "DelaySeconds");
+        self.retention_ms = num(self, "MessageRetentionPeriod") * 1000;
+        self.max_size = num(self, "MaximumMessageSize") as usize;
+        self.wait_s = num(self, "ReceiveMessageWaitTimeSeconds");
+        self.redrive = self.attr("RedrivePolicy").and_then(|p| {
+            let v: Value = serde_json::from_str(p).ok()?;
+            let dlq = name_from_arn(v.get("deadLetterTargetArn")?.as_str()?)?.to_string();
+            let max = v.get("maxReceiveCount")?.as_u64()? as u32;
+            Some((dlq, max))
+        });
+    }
+
+    pub fn content_dedup(&self) -> bool {
+        self.attr("ContentBasedDeduplication") == Some("true")
+    }
+
+    pub fn dedup_by_group(&self) -> bool {
+        self.attr("DeduplicationScope") == Some("messageGroup")
+    }
+
+    pub fn delayed(&self) -> usize {
+        self.pending.len() - self.inflight
+    }
+
+    /// Insert a message into the indexes by its state.
+    pub fn insert(&mut self, seq: u64, m: Msg, now: u64) {
+        if m.nonce != 0 && m.visible_at > now {
+            self.inflight += 1;
+            if let Some(g) = m.group() {
+                *self.group_inflight.entry(g.clone()).or_insert(0) += 1;
+            }
+            self.pending.insert((m.visible_at, seq));
+        } else if m.visible_at > now {
+            self.pending.insert((m.visible_at, seq));
+        } else {
+            self.ready.insert(seq);
+        }
+        self.msgs.insert(seq, m);
+    }
+
+    fn release_group(&mut self, g: Option<Arc<str>>) {
+        if let Some(g) = g {
+            if let Some(c) = self.group_inflight.get_mut(&g) {
+                *c -= 1;
+                if *c == 0 {
+                    self.group_inflight.remove(&g);
+                }
+            }
+        }
+    }
+
+    /// Remove a message from the queue and its indexes.
+    pub fn take(&mut self, seq: u64) -> Option<Msg> {
+        let m = self.msgs.remove(&seq)?;
+        if !self.ready.remove(&seq) {
+            self.pending.remove(&(m.visible_at, seq));
+            if m.nonce != 0 {
+                self.inflight -= 1;
+                self.release_group(m.group().cloned());
+            }
+        }
+        Some(m)
+    }
+
+    /// Make the in-flight message `seq` visible again now.
+    pub fn make_visible(&mut self, seq: u64, now: u64) -> bool {
+        let Some(m) = self.msgs.get_mut(&seq) else { return false };
+        if m.nonce == 0 {
+            return false;
+        }
+        self.pending.remove(&(m.visible_at, seq));
+        m.nonce = 0;
+        m.visible_at = now;
+        let g = m.group().cloned();
+        self.inflight -= 1;
+        self.release_group(g);
+        self.ready.insert(seq);
+        true
+    }
+
+    /// Move messages whose time has come from `pending` to `ready`; in-flight ones whose
+    /// visibility ran out count as expired for their receiver.
+    pub fn promote(&mut self, now: u64, tel: &mut Telemetry) {
+        let mut woke = 0;
+        while let Some(&(t, seq)) = self.pending.first() {
+            if t > now {
+                break;
+            }
+            self.pending.pop_first();
+            let Some(m) = self.msgs.get_mut(&seq) else { continue };
+            if m.nonce != 0 {
+                m.nonce = 0;
+                let g = m.group().cloned();
+                if let Some(r) = &m.receiver {
+                    tel.record(&self.name, r, now, Event::Expired);
+                }
+                self.inflight -= 1;
+                self.release_group(g);
+            }
+            self.ready.insert(seq);
+            woke += 1;
+        }
+        for _ in 0..woke.min(16) {
+            self.notify.notify_one();
+        }
+    }
+
+    pub fn next_wake(&self) -> Option<u64> {
+        self.pending.first().map(|p| p.0)
+    }
+
+    pub fn forget_old_dedup(&mut self, now: u64) {
+        while let Some((exp, _)) = self.dedup_order.front() {
+            if *exp > now {
+                break;
+            }
+            let (exp, key) = self.dedup_order.pop_front().unwrap();
+            if self.dedup.get(&key).is_some_and(|d| d.0 == exp) {
+                self.dedup.remove(&key);
+            }
+        }
+    }
+}
+
+/// Check a message body's characters as SQS does.
+pub fn check_body(body: &str) -> Result<(), SqsError> {
+    for c in body.chars() {
+        let u = c as u32;
+        let ok = u == 0x9 || u == 0xA || u == 0xD || (0x20..=0xD7FF).contains(&u) || (0xE000..=0xFFFD).contains(&u) || u >= 0x10000;
+        if !ok {
+            return Err(SqsError::invalid_message_contents(format!(
+                "Invalid binary character '#x{u:X}' was found in the message body, the set of allowed characters is #x9 | #xA | #xD | #x20 to #xD7FF | #xE000 to #xFFFD | #x10000 to #x10FFFF"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Validate message attributes; returns their size in bytes (names, types and values).
+pub fn check_message_attributes(attrs: &Map<String, Value>, system: bool) -> Result<usize, SqsError> {
+    use base64::Engine as _;
+    if attrs.len() > 10 {
+        return Err(SqsError::invalid_parameter(format!(
+            "Number of message attributes [{}] exceeds the allowed maximum [10].",
+            attrs.len()
+        )));
+    }
+    let mut size = 0;
+    for (name, v) in attrs {
+        if system {
+            if name != "AWSTraceHeader" {
+                return Err(SqsError::invalid_parameter(format!(
+                    "Message system attribute name '{name}' is invalid; the only one a sender may set is AWSTraceHeader."
+                )));
+            }
+        } else {
+            let lower = name.to_ascii_lowercase();
+            let ok_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+            if name.is_empty()
+                || name.len() > 256
+                || !ok_chars
+                || lower.starts_with("aws.")
+                || lower.starts_with("amazon.")
+                || name.starts_with('.')
+                || name.ends_with('.')
+                || name.contains("..")
+            {
+                return Err(SqsError::invalid_parameter(format!(
+                    "Message attribute name '{name}' is invalid: use up to 256 letters, digits, '_', '-' and '.', not starting with AWS. or Amazon. and without leading, trailing or repeated periods."
+                )));
+            }
+        }
+        let dt = v.get("DataType").and_then(Value::as_str).unwrap_or("");
+        let base = dt.split('.').next().unwrap_or("");
+        if dt.len() > 256 || !matches!(base, "String" | "Number" | "Binary") {
+            return Err(SqsError::invalid_parameter(format!(
+                "The message attribute '{name}' has an invalid message attribute type \"{dt}\"; the type must be String, Number or Binary, optionally with a custom suffix (String.foo)."
+            )));
+        }
+        size += name.len() + dt.len();
+        match base {
+            "Binary" => {
+                let b = v
+                    .get("BinaryValue")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| SqsError::invalid_parameter(format!("The message attribute '{name}' with type 'Binary' must use field 'Binary'.")))?;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(b)
+                    .map_err(|_| SqsError::invalid_parameter(format!("The message attribute '{name}' has a BinaryValue that is not valid base64.")))?;
+                if bytes.is_empty() {
+                    return Err(SqsError::invalid_parameter(format!("The message attribute '{name}' must contain a non-empty value of type 'Binary'.")));
+                }
+                size += bytes.len();
+            }
+            _ => {
+                let s = v.get("StringValue").and_then(Value::as_str).ok_or_else(|| {
+                    SqsError::invalid_parameter(format!("The message attribute '{name}' with type '{base}' must use field 'String'."))
+                })?;
+                if s.is_empty() {
+                    return Err(SqsError::invalid_parameter(format!("The message attribute '{name}' must contain a non-empty message attribute value.")));
+                }
+                check_body(s)?;
+                if base == "Number" && s.trim().parse::<f64>().is_err() {
+                    return Err(SqsError::invalid_parameter(format!("Can't cast the value of message attribute '{name}' to a number: \"{s}\".")));
+                }
+                size += s.len();
+            }
+        }
+    }
+    Ok(size)
+}

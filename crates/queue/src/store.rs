@@ -1,0 +1,380 @@
+//! Durable log of the broker's state in SQLite (`queue.db`).
+//!
+//! The in-memory state is authoritative for reads; every change is also sent, in order, to one
+//! writer thread that applies a batch of changes per transaction (group commit). Requests that
+//! need durability wait until the ticket of their change has been committed.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::error::QueueError;
+
+/// One stored message (a row of `messages`).
+#[derive(Debug, Clone)]
+pub struct MsgRow {
+    pub seq: u64,
+    pub queue: String,
+    pub id: String,
+    pub body: String,
+    pub attrs: Option<String>,
+    pub sys_attrs: Option<String>,
+    pub sent_ms: u64,
+    pub visible_at: u64,
+    pub recv_count: u32,
+    pub first_recv_ms: u64,
+    pub nonce: u32,
+    pub sender: String,
+    pub receiver: Option<String>,
+    pub received_at: u64,
+    pub group_id: Option<String>,
+    pub dedup_id: Option<String>,
+    pub seqnum: u64,
+    pub dl_source: Option<String>,
+    pub dl_moved_at: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct QueueRow {
+    pub name: String,
+    pub created_s: u64,
+    pub modified_s: u64,
+    pub attrs: String,
+    pub tags: String,
+    pub last_purge_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct TelemetryRow {
+    pub queue: String,
+    pub key: String,
+    pub second: u64,
+    pub data: String,
+}
+
+#[derive(Debug)]
+pub enum Op {
+    Put(Box<MsgRow>),
+    State { seq: u64, visible_at: u64, recv_count: u32, first_recv_ms: u64, nonce: u32, receiver: Option<String>, received_at: u64 },
+    Del(u64),
+    Purge { queue: String, max_seq: u64 },
+    Queue(QueueRow),
+    DropQueue(String),
+    Telemetry(Vec<TelemetryRow>),
+    TrimTelemetry(u64),
+}
+
+struct Progress {
+    committed: u64,
+    failed: Option<String>,
+}
+
+pub struct Store {
+    tx: Mutex<Option<mpsc::Sender<(u64, Vec<Op>)>>>,
+    next_ticket: Mutex<u64>,
+    progress: Arc<(Mutex<Progress>, Condvar)>,
+    watch: tokio::sync::watch::Sender<u64>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+pub struct Loaded {
+    pub queues: Vec<QueueRow>,
+    pub messages: Vec<MsgRow>,
+    pub telemetry: Vec<TelemetryRow>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS queues (
+  name TEXT PRIMARY KEY, created_s INTEGER NOT NULL, modified_s INTEGER NOT NULL,
+  attrs TEXT NOT NULL, tags TEXT NOT NULL, last_purge_ms INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS messages (
+  seq INTEGER PRIMARY KEY, queue TEXT NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL,
+  attrs TEXT, sys_attrs TEXT, sent_ms INTEGER NOT NULL, visible_at INTEGER NOT NULL,
+  recv_count INTEGER NOT NULL, first_recv_ms INTEGER NOT NULL, nonce INTEGER NOT NULL,
+  sender TEXT NOT NULL, receiver TEXT, received_at INTEGER NOT NULL,
+  group_id TEXT, dedup_id TEXT, seqnum INTEGER NOT NULL,
+  dl_source TEXT, dl_moved_at INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS messages_queue ON messages(queue, seq);
+CREATE TABLE IF NOT EXISTS telemetry (
+  queue TEXT NOT NULL, key TEXT NOT NULL, second INTEGER NOT NULL, data TEXT NOT NULL,
+  PRIMARY KEY (queue, key, second));
+";
+
+fn open_conn(path: &Path) -> Result<Connection, QueueError> {
+    let err = |source| QueueError::Store { path: path.to_path_buf(), source };
+    let conn = Connection::open(path).map_err(err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+    conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
+    conn.execute_batch(SCHEMA).map_err(err)?;
+    Ok(conn)
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<(Store, Loaded), QueueError> {
+        std::fs::create_dir_all(dir).map_err(|source| QueueError::Io { path: dir.to_path_buf(), source })?;
+        let path = dir.join("queue.db");
+        let conn = open_conn(&path)?;
+        let loaded = load(&conn).map_err(|source| QueueError::Store { path: path.clone(), source })?;
+        let (tx, rx) = mpsc::channel::<(u64, Vec<Op>)>();
+        let progress = Arc::new((Mutex::new(Progress { committed: 0, failed: None }), Condvar::new()));
+        let (watch, _) = tokio::sync::watch::channel(0u64);
+        let p2 = progress.clone();
+        let w2 = watch.clone();
+        let thread = std::thread::Builder::new()
+            .name("queue-store".into())
+            .spawn(move || writer(conn, path, rx, p2, w2))
+            .map_err(|source| QueueError::Io { path: dir.to_path_buf(), source })?;
+        Ok((
+            Store {
+                tx: Mutex::new(Some(tx)),
+                next_ticket: Mutex::new(0),
+                progress,
+                watch,
+                thread: Mutex::new(Some(thread)),
+            },
+            loaded,
+        ))
+    }
+
+    /// Queue changes for the writer; returns the ticket to wait for. Call with the state lock
+    /// held so that tickets follow the order of the changes.
+    pub fn submit(&self, ops: Vec<Op>) -> u64 {
+        if ops.is_empty() {
+            return 0;
+        }
+        let mut t = self.next_ticket.lock().unwrap();
+        *t += 1;
+        let ticket = *t;
+        if let Some(tx) = self.tx.lock().unwrap().as_ref() {
+            let _ = tx.send((ticket, ops));
+        }
+        ticket
+    }
+
+    /// Wait (blocking) until `ticket` is committed.
+    pub fn wait_blocking(&self, ticket: u64) -> Result<(), String> {
+        if ticket == 0 {
+            return Ok(());
+        }
+        let (lock, cv) = &*self.progress;
+        let mut p = lock.lock().unwrap();
+        loop {
+            if let Some(f) = &p.failed {
+                return Err(f.clone());
+            }
+            if p.committed >= ticket {
+                return Ok(());
+            }
+            p = cv.wait(p).unwrap();
+        }
+    }
+
+    /// Wait (async) until `ticket` is committed.
+    pub async fn wait(&self, ticket: u64) -> Result<(), String> {
+        if ticket == 0 {
+            return Ok(());
+        }
+        let mut rx = self.watch.subscribe();
+        if rx.wait_for(|c| *c >= ticket).await.is_err() {
+            return Err("the queue store stopped".into());
+        }
+        if let Some(f) = &self.progress.0.lock().unwrap().failed {
+            return Err(f.clone());
+        }
+        Ok(())
+    }
+
+    /// Flush everything and stop the writer thread.
+    pub fn close(&self) {
+        self.tx.lock().unwrap().take();
+        if let Some(t) = self.thread.lock().unwrap().take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
+    let mut queues = Vec::new();
+    let mut st = conn.prepare("SELECT name, created_s, modified_s, attrs, tags, last_purge_ms FROM queues")?;
+    let rows = st.query_map([], |r| {
+        Ok(QueueRow {
+            name: r.get(0)?,
+            created_s: r.get::<_, i64>(1)? as u64,
+            modified_s: r.get::<_, i64>(2)? as u64,
+            attrs: r.get(3)?,
+            tags: r.get(4)?,
+            last_purge_ms: r.get::<_, i64>(5)? as u64,
+        })
+    })?;
+    for q in rows {
+        queues.push(q?);
+    }
+    let mut messages = Vec::new();
+    let mut st = conn.prepare(
+        "SELECT seq, queue, id, body, attrs, sys_attrs, sent_ms, visible_at, recv_count, first_recv_ms, nonce,
+                sender, receiver, received_at, group_id, dedup_id, seqnum, dl_source, dl_moved_at
+         FROM messages ORDER BY seq",
+    )?;
+    let rows = st.query_map([], |r| {
+        Ok(MsgRow {
+            seq: r.get::<_, i64>(0)? as u64,
+            queue: r.get(1)?,
+            id: r.get(2)?,
+            body: r.get(3)?,
+            attrs: r.get(4)?,
+            sys_attrs: r.get(5)?,
+            sent_ms: r.get::<_, i64>(6)? as u64,
+            visible_at: r.get::<_, i64>(7)? as u64,
+            recv_count: r.get::<_, i64>(8)? as u32,
+            first_recv_ms: r.get::<_, i64>(9)? as u64,
+            nonce: r.get::<_, i64>(10)? as u32,
+            sender: r.get(11)?,
+            receiver: r.get(12)?,
+            received_at: r.get::<_, i64>(13)? as u64,
+            group_id: r.get(14)?,
+            dedup_id: r.get(15)?,
+            seqnum: r.get::<_, i64>(16)? as u64,
+            dl_source: r.get(17)?,
+            dl_moved_at: r.get::<_, i64>(18)? as u64,
+        })
+    })?;
+    for m in rows {
+        messages.push(m?);
+    }
+    let mut telemetry = Vec::new();
+    let mut st = conn.prepare("SELECT queue, key, second, data FROM telemetry ORDER BY second")?;
+    let rows = st.query_map([], |r| {
+        Ok(TelemetryRow { queue: r.get(0)?, key: r.get(1)?, second: r.get::<_, i64>(2)? as u64, data: r.get(3)? })
+    })?;
+    for t in rows {
+        telemetry.push(t?);
+    }
+    let _ = conn.query_row("SELECT 1", [], |_| Ok(())).optional()?;
+    Ok(Loaded { queues, messages, telemetry })
+}
+
+fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<()> {
+    match op {
+        Op::Put(m) => {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO messages (seq, queue, id, body, attrs, sys_attrs, sent_ms, visible_at, recv_count,
+                   first_recv_ms, nonce, sender, receiver, received_at, group_id, dedup_id, seqnum, dl_source, dl_moved_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+            )?
+            .execute(params![
+                m.seq as i64,
+                m.queue,
+                m.id,
+                m.body,
+                m.attrs,
+                m.sys_attrs,
+                m.sent_ms as i64,
+                m.visible_at as i64,
+                m.recv_count as i64,
+                m.first_recv_ms as i64,
+                m.nonce as i64,
+                m.sender,
+                m.receiver,
+                m.received_at as i64,
+                m.group_id,
+                m.dedup_id,
+                m.seqnum as i64,
+                m.dl_source,
+                m.dl_moved_at as i64
+            ])?;
+        }
+        Op::State { seq, visible_at, recv_count, first_recv_ms, nonce, receiver, received_at } => {
+            conn.prepare_cached(
+                "UPDATE messages SET visible_at = ?2, recv_count = ?3, first_recv_ms = ?4, nonce = ?5, receiver = ?6,
+                   received_at = ?7 WHERE seq = ?1",
+            )?
+            .execute(params![
+                *seq as i64,
+                *visible_at as i64,
+                *recv_count as i64,
+                *first_recv_ms as i64,
+                *nonce as i64,
+                receiver,
+                *received_at as i64
+            ])?;
+        }
+        Op::Del(seq) => {
+            conn.prepare_cached("DELETE FROM messages WHERE seq = ?1")?.execute(params![*seq as i64])?;
+        }
+        Op::Purge { queue, max_seq } => {
+            conn.prepare_cached("DELETE FROM messages WHERE queue = ?1 AND seq <= ?2")?
+                .execute(params![queue, *max_seq as i64])?;
+        }
+        Op::Queue(q) => {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO queues (name, created_s, modified_s, attrs, tags, last_purge_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![q.name, q.created_s as i64, q.modified_s as i64, q.attrs, q.tags, q.last_purge_ms as i64])?;
+        }
+        Op::DropQueue(name) => {
+            conn.prepare_cached("DELETE FROM queues WHERE name = ?1")?.execute(params![name])?;
+            conn.prepare_cached("DELETE FROM messages WHERE queue = ?1")?.execute(params![name])?;
+            conn.prepare_cached("DELETE FROM telemetry WHERE queue = ?1")?.execute(params![name])?;
+        }
+        Op::Telemetry(rows) => {
+            for t in rows {
+                conn.prepare_cached("INSERT OR REPLACE INTO telemetry (queue, key, second, data) VALUES (?1, ?2, ?3, ?4)")?
+                    .execute(params![t.queue, t.key, t.second as i64, t.data])?;
+            }
+        }
+        Op::TrimTelemetry(before) => {
+            conn.prepare_cached("DELETE FROM telemetry WHERE second < ?1")?.execute(params![*before as i64])?;
+        }
+    }
+    Ok(())
+}
+
+fn writer(
+    mut conn: Connection,
+    path: PathBuf,
+    rx: mpsc::Receiver<(u64, Vec<Op>)>,
+    progress: Arc<(Mutex<Progress>, Condvar)>,
+    watch: tokio::sync::watch::Sender<u64>,
+) {
+    let mut failed = false;
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < 4096 {
+            match rx.try_recv() {
+                Ok(b) => batch.push(b),
+                Err(_) => break,
+            }
+        }
+        let last = batch.last().map(|b| b.0).unwrap_or(0);
+        if failed {
+            continue;
+        }
+        let res = (|| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            for (_, ops) in &batch {
+                for op in ops {
+                    apply(&tx, op)?;
+                }
+            }
+            tx.commit()
+        })();
+        let (lock, cv) = &*progress;
+        match res {
+            Ok(()) => {
+                lock.lock().unwrap().committed = last;
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "queue store write failed; the broker stops acknowledging changes");
+                lock.lock().unwrap().failed = Some(format!("the queue store {} failed: {e}", path.display()));
+                failed = true;
+            }
+        }
+        cv.notify_all();
+        watch.send_replace(last);
+    }
+    let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
+}

@@ -1,0 +1,211 @@
+//! Per-queue, per-consumer (access key id) counts in one-second buckets.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// How long recent buckets are kept (in memory and in the store).
+pub const KEEP_SECONDS: u64 = 30 * 60;
+
+const HIST_BUCKETS: usize = 96;
+
+/// Receive-to-delete latencies: logarithmic buckets, 4 per power of two, in microseconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LatencyHistogram {
+    /// `counts[i]` counts latencies in `[bound(i-1), bound(i))` µs; see [`LatencyHistogram::upper_bound_us`].
+    pub counts: Vec<u64>,
+}
+
+impl LatencyHistogram {
+    fn index(us: u64) -> usize {
+        let us = us.max(1) as f64;
+        ((us.log2() * 4.0).floor() as usize + 1).min(HIST_BUCKETS - 1)
+    }
+
+    /// Upper bound (µs) of bucket `i`.
+    pub fn upper_bound_us(i: usize) -> f64 {
+        2f64.powf(i as f64 / 4.0)
+    }
+
+    pub fn record_us(&mut self, us: u64) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; HIST_BUCKETS];
+        }
+        self.counts[Self::index(us)] += 1;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    pub fn merge(&mut self, other: &LatencyHistogram) {
+        if other.counts.is_empty() {
+            return;
+        }
+        if self.counts.is_empty() {
+            self.counts = vec![0; HIST_BUCKETS];
+        }
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+    }
+
+    /// The latency (ms) below which a fraction `q` (0..=1) of the samples fall; `None` when empty.
+    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
+        let n = self.count();
+        if n == 0 {
+            return None;
+        }
+        let target = ((q.clamp(0.0, 1.0) * n as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= target {
+                return Some(Self::upper_bound_us(i) / 1000.0);
+            }
+        }
+        None
+    }
+}
+
+/// One second of one consumer's activity on one queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TelemetryBucket {
+    /// Unix time, seconds.
+    pub second: u64,
+    pub received: u64,
+    pub deleted: u64,
+    /// Visibility set to 0 by the consumer (or released by coalmine).
+    pub returned: u64,
+    /// Visibility timeout ran out.
+    pub expired: u64,
+    pub dead_lettered: u64,
+    pub latency: LatencyHistogram,
+}
+
+/// One consumer's (access key id's) recent buckets on one queue, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerTelemetry {
+    pub access_key_id: String,
+    pub buckets: Vec<TelemetryBucket>,
+}
+
+#[derive(Clone, Copy)]
+pub(crate) enum Event {
+    Received,
+    Deleted { latency_us: u64 },
+    Returned,
+    Expired,
+    DeadLettered,
+}
+
+#[derive(Default)]
+pub(crate) struct Telemetry {
+    /// queue -> key -> buckets (oldest first)
+    pub(crate) series: HashMap<String, HashMap<Arc<str>, VecDeque<TelemetryBucket>>>,
+    /// (queue, key, second) changed since the last flush to the store.
+    pub(crate) dirty: std::collections::HashSet<(String, Arc<str>, u64)>,
+}
+
+impl Telemetry {
+    pub(crate) fn record(&mut self, queue: &str, key: &Arc<str>, now_ms: u64, ev: Event) {
+        let sec = now_ms / 1000;
+        let per_q = match self.series.get_mut(queue) {
+            Some(s) => s,
+            None => self.series.entry(queue.to_string()).or_default(),
+        };
+        let series = match per_q.get_mut(key) {
+            Some(s) => s,
+            None => per_q.entry(key.clone()).or_default(),
+        };
+        let b = match series.back_mut() {
+            Some(b) if b.second == sec => b,
+            Some(b) if b.second > sec => {
+                // clock went backwards: record in the newest bucket
+                b
+            }
+            _ => {
+                series.push_back(TelemetryBucket { second: sec, ..Default::default() });
+                while series.front().is_some_and(|f| f.second + KEEP_SECONDS < sec) {
+                    series.pop_front();
+                }
+                series.back_mut().unwrap()
+            }
+        };
+        match ev {
+            Event::Received => b.received += 1,
+            Event::Deleted { latency_us } => {
+                b.deleted += 1;
+                b.latency.record_us(latency_us);
+            }
+            Event::Returned => b.returned += 1,
+            Event::Expired => b.expired += 1,
+            Event::DeadLettered => b.dead_lettered += 1,
+        }
+        let second = b.second;
+        if self.dirty.len() < 100_000 {
+            self.dirty.insert((queue.to_string(), key.clone(), second));
+        }
+    }
+
+    pub(crate) fn query(&self, queue: &str, since_ms: u64) -> Vec<ConsumerTelemetry> {
+        let since = since_ms / 1000;
+        let mut out: Vec<ConsumerTelemetry> = self
+            .series
+            .get(queue)
+            .map(|m| {
+                m.iter()
+                    .map(|(k, s)| ConsumerTelemetry {
+                        access_key_id: k.to_string(),
+                        buckets: s.iter().filter(|b| b.second >= since).cloned().collect(),
+                    })
+                    .filter(|c| !c.buckets.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort_by(|a, b| a.access_key_id.cmp(&b.access_key_id));
+        out
+    }
+
+    pub(crate) fn take_dirty(&mut self) -> Vec<crate::store::TelemetryRow> {
+        let dirty = std::mem::take(&mut self.dirty);
+        let mut rows = Vec::with_capacity(dirty.len());
+        for (q, k, sec) in dirty {
+            if let Some(b) = self.series.get(&q).and_then(|m| m.get(&k)).and_then(|s| s.iter().rev().find(|b| b.second == sec)) {
+                if let Ok(data) = serde_json::to_string(b) {
+                    rows.push(crate::store::TelemetryRow { queue: q, key: k.to_string(), second: sec, data });
+                }
+            }
+        }
+        rows
+    }
+
+    pub(crate) fn restore(&mut self, rows: Vec<crate::store::TelemetryRow>) {
+        for r in rows {
+            if let Ok(b) = serde_json::from_str::<TelemetryBucket>(&r.data) {
+                let key: Arc<str> = Arc::from(r.key.as_str());
+                let s = self.series.entry(r.queue).or_default().entry(key).or_default();
+                s.push_back(b);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_are_within_a_bucket() {
+        let mut h = LatencyHistogram::default();
+        for ms in 1..=100u64 {
+            h.record_us(ms * 1000);
+        }
+        let p50 = h.quantile_ms(0.5).unwrap();
+        let p99 = h.quantile_ms(0.99).unwrap();
+        assert!((50.0..=60.0).contains(&p50), "p50 {p50}");
+        assert!((99.0..=120.0).contains(&p99), "p99 {p99}");
+        assert_eq!(LatencyHistogram::default().quantile_ms(0.5), None);
+    }
+}
