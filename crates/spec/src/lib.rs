@@ -1,9 +1,20 @@
 //! coalmine-spec: `coalmine.toml` and `buildspec.yml` — types, parsing, validation, diagnostics.
+//!
+//! Pure: no I/O beyond reading the file given to [`load`] / [`load_buildspec`].
+//! Every problem found is a [`Diagnostic`] with file, line, column, field path, message and
+//! hint; [`Diagnostics`] renders them as rustc does.
 
+mod app;
+mod buildspec;
 mod diag;
+mod template;
 mod types;
 
+pub use app::{load, parse};
+pub use buildspec::{load_buildspec, parse_buildspec, Artifacts, Buildspec, OnFailure, Phase, Phases};
 pub use diag::{did_you_mean, Diagnostic, Diagnostics};
+pub use template::default_toml;
 pub use types::*;
 
+pub use coalmine_analysis::duration::{format as format_duration, parse as parse_duration};
 pub use coalmine_analysis::{default_alarms, AlarmSpec};

@@ -1,0 +1,121 @@
+//! The `coalmine.toml` written by `coalmine init`.
+
+/// A complete, commented `coalmine.toml` for `app` holding every default (those of AWS's
+/// "Canary deployments for backend ECS workloads" guidance). It parses back to the defaults,
+/// with `run.command = "./<app>"`.
+pub fn default_toml(app: &str) -> String {
+    TEMPLATE.replace("{app}", app)
+}
+
+const TEMPLATE: &str = r#"# coalmine.toml: how coalmine builds, runs and releases this app.
+# Durations are written "500ms", "10s", "5m", "2h" or "7d".
+
+# The app's name: lowercase letters, digits and "-".
+app = "{app}"
+
+[source]
+# The git repository: a folder (relative to this file) or a URL.
+repo = "."
+branch = "main"
+# How often the branch is checked for new commits.
+poll_interval = "5s"
+
+[build]
+# CodeBuild's buildspec format (version 0.2), relative to the repository's root.
+buildspec = "buildspec.yml"
+timeout = "60m"
+
+[run]
+# Starts one task; run in the revision's artifact folder.
+command = "./{app}"
+# Extra environment of every task, e.g. { WORK_MS = "1000" }.
+env = {}
+# Grace between SIGTERM and SIGKILL when a task is stopped.
+stop_timeout = "30s"
+# A command that exits 0 when a task is healthy; without it a task is healthy
+# once it has stayed up for `healthy_after`.
+# health_command = "./healthcheck"
+healthy_after = "2s"
+# During a deployment, at least this share of the desired tasks stays healthy...
+minimum_healthy_percent = 100
+# ...and at most this share runs.
+maximum_percent = 200
+
+[queue]
+# The queue the app consumes, and its dead-letter queue.
+name = "{app}"
+visibility_timeout = "300s"
+dlq = "{app}-dlq"
+# A message goes to the DLQ after this many receives.
+max_receive_count = 1
+dlq_retention = "60m"
+# Use Amazon SQS instead of the embedded queue:
+# endpoint = "https://sqs.us-east-1.amazonaws.com"
+# The embedded queue's port.
+port = 9324
+region = "us-east-1"
+
+[services.primary]
+tasks = 3
+
+[services.canary]
+# The canary takes the new revision first, and a small share of the messages.
+tasks = 1
+
+[server]
+# The control plane's HTTP API and dashboard.
+port = 7070
+bind = "127.0.0.1"
+
+# The release steps, in order. Other steps:
+#   pause = "30s"
+#   scale = "canary"  tasks = 2
+#   analysis = "2m"  promote = "auto"   (passing verdicts for 2m approve by themselves)
+[[steps]]
+deploy = "canary"
+timeout = "10m"
+
+[[steps]]
+approval = "manual"
+timeout = "7d"
+
+[[steps]]
+deploy = "primary"
+timeout = "15m"
+
+# Alarms, watched from the canary deploy until the primary deploy ends.
+# Any of them firing rolls the canary back.
+
+# The guidance's alarm: the DLQ's depth, maximum over `period`, above `threshold`.
+[[alarms]]
+kind = "dlq-depth"
+threshold = 10
+period = "300s"
+
+# The canary's failure ratio significantly above the primary's (one-sided
+# two-proportion z-test at `confidence`, once the canary has completed
+# `min_sample` messages), or `consecutive_failures` failures in a row at once.
+[[alarms]]
+kind = "failure-ratio"
+min_sample = 20
+confidence = 0.99
+consecutive_failures = 3
+
+# Canary task exits.
+[[alarms]]
+kind = "crashes"
+threshold = 1
+
+# The canary's processing time at `percentile` above `factor` x the primary's.
+[[alarms]]
+kind = "latency"
+percentile = 95
+factor = 2.0
+min_sample = 20
+
+# A canary message in flight longer than `factor` x the primary's p95, and at least `min_ms`.
+[[alarms]]
+kind = "hung"
+factor = 10
+min_ms = 30000
+"#;
