@@ -86,10 +86,21 @@ def visible(url):
     return int(attrs["ApproximateNumberOfMessages"]), int(attrs["ApproximateNumberOfMessagesNotVisible"])
 
 
-def test_version():
+def test_version_and_protocol():
     done = subprocess.run(CLI + ["--version"], env=ENV, capture_output=True, text=True, timeout=60)
     check_eq(done.returncode, 0, f"aws --version ({done.stderr.strip()})")
     print(f"     {(done.stdout or done.stderr).strip()}")
+    expected = os.environ.get("COALMINE_EXPECT_PROTOCOL")
+    if not expected:
+        return
+    # The CLI's debug log shows the request it made and the response it parsed.
+    done = subprocess.run(CLI + ["--debug", "--endpoint-url", ENDPOINT, "--region", REGION, "sqs", "list-queues"],
+                          env=ENV, capture_output=True, text=True, timeout=60)
+    check_eq(done.returncode, 0, f"aws sqs list-queues ({done.stderr[-2000:]})")
+    spoken = ("json" if "AmazonSQS.ListQueues" in done.stderr
+              else "query" if "'Action': 'ListQueues'" in done.stderr and "<ListQueuesResponse" in done.stderr
+              else "unknown")
+    check_eq(spoken, expected, "protocol the AWS CLI spoke")
 
 
 def test_queue_lifecycle():
@@ -207,6 +218,6 @@ def test_errors():
 
 if __name__ == "__main__":
     try:
-        run([test_version, test_queue_lifecycle, test_messages, test_dead_letters_and_redrive, test_errors], "awscli")
+        run([test_version_and_protocol, test_queue_lifecycle, test_messages, test_dead_letters_and_redrive, test_errors], "awscli")
     finally:
         os.unlink(EMPTY_CONFIG)

@@ -1,7 +1,7 @@
 //! The embedded queue with clients we did not write: boto3 and the AWS CLI of today (the AWS
-//! JSON 1.0 protocol) and a boto3 from before SQS moved to JSON (the query protocol with XML
-//! responses), each running the scripts in `tests/python/` against the real `coalmine queue
-//! serve` process.
+//! JSON 1.0 protocol) and the boto3 and AWS CLI from before SQS moved to JSON (the query
+//! protocol with XML responses), each running the scripts in `tests/python/` against the real
+//! `coalmine queue serve` process.
 //!
 //! The clients live in two Python virtual environments under `target/pyenv/` (`current`,
 //! `legacy`), pinned by `tests/python/requirements-*.txt`. They are created here when missing
@@ -291,7 +291,21 @@ fn boto3_current_over_json() {
 
 #[test]
 fn aws_cli_over_json() {
-    let out = run_script(&CURRENT, "sqs_awscli.py", &[]);
+    let out = run_script(&CURRENT, "sqs_awscli.py", &[("COALMINE_EXPECT_PROTOCOL", "json")]);
+    assert!(out.contains(" passed, 0 failed"), "{out}");
+}
+
+#[test]
+fn aws_cli_legacy_over_query() {
+    let out = run_script(&LEGACY, "sqs_awscli.py", &[("COALMINE_EXPECT_PROTOCOL", "query")]);
+    assert!(out.contains(" passed, 0 failed"), "{out}");
+}
+
+/// The query protocol on the wire (form requests, XML answers, error documents), with the
+/// standard library's HTTP client and XML parser.
+#[test]
+fn query_protocol_on_the_wire() {
+    let out = run_script(&LEGACY, "sqs_query_raw.py", &[]);
     assert!(out.contains(" passed, 0 failed"), "{out}");
 }
 
