@@ -130,6 +130,7 @@ pub(crate) struct Inner {
     pub metrics: crate::metrics::Metrics,
     pub public_host: Mutex<String>,
     pub background: std::sync::atomic::AtomicBool,
+    pub polls_waiting: std::sync::atomic::AtomicI64,
 }
 
 /// A handle on the broker; clones share it.
@@ -406,6 +407,7 @@ impl Broker {
                 metrics: crate::metrics::Metrics::default(),
                 public_host: Mutex::new(host),
                 background: std::sync::atomic::AtomicBool::new(false),
+                polls_waiting: std::sync::atomic::AtomicI64::new(0),
             }),
         })
     }
@@ -1332,10 +1334,12 @@ impl Broker {
                 let wake = now_i + std::time::Duration::from_millis(t.saturating_sub(ctx.now_ms) + 1);
                 until = until.min(wake);
             }
+            let waiting = WaitingGuard::new(&self.inner.polls_waiting);
             tokio::select! {
                 _ = &mut notified => {}
                 _ = tokio::time::sleep_until(until.into()) => {}
             }
+            drop(waiting);
         }
     }
 
@@ -1669,4 +1673,19 @@ impl Broker {
 fn sha256(data: &[u8]) -> Vec<u8> {
     use sha2::Digest as _;
     sha2::Sha256::digest(data).to_vec()
+}
+
+struct WaitingGuard<'a>(&'a std::sync::atomic::AtomicI64);
+
+impl<'a> WaitingGuard<'a> {
+    fn new(c: &'a std::sync::atomic::AtomicI64) -> Self {
+        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        WaitingGuard(c)
+    }
+}
+
+impl Drop for WaitingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }

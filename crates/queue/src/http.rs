@@ -47,7 +47,9 @@ pub(crate) fn router(broker: Broker) -> Router {
 }
 
 async fn metrics(State(b): State<Broker>) -> Response {
-    let body = b.inner.metrics.render(&b.depth_snapshot());
+    let mut body = b.inner.metrics.render(&b.depth_snapshot());
+    body.push_str("# HELP coalmine_queue_long_polls_waiting ReceiveMessage calls waiting for a message.\n# TYPE coalmine_queue_long_polls_waiting gauge\n");
+    body.push_str(&format!("coalmine_queue_long_polls_waiting {}\n", b.inner.polls_waiting.load(std::sync::atomic::Ordering::Relaxed)));
     ([("content-type", "text/plain; version=0.0.4")], body).into_response()
 }
 
