@@ -117,6 +117,8 @@ struct RawAlarm {
     min_ms: S<u64>,
 }
 
+const TOP_LEVEL: &[&str] = &["app", "source", "build", "run", "queue", "services", "server", "steps", "alarms"];
+
 /// Fields whose value is a duration string, for hints on type errors.
 const DURATION_FIELDS: &[&str] = &[
     "poll_interval",
@@ -305,6 +307,9 @@ fn toml_error_diagnostic(file: &str, src: &str, e: TomlError) -> Diagnostic {
         let expected: Vec<String> = names.iter().skip(1).map(|s| s.to_string()).collect();
         let hint = match did_you_mean(&unknown, expected.iter().map(String::as_str)) {
             Some(s) => Some(format!("did you mean `{s}`?")),
+            None if path.contains('.') && TOP_LEVEL.contains(&unknown.as_str()) => Some(format!(
+                "`{unknown}` is a top-level key: move it above the first `[section]` header"
+            )),
             None if expected.is_empty() => Some("remove it".to_string()),
             None => Some(format!(
                 "remove it; the keys here are {}",
@@ -533,7 +538,7 @@ fn convert(cx: &mut Ctx, raw: RawApp, root: PathBuf) -> AppSpec {
             cx.err(span, format!("services.{name}.tasks"), format!("the {name} service has zero tasks"), "a service needs at least one task: set `tasks = 1` or more".to_string());
         }
     }
-    if canary_tasks > primary_tasks {
+    if primary_tasks > 0 && canary_tasks > primary_tasks {
         cx.err(
             canary_span.clone().or(primary_span.clone()),
             "services.canary.tasks",
