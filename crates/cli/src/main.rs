@@ -3,6 +3,9 @@
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod embedded;
+mod output;
+mod workspace;
 
 /// Canary releases for queue workers.
 ///
@@ -21,6 +24,28 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run everything for the app in this folder: queue, services, pipeline, API.
+    Up(cmd::up::UpArgs),
+    /// Stop what `up` started here (`--purge` also deletes .coalmine/).
+    Down(cmd::down::DownArgs),
+    /// The pipeline as a tree: stages, verdicts, services and tasks.
+    Status(cmd::ctl::StatusArgs),
+    /// Approve the execution awaiting approval: the primary gets its revision.
+    Approve(cmd::ctl::DecideArgs),
+    /// Reject the execution awaiting approval: the canary goes back to the primary's revision.
+    Reject(cmd::ctl::DecideArgs),
+    /// Roll the canary back to the primary's revision now and end the execution.
+    Rollback(cmd::ctl::RollbackArgs),
+    /// Abandon an execution.
+    Stop(cmd::ctl::StopArgs),
+    /// Check the branch for a new commit now.
+    Trigger(cmd::ctl::TriggerArgs),
+    /// Past executions and how each ended.
+    History(cmd::ctl::HistoryArgs),
+    /// Build logs (`logs build 3`) or a service's task logs (`logs canary --follow`).
+    Logs(cmd::ctl::LogsArgs),
+    /// Check coalmine.toml and buildspec.yml and print precise diagnostics.
+    Validate(cmd::validate::ValidateArgs),
     /// The embedded SQS-compatible queue.
     #[command(subcommand)]
     Queue(cmd::queue::QueueCommand),
@@ -35,6 +60,17 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log);
     let result = match cli.command {
+        Command::Up(a) => cmd::up::run(a),
+        Command::Down(a) => cmd::down::run(a),
+        Command::Status(a) => cmd::ctl::status(a),
+        Command::Approve(a) => cmd::ctl::decide(a, true),
+        Command::Reject(a) => cmd::ctl::decide(a, false),
+        Command::Rollback(a) => cmd::ctl::rollback(a),
+        Command::Stop(a) => cmd::ctl::stop(a),
+        Command::Trigger(a) => cmd::ctl::trigger(a),
+        Command::History(a) => cmd::ctl::history(a),
+        Command::Logs(a) => cmd::ctl::logs(a),
+        Command::Validate(a) => cmd::validate::run(a),
         Command::Queue(c) => cmd::queue::run(c),
         Command::Send(a) => cmd::send::run(a),
         Command::Supervise(a) => cmd::supervise::run(a),

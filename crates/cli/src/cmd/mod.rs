@@ -1,5 +1,9 @@
 //! One module per command.
 
+pub mod ctl;
+pub mod down;
 pub mod queue;
 pub mod send;
 pub mod supervise;
+pub mod up;
+pub mod validate;

@@ -1,0 +1,218 @@
+//! `coalmine up`: run everything for the app in this folder — the embedded queue, the two
+//! services on the local runtime, the release pipeline and the control-plane API.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use coalmine_pipeline::build::BuildspecBuilder;
+use coalmine_pipeline::source::GitSource;
+use coalmine_pipeline::{Engine, EngineParts, Paths};
+use coalmine_queue::{Broker, BrokerConfig};
+use coalmine_runtime::local::LocalRuntime;
+use coalmine_runtime::{QueueEnv, Runtime};
+
+use crate::embedded::EmbeddedQueue;
+use crate::workspace::{self, UpInfo};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct UpArgs {
+    /// The app's coalmine.toml.
+    #[arg(long, short)]
+    pub file: Option<PathBuf>,
+    /// Port of the embedded queue (default: [queue] port, 9324; 0 picks a free one).
+    #[arg(long)]
+    pub queue_port: Option<u16>,
+    /// Port of the API and dashboard (default: [server] port, 7070; 0 picks a free one).
+    #[arg(long)]
+    pub api_port: Option<u16>,
+    /// Address the API and dashboard listen on (default 127.0.0.1).
+    #[arg(long)]
+    pub bind: Option<IpAddr>,
+}
+
+/// What a running `up` is made of; `demo` drives one in-process.
+pub struct Running {
+    pub engine: Arc<Engine>,
+    pub runtime: Arc<LocalRuntime>,
+    pub broker: Broker,
+    pub queue_url: String,
+    pub queue_endpoint: String,
+    pub api: String,
+    pub token: String,
+    stop: Arc<AtomicBool>,
+    loop_thread: Option<std::thread::JoinHandle<()>>,
+    info_path: PathBuf,
+}
+
+impl Running {
+    /// Stop the pipeline and every task (SIGTERM, then SIGKILL after the stop timeout).
+    pub fn shutdown(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.engine.wake();
+        if let Some(t) = self.loop_thread.take() {
+            let _ = t.join();
+        }
+        self.runtime.shutdown();
+        let _ = std::fs::remove_file(&self.info_path);
+    }
+}
+
+/// Start everything; must be called inside a tokio runtime.
+pub async fn start(args: &UpArgs) -> anyhow::Result<Running> {
+    let spec = workspace::load_spec(args.file.as_deref())?;
+    let state = spec.root.join(".coalmine");
+    std::fs::create_dir_all(&state).with_context(|| format!("cannot create {}", state.display()))?;
+    let info_path = state.join("up.json");
+    if let Ok(text) = std::fs::read_to_string(&info_path) {
+        if let Ok(info) = serde_json::from_str::<UpInfo>(&text) {
+            if info.pid != std::process::id() && workspace::process_alive(info.pid) {
+                anyhow::bail!(
+                    "coalmine is already running for this app (pid {}, API {}); stop it with `coalmine down` first",
+                    info.pid,
+                    info.api
+                );
+            }
+        }
+    }
+    if spec.queue.endpoint.is_some() {
+        anyhow::bail!(
+            "[queue] endpoint (an external SQS) is set, but `coalmine up` runs the embedded queue only; remove `endpoint` from coalmine.toml"
+        );
+    }
+
+    // The embedded queue.
+    let broker = Broker::open(BrokerConfig::new(state.clone()))
+        .with_context(|| format!("cannot open the queue's data in {}", state.display()))?;
+    let qport = args.queue_port.unwrap_or(spec.queue.port);
+    let qlistener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], qport))).await.with_context(|| {
+        format!("cannot listen on 127.0.0.1:{qport} for the queue: is another coalmine or SQS emulator running? Set [queue] port in coalmine.toml, or pass --queue-port 0")
+    })?;
+    let qaddr = qlistener.local_addr()?;
+    let queue_endpoint = format!("http://{qaddr}");
+    {
+        let b = broker.clone();
+        tokio::spawn(async move {
+            if let Err(e) = b.serve(qlistener).await {
+                tracing::error!("queue server stopped: {e}");
+            }
+        });
+    }
+    let queue_url = ensure_queues(&broker, &spec, &queue_endpoint)?;
+
+    // The runtime, the pipeline.
+    let runtime = Arc::new(LocalRuntime::new(&state).context("cannot start the local runtime")?);
+    let paths = Paths { root: state.clone() };
+    let source = GitSource::new(spec.source.repo.location(), spec.source.branch.clone(), paths.source_mirror());
+    let queue_admin = Arc::new(EmbeddedQueue { broker: broker.clone(), queue: spec.queue.name.clone(), dlq: spec.queue.dlq.clone() });
+    let mut build_env = std::collections::BTreeMap::new();
+    if let Ok(dir) = std::env::var("COALMINE_BUILD_CARGO_TARGET_DIR") {
+        build_env.insert("CARGO_TARGET_DIR".to_string(), dir);
+    }
+    let engine = Engine::open(EngineParts {
+        queue_env: QueueEnv {
+            endpoint_url: queue_endpoint.clone(),
+            region: spec.queue.region.clone(),
+            queue: spec.queue.name.clone(),
+            queue_url: queue_url.clone(),
+        },
+        spec: spec.clone(),
+        paths,
+        runtime: runtime.clone() as Arc<dyn Runtime>,
+        queue: queue_admin,
+        source: Box::new(source),
+        builder: Arc::new(BuildspecBuilder),
+        build_env,
+    })?;
+
+    // The API.
+    let token = workspace::ensure_token(&state)?;
+    let bind = args.bind.unwrap_or(spec.server.bind);
+    let aport = args.api_port.unwrap_or(spec.server.port);
+    let alistener = tokio::net::TcpListener::bind(SocketAddr::new(bind, aport)).await.with_context(|| {
+        format!("cannot listen on {bind}:{aport} for the API: set [server] port in coalmine.toml, or pass --api-port 0")
+    })?;
+    let api = format!("http://{}", alistener.local_addr()?);
+    let router = coalmine_server::router(engine.clone(), token.clone());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(alistener, router).await {
+            tracing::error!("API server stopped: {e}");
+        }
+    });
+    let info = UpInfo { pid: std::process::id(), api: api.clone(), queue: queue_endpoint.clone() };
+    std::fs::write(&info_path, serde_json::to_string_pretty(&info)?)?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let loop_thread = Some(engine.spawn(stop.clone()));
+    Ok(Running { engine, runtime, broker, queue_url, queue_endpoint, api, token, stop, loop_thread, info_path })
+}
+
+/// Create the DLQ and the app's queue with the spec's attributes (idempotent).
+fn ensure_queues(broker: &Broker, spec: &coalmine_spec::AppSpec, endpoint: &str) -> anyhow::Result<String> {
+    use std::collections::BTreeMap;
+    let q = &spec.queue;
+    let dlq_attrs = BTreeMap::from([("MessageRetentionPeriod".to_string(), q.dlq_retention.as_secs().to_string())]);
+    broker
+        .ensure_queue(&q.dlq, &dlq_attrs)
+        .with_context(|| format!("cannot create the dead-letter queue `{}`", q.dlq))?;
+    let dlq_arn = format!("arn:aws:sqs:{}:000000000000:{}", q.region, q.dlq);
+    let attrs = BTreeMap::from([
+        ("VisibilityTimeout".to_string(), q.visibility_timeout.as_secs().to_string()),
+        (
+            "RedrivePolicy".to_string(),
+            serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": q.max_receive_count}).to_string(),
+        ),
+    ]);
+    broker
+        .ensure_queue(&q.name, &attrs)
+        .with_context(|| format!("cannot create the queue `{}`", q.name))?;
+    Ok(format!("{endpoint}/000000000000/{}", q.name))
+}
+
+pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async {
+        let running = start(&args).await?;
+        let spec = running.engine.spec().clone();
+        println!("coalmine up: {}", spec.app);
+        println!("  queue      {}  (queue `{}`, DLQ `{}`)", running.queue_endpoint, spec.queue.name, spec.queue.dlq);
+        println!("  dashboard  {}/", running.api);
+        println!("  API        {}/api/v1  (token in .coalmine/token)", running.api);
+        println!("  watching   branch `{}` of {}", spec.source.branch, spec.source.repo.location());
+        println!("Ctrl-C stops everything.");
+        let engine = running.engine.clone();
+        let printer = tokio::spawn(async move { print_events(engine).await });
+        wait_for_signal().await;
+        printer.abort();
+        println!("stopping: tasks get SIGTERM, then SIGKILL after the stop timeout");
+        tokio::task::spawn_blocking(move || running.shutdown()).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Print every pipeline event as it happens.
+pub async fn print_events(engine: Arc<Engine>) {
+    let mut last = engine.events_after(0).ok().and_then(|e| e.last().map(|e| e.id)).unwrap_or(0);
+    loop {
+        if let Ok(events) = engine.events_after(last) {
+            for e in events {
+                last = e.id;
+                let exec = e.execution_id.map(|i| format!("#{i} ")).unwrap_or_default();
+                println!("{} {exec}{}: {}", crate::output::clock(e.at_ms), e.kind, e.reason);
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+}
+
+pub async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,36 @@
+//! `coalmine validate`: check coalmine.toml (and the buildspec beside it) without starting anything.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(clap::Args, Debug)]
+pub struct ValidateArgs {
+    /// The app's coalmine.toml.
+    #[arg(long, short)]
+    pub file: Option<PathBuf>,
+}
+
+pub fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
+    let path = crate::workspace::spec_path(args.file.as_deref());
+    let mut ok = true;
+    match coalmine_spec::load(&path) {
+        Ok(spec) => {
+            println!("{}: valid (app `{}`, {} step(s), {} alarm(s))", path.display(), spec.app, spec.steps.len(), spec.alarms.len());
+            let buildspec = spec.root.join(&spec.build.buildspec);
+            if buildspec.exists() {
+                match coalmine_spec::load_buildspec(&buildspec) {
+                    Ok(_) => println!("{}: valid", buildspec.display()),
+                    Err(d) => {
+                        eprintln!("{d}");
+                        ok = false;
+                    }
+                }
+            }
+        }
+        Err(d) => {
+            eprintln!("{d}");
+            ok = false;
+        }
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -1,0 +1,66 @@
+//! How the pipeline sees the queue: a small trait, one implementation per backend
+//! (the embedded queue is wired in by the binary; Amazon SQS later).
+
+use serde::Serialize;
+
+/// What went wrong talking to the queue.
+#[derive(Debug, thiserror::Error)]
+#[error("queue: {0}")]
+pub struct QueueAdminError(pub String);
+
+/// Counts of what one consumer (one access key id, i.e. one task) did, over a window.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConsumerCounts {
+    pub access_key_id: String,
+    pub received: u64,
+    /// Deleted: processed successfully.
+    pub deleted: u64,
+    /// Handed back with visibility 0.
+    pub returned: u64,
+    /// Visibility timeout ran out.
+    pub expired: u64,
+    pub dead_lettered: u64,
+    /// Receive-to-delete times of the deleted messages, in milliseconds.
+    pub latencies_ms: Vec<f64>,
+    /// Failures since this consumer's last success.
+    pub failures_since_success: u64,
+}
+
+/// Depths of the app's queue and its DLQ, and conservation counters.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct QueueDepth {
+    pub visible: u64,
+    pub in_flight: u64,
+    pub delayed: u64,
+    pub oldest_age_ms: u64,
+    pub dlq_visible: u64,
+    pub dlq_in_flight: u64,
+}
+
+/// A message held by a consumer right now.
+#[derive(Debug, Clone, Serialize)]
+pub struct InFlight {
+    pub message_id: String,
+    pub access_key_id: String,
+    pub received_at_ms: u64,
+}
+
+/// A message in the DLQ, with the consumer that received it last.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    pub message_id: String,
+    pub last_receiver: Option<String>,
+}
+
+/// The queue operations the pipeline needs.
+pub trait QueueAdmin: Send + Sync {
+    /// Per consumer of the app's queue, counts since `since_ms` (Unix milliseconds).
+    fn telemetry(&self, since_ms: u64) -> Result<Vec<ConsumerCounts>, QueueAdminError>;
+    fn depth(&self) -> Result<QueueDepth, QueueAdminError>;
+    fn in_flight(&self) -> Result<Vec<InFlight>, QueueAdminError>;
+    fn dead_letters(&self) -> Result<Vec<DeadLetter>, QueueAdminError>;
+    /// Move these DLQ messages back to the app's queue; returns how many moved.
+    fn redrive(&self, message_ids: &[String]) -> Result<usize, QueueAdminError>;
+    /// Make the messages these consumers hold visible again now; returns how many.
+    fn release_in_flight(&self, access_key_ids: &[String]) -> Result<usize, QueueAdminError>;
+}
