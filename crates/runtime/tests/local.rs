@@ -28,6 +28,9 @@ fn tasks_get_identity_environment_directory_and_own_process_group() {
     let app = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     let rt = LocalRuntime::new(state.path()).unwrap();
+    // A descriptor opened without O_CLOEXEC (dup never sets it) must not reach the tasks.
+    let leaky = unsafe { libc::dup(2) };
+    assert!(leaky > 2);
     let mut rev = revision("rev1", app.path(), &program("env_then_sleep.sh"));
     rev.env.insert("ENV_OUT".into(), out.path().display().to_string());
     rev.env.insert("APP_SETTING".into(), "42".into());
@@ -64,7 +67,11 @@ fn tasks_get_identity_environment_directory_and_own_process_group() {
         assert_eq!(st.pgrp, pid, "task leads its own process group");
         assert_eq!(st.ppid, std::process::id());
         assert!(rt.task_log(&t.id).unwrap().ends_with(format!("logs/tasks/primary/{}.log", t.id)));
+        let fds: BTreeSet<String> =
+            std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(fds, ["0", "1", "2"].into_iter().map(String::from).collect(), "task inherited descriptors");
     }
+    unsafe { libc::close(leaky) };
 }
 
 #[test]

@@ -226,9 +226,9 @@ impl LogFollower {
         let mut out = Vec::new();
         if let Ok(files) = log_files(&self.state_dir, &self.target) {
             for (task, path) in files {
-                if !self.files.contains_key(&task) {
+                if let std::collections::btree_map::Entry::Vacant(slot) = self.files.entry(task) {
                     if let Some(followed) = Followed::open(&path) {
-                        self.files.insert(task, followed);
+                        slot.insert(followed);
                     }
                 }
             }
