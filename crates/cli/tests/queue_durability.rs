@@ -1,0 +1,145 @@
+//! `coalmine queue serve` killed with SIGKILL under load loses nothing it acknowledged.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, QueueAttributeName, SendMessageBatchRequestEntry};
+
+struct Serve {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(dir: &std::path::Path) -> Serve {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coalmine"))
+        .args(["queue", "serve", "--port", "0", "--data-dir"])
+        .arg(dir)
+        .env("COALMINE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start coalmine queue serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("read the listening line");
+    let url = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_string();
+    Serve { child, url }
+}
+
+fn client(url: &str) -> aws_sdk_sqs::Client {
+    let conf = aws_sdk_sqs::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("AKIDKILL", "secret", None, None, "test"))
+        .endpoint_url(url)
+        .build();
+    aws_sdk_sqs::Client::from_conf(conf)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_under_load_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = serve(dir.path());
+    let c = client(&server.url);
+    let url = c
+        .create_queue()
+        .queue_name("durable")
+        .attributes(QueueAttributeName::VisibilityTimeout, "2")
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_string();
+
+    let acked_sent = Arc::new(Mutex::new(HashSet::<String>::new()));
+    let acked_deleted = Arc::new(Mutex::new(HashSet::<String>::new()));
+    let mut tasks = Vec::new();
+    for p in 0..4 {
+        let (c, url, acked) = (c.clone(), url.clone(), acked_sent.clone());
+        tasks.push(tokio::spawn(async move {
+            for b in 0.. {
+                let mut req = c.send_message_batch().queue_url(&url);
+                for i in 0..10 {
+                    req = req.entries(SendMessageBatchRequestEntry::builder().id(format!("e{i}")).message_body(format!("p{p}-b{b}-{i}")).build().unwrap());
+                }
+                let Ok(out) = req.send().await else { break };
+                let mut a = acked.lock().unwrap();
+                for s in out.successful() {
+                    a.insert(format!("p{p}-b{b}-{}", &s.id()[1..]));
+                }
+            }
+        }));
+    }
+    for _ in 0..2 {
+        let (c, url, deleted) = (c.clone(), url.clone(), acked_deleted.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let Ok(out) = c.receive_message().queue_url(&url).max_number_of_messages(10).send().await else { break };
+                if out.messages().is_empty() {
+                    continue;
+                }
+                let mut req = c.delete_message_batch().queue_url(&url);
+                for (i, m) in out.messages().iter().enumerate() {
+                    req = req.entries(DeleteMessageBatchRequestEntry::builder().id(format!("d{i}")).receipt_handle(m.receipt_handle().unwrap()).build().unwrap());
+                }
+                let Ok(res) = req.send().await else { break };
+                let mut d = deleted.lock().unwrap();
+                for s in res.successful() {
+                    let i: usize = s.id()[1..].parse().unwrap();
+                    d.insert(out.messages()[i].body().unwrap().to_string());
+                }
+            }
+        }));
+    }
+    // run until a good amount was acknowledged, then SIGKILL the server mid-load
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked_sent.lock().unwrap().len() < 3000 || acked_deleted.lock().unwrap().len() < 500 {
+        assert!(Instant::now() < deadline, "load did not get going");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let sent = acked_sent.lock().unwrap().clone();
+    let deleted = acked_deleted.lock().unwrap().clone();
+
+    let server2 = serve(dir.path());
+    let c = client(&server2.url);
+    let url = c.get_queue_url().queue_name("durable").send().await.unwrap().queue_url().unwrap().to_string();
+    let must_find: HashSet<&String> = sent.difference(&deleted).collect();
+    let mut found = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !must_find.iter().all(|b| found.contains(*b)) {
+        assert!(
+            Instant::now() < deadline,
+            "after restart, {} acknowledged messages are missing (e.g. {:?})",
+            must_find.iter().filter(|b| !found.contains(**b)).count(),
+            must_find.iter().find(|b| !found.contains(**b))
+        );
+        let out = c.receive_message().queue_url(&url).max_number_of_messages(10).wait_time_seconds(1).send().await.unwrap();
+        let mut req = c.delete_message_batch().queue_url(&url);
+        for (i, m) in out.messages().iter().enumerate() {
+            let body = m.body().unwrap().to_string();
+            assert!(!deleted.contains(&body), "message {body} came back although its delete was acknowledged");
+            found.insert(body);
+            req = req.entries(DeleteMessageBatchRequestEntry::builder().id(format!("d{i}")).receipt_handle(m.receipt_handle().unwrap()).build().unwrap());
+        }
+        if !out.messages().is_empty() {
+            req.send().await.unwrap();
+        }
+    }
+    eprintln!("acknowledged sends {}, acknowledged deletes {}, found after restart {}", sent.len(), deleted.len(), found.len());
+}
