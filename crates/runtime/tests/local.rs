@@ -434,3 +434,80 @@ fn task_numbers_are_not_reused_across_runs() {
     let s = wait_for("2 tasks", Duration::from_secs(5), || rt.service("primary").filter(|s| s.tasks.len() == 2));
     assert!(s.tasks.iter().all(|t| !first.contains(&t.id)), "{first:?} vs {:?}", s.tasks);
 }
+
+#[test]
+fn reapplying_the_same_spec_changes_nothing() {
+    let state = tempfile::tempdir().unwrap();
+    let app = tempfile::tempdir().unwrap();
+    let rt = LocalRuntime::new(state.path()).unwrap();
+    let spec = service("primary", revision("rev1", app.path(), "sleep 100000"), 2);
+    rt.apply(spec.clone()).unwrap();
+    wait_steady(&rt, "primary", "rev1", Duration::from_secs(10));
+    let before = rt.service("primary").unwrap();
+    for _ in 0..20 {
+        rt.apply(spec.clone()).unwrap();
+    }
+    let after = rt.service("primary").unwrap();
+    assert_eq!(after.deployments, before.deployments);
+    assert_eq!(after.tasks, before.tasks);
+    assert_eq!(rt.spec("primary").unwrap(), spec);
+}
+
+#[test]
+fn a_newer_revision_supersedes_a_deployment_in_progress() {
+    let state = tempfile::tempdir().unwrap();
+    let app = tempfile::tempdir().unwrap();
+    let rt = LocalRuntime::new(state.path()).unwrap();
+    let mut spec = service("primary", revision("rev1", app.path(), "sleep 100000"), 2);
+    spec.healthy_after = Duration::from_millis(300);
+    rt.apply(spec.clone()).unwrap();
+    wait_steady(&rt, "primary", "rev1", Duration::from_secs(10));
+    spec.revision = revision("rev2", app.path(), "sleep 100002");
+    spec.healthy_after = Duration::from_secs(3600);
+    rt.apply(spec.clone()).unwrap();
+    wait_for("rev2 tasks pending", Duration::from_secs(5), || {
+        rt.service("primary").filter(|s| s.tasks.iter().filter(|t| t.revision == "rev2" && t.pid.is_some()).count() == 2).map(|_| ())
+    });
+    spec.revision = revision("rev3", app.path(), "sleep 100003");
+    spec.healthy_after = Duration::from_millis(300);
+    rt.apply(spec).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let s = loop {
+        let s = rt.service("primary").unwrap();
+        assert!(s.running >= 2, "healthy rev1 tasks were stopped too early: {:?}", s.tasks);
+        if s.steady && s.revision == "rev3" {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "{s:?}");
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    assert_eq!(s.deployments[1].state, DeploymentState::Failed);
+    assert!(s.deployments[1].reason.contains("superseded"), "{}", s.deployments[1].reason);
+    assert_eq!(s.deployments[2].state, DeploymentState::Completed);
+    assert!(s.tasks.iter().all(|t| t.revision == "rev3"));
+}
+
+#[test]
+fn rollback_starts_the_old_revision_again_when_its_tasks_are_gone() {
+    let state = tempfile::tempdir().unwrap();
+    let app = tempfile::tempdir().unwrap();
+    let rt = LocalRuntime::new(state.path()).unwrap();
+    // minimum healthy 0 %: the old tasks are stopped at once when the deployment starts.
+    let mut spec = service("canary", revision("good", app.path(), "sleep 100000"), 1);
+    spec.minimum_healthy_percent = 0;
+    spec.maximum_percent = 100;
+    spec.healthy_after = Duration::from_millis(100);
+    rt.apply(spec.clone()).unwrap();
+    wait_steady(&rt, "canary", "good", Duration::from_secs(10));
+    let old_pid = running_pids(&rt, "canary")[0];
+    spec.revision = revision("bad", app.path(), "exit 1");
+    rt.apply(spec).unwrap();
+    wait_for("old task stopped", Duration::from_secs(5), || (!alive(old_pid)).then_some(()));
+    let s = wait_for("rolled back", Duration::from_secs(20), || {
+        rt.service("canary").filter(|s| s.steady && s.revision == "good" && s.deployments.len() == 3)
+    });
+    assert_eq!(s.deployments[1].rolled_back_to.as_deref(), Some("good"));
+    let t = &s.tasks[0];
+    assert!(t.pid.is_some_and(|p| p != old_pid && alive(p)));
+    assert_eq!(t.revision, "good");
+}
