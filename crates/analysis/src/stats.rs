@@ -43,6 +43,58 @@ pub fn two_proportion_z(x1: u64, n1: u64, x2: u64, n2: u64) -> ZTest {
     }
 }
 
+/// The mixing spread of [`always_valid`]: the size of failure-ratio difference (in ratio
+/// units, 0.1 = 10 percentage points) the test is most sensitive to.
+pub const MSPRT_TAU: f64 = 0.1;
+
+/// The result of [`always_valid`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sequential {
+    /// The continuity-corrected z statistic of [`two_proportion_z`].
+    pub z: f64,
+    /// The mixture likelihood ratio Λ of "the first ratio is larger" against "they are equal".
+    pub likelihood_ratio: f64,
+    /// The always-valid p-value `min(1, 1/Λ)`.
+    pub p_value: f64,
+}
+
+/// One-sided two-proportion test that stays valid when it is looked at again and again as
+/// the counts grow: a mixture sequential probability ratio test (mSPRT; Johari, Pekelis and
+/// Walsh, "Always valid inference", 2017) on the normal approximation of the difference of
+/// the two ratios.
+///
+/// With `d = r1 - r2 - c` (difference less Yates' continuity correction
+/// `c = (1/n1 + 1/n2) / 2`), its pooled variance `V = p (1 - p) (1/n1 + 1/n2)` and a
+/// normal mixing distribution N(0, τ²) over the true difference:
+///
+/// `Λ = sqrt(V / (V + τ²)) · exp(τ² d² / (2 V (V + τ²)))` when `d > 0`, else `Λ = 1` at most.
+///
+/// Under H0 (equal ratios) the chance that Λ *ever* reaches `1/α`, however often it is
+/// computed, is at most α (Ville's inequality), so rejecting when `1/Λ < α` keeps the
+/// false-alarm rate of a whole canary run at α, not α per look, as a fixed-sample z-test would.
+pub fn always_valid(x1: u64, n1: u64, x2: u64, n2: u64, tau: f64) -> Sequential {
+    let z = two_proportion_z(x1, n1, x2, n2).z;
+    let none = Sequential { z, likelihood_ratio: 1.0, p_value: 1.0 };
+    if n1 == 0 || n2 == 0 {
+        return none;
+    }
+    let (n1f, n2f) = (n1 as f64, n2 as f64);
+    let pooled = (x1 + x2) as f64 / (n1f + n2f);
+    let v = pooled * (1.0 - pooled) * (1.0 / n1f + 1.0 / n2f);
+    let d = x1 as f64 / n1f - x2 as f64 / n2f - 0.5 * (1.0 / n1f + 1.0 / n2f);
+    if v <= 0.0 || !v.is_finite() || d <= 0.0 {
+        return none;
+    }
+    let t2 = tau * tau;
+    let log_lambda = 0.5 * (v / (v + t2)).ln() + t2 * d * d / (2.0 * v * (v + t2));
+    let likelihood_ratio = log_lambda.exp();
+    Sequential {
+        z,
+        likelihood_ratio,
+        p_value: (-log_lambda).exp().min(1.0),
+    }
+}
+
 /// The standard normal distribution function Φ(x).
 pub fn normal_cdf(x: f64) -> f64 {
     // Φ(x) = erfc(-x / √2) / 2; computed on the side that keeps the precision of small tails.
