@@ -776,7 +776,15 @@ impl Supervisor {
                     "--- coalmine: task {} (revision {}) started, pid {}, at {} ms since epoch ---\n",
                     t.id, t.revision.name, started.pid, t.started_at_ms
                 );
-                tokio::spawn(logs::pump(started.output, log_path, header, self.options.log_max_bytes, self.options.log_keep));
+                let (exit_tx, exit_rx) = tokio::sync::oneshot::channel();
+                tokio::spawn(logs::pump(
+                    started.output,
+                    log_path,
+                    header,
+                    exit_rx,
+                    self.options.log_max_bytes,
+                    self.options.log_keep,
+                ));
                 let tx = self.tx.clone();
                 let (service, task) = (name.to_string(), t.id.clone());
                 let mut child = started.child;
@@ -785,6 +793,7 @@ impl Supervisor {
                         Ok(st) => process::describe_exit(&st),
                         Err(e) => format!("wait failed: {e}"),
                     };
+                    let _ = exit_tx.send(exit.clone());
                     let _ = tx.send(Msg::Exited { service, task, serial, exit });
                 });
             }

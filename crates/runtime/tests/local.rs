@@ -390,6 +390,7 @@ fn logs_are_written_rotated_tailed_and_followed() {
         seen.iter().any(|l| l.line.starts_with(&last)).then_some(())
     });
     assert!(seen.iter().any(|l| l.line.contains("coalmine: task") && l.line.contains("started")));
+    assert!(seen.iter().any(|l| l.line == "--- coalmine: process ended: signal 9 ---"), "{seen:?}");
     assert!(matches!(rt.tail_log("nothing-here", 5), Err(RuntimeError::NoLogs { .. })));
 }
 

@@ -29,8 +29,16 @@ pub fn task_log_path(state_dir: &Path, task: &str) -> Option<PathBuf> {
     Some(tasks_log_dir(state_dir).join(service).join(format!("{task}.log")))
 }
 
-/// Copy a task's output into its log file, rotating when it reaches `max_bytes`.
-pub(crate) async fn pump(mut rx: pipe::Receiver, path: PathBuf, header: String, max_bytes: u64, keep: usize) {
+/// Copy a task's output into its log file, rotating when it reaches `max_bytes`; after the
+/// output ends, note how the process ended (`exit` resolves to e.g. "exit 1").
+pub(crate) async fn pump(
+    mut rx: pipe::Receiver,
+    path: PathBuf,
+    header: String,
+    exit: tokio::sync::oneshot::Receiver<String>,
+    max_bytes: u64,
+    keep: usize,
+) {
     let mut writer = match RotatingFile::open(path.clone(), max_bytes, keep) {
         Ok(w) => w,
         Err(e) => {
@@ -56,6 +64,9 @@ pub(crate) async fn pump(mut rx: pipe::Receiver, path: PathBuf, header: String, 
                 break;
             }
         }
+    }
+    if let Ok(how) = exit.await {
+        writer.write(format!("--- coalmine: process ended: {how} ---\n").as_bytes());
     }
 }
 
