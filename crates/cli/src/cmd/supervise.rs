@@ -51,7 +51,10 @@ fn line(s: &ServiceStatus, json: bool) -> String {
     let dep = s
         .deployments
         .last()
-        .map(|d| format!("{}:{}:{:?}", d.id, d.revision, d.state).to_uppercase())
+        .map(|d| {
+            let state = serde_json::to_value(d.state).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+            format!("{}:{}:{state}", d.id, d.revision)
+        })
         .unwrap_or_default();
     let tasks: Vec<String> = s
         .tasks
