@@ -390,7 +390,7 @@ async fn build_log_stream(State(s): State<AppState>, Path(id): Path<i64>, Query(
     let done = Box::new(move || match engine.execution_view(id) {
         Ok(Some(v)) => {
             v.execution.status != "InProgress"
-                || v.stages.iter().any(|st| st.kind.eq_ignore_ascii_case("build") && st.finished_ms.is_some())
+                || v.stages.iter().any(|st| st.name == "Build" && st.finished_ms.is_some())
         }
         _ => true,
     });

@@ -207,10 +207,17 @@ pub(crate) fn fold(
     sample
 }
 
-fn sample_once(shared: &Shared) {
+/// Sample every complete second after `last` (at most the last 10), up to the one that just
+/// ended; returns the newest second sampled.
+fn sample_once(shared: &Shared, last: Option<u64>) -> u64 {
     let engine = &shared.engine;
     let now = coalmine_pipeline::now_ms();
     let sec = now / 1000;
+    let first = match last {
+        Some(l) if l + 1 < sec => (l + 1).max(sec.saturating_sub(10)),
+        Some(_) => return sec - 1,
+        None => sec.saturating_sub(1),
+    };
     let queue = match engine.queue().depth() {
         Ok(d) => Some(DepthSample::from(d)),
         Err(e) => {
@@ -218,39 +225,55 @@ fn sample_once(shared: &Shared) {
             None
         }
     };
-    let wide = engine.queue().telemetry(sec.saturating_sub(1) * 1000);
-    let narrow = engine.queue().telemetry(sec * 1000);
-    let (wide, narrow) = match (wide, narrow) {
-        (Ok(w), Ok(n)) => (w, n),
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::debug!("sampler: queue telemetry: {e}");
-            (Vec::new(), Vec::new())
+    // windows[i]: everything since second first+i; second k is windows[k] minus windows[k+1].
+    let mut windows = Vec::new();
+    for k in first..=sec {
+        match engine.queue().telemetry(k * 1000) {
+            Ok(w) => windows.push(w),
+            Err(e) => {
+                tracing::debug!("sampler: queue telemetry: {e}");
+                windows.clear();
+                break;
+            }
         }
-    };
-    let sample = {
-        let mut series = shared.series.lock().unwrap();
-        let s = fold(sec * 1000, queue, &wide, &narrow, &mut series.totals);
-        series.push(s.clone());
-        s
-    };
-    if shared.snapshot.receiver_count() > 0 {
-        let status = match engine.status() {
-            Ok(s) => serde_json::to_value(s).unwrap_or(serde_json::Value::Null),
-            Err(e) => serde_json::json!({"error": e.to_string()}),
-        };
-        let json = serde_json::json!({"status": status, "sample": sample}).to_string();
-        shared.snapshot.send_replace(Arc::from(json));
     }
+    let mut newest = None;
+    {
+        let mut series = shared.series.lock().unwrap();
+        for (i, k) in (first..sec).enumerate() {
+            let (wide, narrow) = match (windows.get(i), windows.get(i + 1)) {
+                (Some(w), Some(n)) => (w.as_slice(), n.as_slice()),
+                _ => (&[][..], &[][..]),
+            };
+            let s = fold((k + 1) * 1000, queue.clone(), wide, narrow, &mut series.totals);
+            series.push(s.clone());
+            newest = Some(s);
+        }
+    }
+    if let Some(sample) = newest {
+        if shared.snapshot.receiver_count() > 0 {
+            let status = match engine.status() {
+                Ok(s) => serde_json::to_value(s).unwrap_or(serde_json::Value::Null),
+                Err(e) => serde_json::json!({"error": e.to_string()}),
+            };
+            let json = serde_json::json!({"status": status, "sample": sample}).to_string();
+            shared.snapshot.send_replace(Arc::from(json));
+        }
+    }
+    sec - 1
 }
 
 /// Sample just after every second boundary for as long as the server exists.
 pub(crate) fn spawn(weak: Weak<Shared>) {
-    let r = std::thread::Builder::new().name("coalmine-sampler".into()).spawn(move || loop {
-        let now = coalmine_pipeline::now_ms();
-        let next = (now / 1000 + 1) * 1000 + 20;
-        std::thread::sleep(Duration::from_millis(next - now));
-        let Some(shared) = weak.upgrade() else { return };
-        sample_once(&shared);
+    let r = std::thread::Builder::new().name("coalmine-sampler".into()).spawn(move || {
+        let mut last = None;
+        loop {
+            let now = coalmine_pipeline::now_ms();
+            let next = (now / 1000 + 1) * 1000 + 20;
+            std::thread::sleep(Duration::from_millis(next - now));
+            let Some(shared) = weak.upgrade() else { return };
+            last = Some(sample_once(&shared, last));
+        }
     });
     if let Err(e) = r {
         tracing::error!("cannot start the metrics sampler thread: {e}; charts and /metrics counters stay empty");
