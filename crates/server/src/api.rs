@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{OriginalUri, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -110,7 +110,8 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
         .unwrap_or("");
     if !constant_time_eq(given.as_bytes(), state.token.as_bytes()) {
         let why = if given.is_empty() { "missing" } else { "wrong" };
-        tracing::warn!(method = %req.method(), path = %req.uri().path(), "API request with a {why} token refused (401)");
+        let path = req.extensions().get::<OriginalUri>().map(|u| u.0.path().to_string()).unwrap_or_else(|| req.uri().path().to_string());
+        tracing::warn!(method = %req.method(), path = %path, "API request with a {why} token refused (401)");
         return (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Bearer")],
