@@ -327,20 +327,20 @@ pub fn action_names() -> impl Iterator<Item = &'static str> {
 /// The form parameters as a tree of their dotted names: `Attribute.1.Name=x` is
 /// `children["Attribute"].children["1"].children["Name"].value == "x"`.
 #[derive(Default, Debug)]
-struct Node {
-    value: Option<String>,
-    children: BTreeMap<String, Node>,
+struct Node<'a> {
+    value: Option<&'a str>,
+    children: BTreeMap<&'a str, Node<'a>>,
 }
 
-impl Node {
-    fn insert(&mut self, key: &str, value: &str) {
+impl<'a> Node<'a> {
+    fn insert(&mut self, key: &'a str, value: &'a str) {
         let mut node = self;
         for segment in key.split('.') {
-            node = node.children.entry(segment.to_owned()).or_default();
+            node = node.children.entry(segment).or_default();
         }
-        // The first occurrence of a parameter wins, as SQS does.
+        // The first occurrence of a parameter wins.
         if node.value.is_none() {
-            node.value = Some(value.to_owned());
+            node.value = Some(value);
         }
     }
 }
@@ -369,28 +369,40 @@ pub fn parse_request(params: &[(String, String)]) -> Result<(String, Value), Sqs
     let mut root = Node::default();
     for (key, value) in params {
         if key != "Action" {
-            root.insert(key, value);
+            root.insert(key.as_str(), value.as_str());
         }
     }
-    let request = parse_struct(&root, action.request, "")?;
+    let request = parse_struct(&root, action.request, &Path::Root)?;
     Ok((action.name.to_owned(), request))
 }
 
-fn join(prefix: &str, name: &str) -> String {
-    if prefix.is_empty() {
-        name.to_owned()
-    } else {
-        format!("{prefix}.{name}")
+/// Where a value sits in the request (`SendMessageBatchRequestEntry.2.DelaySeconds`), kept as a
+/// chain of references and spelled out only for an error message.
+#[derive(Clone, Copy)]
+enum Path<'p> {
+    Root,
+    Name(&'p Path<'p>, &'p str),
+    Index(&'p Path<'p>, u32),
+}
+
+impl std::fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Path::Root => Ok(()),
+            Path::Name(Path::Root, name) => f.write_str(name),
+            Path::Name(parent, name) => write!(f, "{parent}.{name}"),
+            Path::Index(parent, n) => write!(f, "{parent}.{n}"),
+        }
     }
 }
 
-fn parse_struct(node: &Node, fields: &[Field], prefix: &str) -> Result<Value, SqsError> {
+fn parse_struct(node: &Node, fields: &[Field], path: &Path) -> Result<Value, SqsError> {
     let mut out = Map::new();
     for field in fields {
         let found = field.query.iter().find_map(|name| node.children.get(*name).map(|child| (*name, child)));
         match found {
             Some((name, child)) => {
-                let value = parse_value(child, field.shape, &join(prefix, name))?;
+                let value = parse_value(child, field.shape, &Path::Name(path, name))?;
                 if !value.is_null() {
                     out.insert(field.json.to_owned(), value);
                 }
@@ -399,10 +411,10 @@ fn parse_struct(node: &Node, fields: &[Field], prefix: &str) -> Result<Value, Sq
                 // An empty list or map is sent as `Name=` with no items (botocore does so).
                 if let Some(child) = node.children.get(field.json) {
                     match field.shape {
-                        Shape::List(_) if child.value.as_deref() == Some("") => {
+                        Shape::List(_) if child.value == Some("") => {
                             out.insert(field.json.to_owned(), Value::Array(Vec::new()));
                         }
-                        Shape::Map { .. } if child.value.as_deref() == Some("") => {
+                        Shape::Map { .. } if child.value == Some("") => {
                             out.insert(field.json.to_owned(), Value::Object(Map::new()));
                         }
                         _ => {}
@@ -415,7 +427,7 @@ fn parse_struct(node: &Node, fields: &[Field], prefix: &str) -> Result<Value, Sq
 }
 
 /// The numbered items of a flattened list or map (`Name.1`, `Name.2`, ...), in index order.
-fn numbered<'a>(node: &'a Node, path: &str) -> Result<Vec<(u32, &'a Node)>, SqsError> {
+fn numbered<'n, 'a>(node: &'n Node<'a>, path: &Path) -> Result<Vec<(u32, &'n Node<'a>)>, SqsError> {
     let mut items = Vec::with_capacity(node.children.len());
     for (index, child) in &node.children {
         let n: u32 = index.parse().ok().filter(|n| *n >= 1).ok_or_else(|| {
@@ -425,14 +437,14 @@ fn numbered<'a>(node: &'a Node, path: &str) -> Result<Vec<(u32, &'a Node)>, SqsE
         })?;
         items.push((n, child));
     }
-    items.sort_by_key(|(n, _)| *n);
+    items.sort_unstable_by_key(|(n, _)| *n);
     Ok(items)
 }
 
-fn parse_value(node: &Node, shape: &Shape, path: &str) -> Result<Value, SqsError> {
+fn parse_value(node: &Node, shape: &Shape, path: &Path) -> Result<Value, SqsError> {
     match shape {
-        Shape::Str => Ok(node.value.clone().map(Value::String).unwrap_or(Value::Null)),
-        Shape::Int => match node.value.as_deref() {
+        Shape::Str => Ok(node.value.map(|v| Value::String(v.to_owned())).unwrap_or(Value::Null)),
+        Shape::Int => match node.value {
             None => Ok(Value::Null),
             Some(text) => text.trim().parse::<i64>().map(|n| Value::Number(Number::from(n))).map_err(|_| {
                 SqsError::invalid_parameter(format!(
@@ -440,7 +452,7 @@ fn parse_value(node: &Node, shape: &Shape, path: &str) -> Result<Value, SqsError
                 ))
             }),
         },
-        Shape::Bool => match node.value.as_deref() {
+        Shape::Bool => match node.value {
             None => Ok(Value::Null),
             Some("true") => Ok(Value::Bool(true)),
             Some("false") => Ok(Value::Bool(false)),
@@ -449,15 +461,15 @@ fn parse_value(node: &Node, shape: &Shape, path: &str) -> Result<Value, SqsError
             ))),
         },
         Shape::List(item) => {
-            let mut out = Vec::new();
+            let mut out = Vec::with_capacity(node.children.len());
             // A single unnumbered value (`AttributeName=All`) counts as the first item.
-            if let Some(value) = node.value.as_deref().filter(|v| !v.is_empty()) {
+            if let Some(value) = node.value.filter(|v| !v.is_empty()) {
                 if matches!(item, Shape::Str) {
                     out.push(Value::String(value.to_owned()));
                 }
             }
             for (n, child) in numbered(node, path)? {
-                let value = parse_value(child, item, &format!("{path}.{n}"))?;
+                let value = parse_value(child, item, &Path::Index(path, n))?;
                 if !value.is_null() {
                     out.push(value);
                 }
@@ -467,12 +479,12 @@ fn parse_value(node: &Node, shape: &Shape, path: &str) -> Result<Value, SqsError
         Shape::Map { key, value, item } => {
             let mut out = Map::new();
             for (n, child) in numbered(node, path)? {
-                let entry = format!("{path}.{n}");
-                let name = child.children.get(*key).and_then(|k| k.value.clone()).ok_or_else(|| {
+                let entry = Path::Index(path, n);
+                let name = child.children.get(*key).and_then(|k| k.value).map(str::to_owned).ok_or_else(|| {
                     SqsError::missing_parameter(&format!("{entry}.{key}"))
                 })?;
                 let parsed = match child.children.get(*value) {
-                    Some(v) => parse_value(v, item, &format!("{entry}.{value}"))?,
+                    Some(v) => parse_value(v, item, &Path::Name(&entry, value))?,
                     None => Value::Null,
                 };
                 let parsed = match (parsed, item) {
