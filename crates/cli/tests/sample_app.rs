@@ -510,3 +510,20 @@ fn send_to_an_unreachable_endpoint_fails_with_a_hint() {
     assert!(stderr.contains("cannot reach the queue"), "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(30));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_keeps_to_the_rate_asked() {
+    let queue = QueueServer::start();
+    let client = queue.client();
+    let (url, _) = create_queues(&client, "paced").await;
+    // 40 messages at 100/s: batches of 5 start every 50 ms, the last one at 350 ms.
+    let started = Instant::now();
+    let out = send(
+        &queue.endpoint,
+        &["--queue", "paced", "--count", "8", "--batch", "5", "--rate", "100/s"],
+    );
+    let took = started.elapsed();
+    assert!(out.status.success(), "{out:?}");
+    assert!(took >= Duration::from_millis(350), "40 messages at 100/s took only {took:?}");
+    assert_eq!(depth(&client, &url).await, (40, 0));
+}
