@@ -123,6 +123,51 @@ async fn wait_js(c: &Client, what: &str, script: &str, ok: impl Fn(&Value) -> bo
     }
 }
 
+/// Send 30 messages to the app's queue and consume them as two tasks; returns how many were deleted.
+async fn traffic(endpoint: &str, canary: &str, primary: &str) -> u64 {
+    let http = reqwest::Client::new();
+    let url = format!("{endpoint}/000000000000/tiny");
+    let call = |action: &'static str, key: String, body: Value| {
+        let http = http.clone();
+        async move {
+            let r = http
+                .post(endpoint)
+                .header("X-Amz-Target", format!("AmazonSQS.{action}"))
+                .header("Content-Type", "application/x-amz-json-1.0")
+                .header("Authorization", format!("AWS4-HMAC-SHA256 Credential={key}/20260101/us-east-1/sqs/aws4_request, SignedHeaders=host, Signature=00"))
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "SQS {action}: {}", r.status());
+            r.json::<Value>().await.unwrap_or(Value::Null)
+        }
+    };
+    for i in 0..30 {
+        call("SendMessage", "sender".into(), json!({"QueueUrl": url, "MessageBody": format!("m{i}")})).await;
+    }
+    let mut deleted = 0;
+    let mut left = 30;
+    let mut round = 0;
+    while left > 0 {
+        round += 1;
+        let key = if round % 2 == 0 { canary } else { primary };
+        let r = call("ReceiveMessage", key.into(), json!({"QueueUrl": url, "MaxNumberOfMessages": 4, "WaitTimeSeconds": 1})).await;
+        for (i, m) in r["Messages"].as_array().cloned().unwrap_or_default().iter().enumerate() {
+            let handle = m["ReceiptHandle"].as_str().unwrap();
+            left -= 1;
+            if key == canary && i == 0 {
+                call("ChangeMessageVisibility", key.into(), json!({"QueueUrl": url, "ReceiptHandle": handle, "VisibilityTimeout": 0})).await;
+            } else {
+                call("DeleteMessage", key.into(), json!({"QueueUrl": url, "ReceiptHandle": handle})).await;
+                deleted += 1;
+            }
+        }
+        assert!(round < 200, "the queue did not hand out 30 messages");
+    }
+    deleted
+}
+
 const STAGES_JS: &str = "return [...document.querySelectorAll('#stages .stage')].map(s => [s.dataset.stage, s.dataset.status]);";
 
 fn stage_status<'a>(v: &'a Value, name: &str) -> &'a str {
@@ -145,6 +190,11 @@ async fn approve_in_the_dashboard_carries_the_revision_to_the_primary() {
     let info: Value = serde_json::from_str(&std::fs::read_to_string(app.path().join(".coalmine/up.json")).unwrap()).unwrap();
     let base = info["api"].as_str().unwrap().to_string();
     let token = std::fs::read_to_string(app.path().join(".coalmine/token")).unwrap().trim().to_string();
+
+    // Some traffic for the charts: the canary (v2) and the primary (v1) consume, the canary
+    // hands a few messages back.
+    let queue = info["queue"].as_str().unwrap().to_string();
+    let processed = traffic(&queue, &format!("CM.canary.{v2}.9"), &format!("CM.primary.{v1}.8")).await;
 
     let driver = Driver::start();
     let c = driver.browser(false).await;
@@ -185,6 +235,16 @@ async fn approve_in_the_dashboard_carries_the_revision_to_the_primary() {
     }
     wait_js(&c, "the live indicator", "return document.getElementById('live').textContent;", |v| v == "live").await;
     wait_js(&c, "the queue chart", "return document.querySelectorAll('#chart-queue path.series').length;", |v| v.as_u64() == Some(3)).await;
+    let legend = wait_js(
+        &c,
+        "a processed line per revision",
+        "return [document.querySelectorAll('#chart-processed path.series').length, document.querySelector('#chart-processed + .legend').textContent];",
+        |v| v[0].as_u64() == Some(2),
+    )
+    .await;
+    let legend = legend[1].as_str().unwrap();
+    assert!(legend.contains(&format!("{v2} (canary)")) && legend.contains(&format!("{v1} (primary)")), "legend: {legend}");
+    assert!(processed > 0);
     wait_js(&c, "the history", "return document.querySelectorAll('#history tr[data-execution]').length;", |v| v.as_u64() == Some(2)).await;
     wait_js(&c, "the build log", "return document.getElementById('log').textContent;", |v| {
         v.as_str().is_some_and(|t| t.contains("[command] cp worker.sh out/worker.sh"))
