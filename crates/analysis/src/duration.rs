@@ -62,7 +62,7 @@ pub fn format(d: Duration) -> String {
         return "0s".to_string();
     }
     for (unit, size) in [("d", 86_400_000u64), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-        if ms % size == 0 {
+        if ms.checked_rem(size) == Some(0) {
             return format!("{}{unit}", ms / size);
         }
     }

@@ -323,12 +323,17 @@ fn toml_error_diagnostic(file: &str, src: &str, e: TomlError) -> Diagnostic {
     } else if msg.starts_with("invalid type") && path.starts_with("run.env") {
         Some("environment values are strings: quote the value, e.g. WORK_MS = \"1000\"".to_string())
     } else if msg.starts_with("invalid type") || msg.starts_with("invalid value") {
-        if msg.contains("expected u") {
-            Some("use a non-negative whole number in range".to_string())
+        if msg.contains("expected u16") {
+            Some("use a whole number from 0 to 65535".to_string())
+        } else if msg.contains("expected u") {
+            Some("use a whole number, 0 or more".to_string())
+        } else if msg.contains("expected struct Raw") {
+            msg = format!("{}expected a table", &msg[..msg.find("expected struct Raw").unwrap_or(0)]);
+            Some(format!("write it as a `[{last}]` section of `key = value` lines"))
         } else if msg.contains("expected f64") {
             Some("use a number, e.g. 2.0".to_string())
         } else if msg.contains("expected a sequence") {
-            Some("use `[[section]]` (an array of tables) for this".to_string())
+            Some(format!("write each entry as its own `[[{last}]]` table"))
         } else {
             None
         }

@@ -330,7 +330,18 @@ fn wrong_types() {
     assert!(e.message.contains("invalid type: string \"one\""), "{e}");
 
     let d = errors(&format!("{MINIMAL}[services.canary]\ntasks = -1\n"));
-    assert!(one(&d, "services.canary.tasks").hint.as_deref().unwrap().contains("non-negative"));
+    assert!(one(&d, "services.canary.tasks").hint.as_deref().unwrap().contains("0 or more"));
+
+    let d = errors("app = \"x\"\nrun = \"./x\"\n");
+    let e = one(&d, "run");
+    assert_eq!(e.message, "invalid type: string \"./x\", expected a table");
+    assert!(e.hint.as_deref().unwrap().contains("`[run]` section"), "{e}");
+
+    let d = errors(&format!("{MINIMAL}[server]\nport = 70000\n"));
+    assert_eq!(one(&d, "server.port").hint.as_deref(), Some("use a whole number from 0 to 65535"));
+
+    let d = errors(&format!("{MINIMAL}[steps]\ndeploy = \"canary\"\n"));
+    assert!(one(&d, "steps").hint.as_deref().unwrap().contains("`[[steps]]` table"));
 
     let d = errors(&format!("{MINIMAL}env = {{ WORK_MS = 1000 }}\n"));
     let e = &d.0[0];
