@@ -118,13 +118,29 @@ fn failed_build_fails_the_execution() {
 
 #[test]
 fn crash_looping_canary_trips_the_circuit_breaker() {
+    // With no alarms, the runtime's circuit breaker is what stops a crash-looping canary.
+    let mut app = App::new("alarms = []\n");
+    let v1 = bootstrap(&mut app);
+    app.commit(WORKER_CRASH, BUILDSPEC, "crashes at start");
+    let v = app.wait_status("the execution to fail", Duration::from_secs(120), |v| exec_status(v) == "Failed");
+    let reason = v["execution"]["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("circuit breaker"), "reason: {reason}");
+    app.wait_status("canary back on the primary's revision", T, |v| {
+        service_revision(v, "canary") == v1 && service_steady(v, "canary")
+    });
+}
+
+#[test]
+fn crashing_canary_is_rolled_back_by_the_crash_alarm() {
     let mut app = App::new("");
     let v1 = bootstrap(&mut app);
     app.commit(WORKER_CRASH, BUILDSPEC, "crashes at start");
-    let v = app.wait_status("the execution to fail", Duration::from_secs(120), |v| {
-        matches!(exec_status(v), "Failed" | "RolledBack")
-    });
-    assert!(v["execution"]["reason"].as_str().unwrap_or("").contains("failed"), "reason: {}", v["execution"]["reason"]);
+    let v = app.wait_status("the rollback", Duration::from_secs(60), |v| exec_status(v) == "RolledBack");
+    let reason = v["execution"]["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("alarm crashes"), "reason: {reason}");
+    let rb = &v["execution"]["rollbacks"][0];
+    assert_eq!(rb["to_revision"], v1.as_str());
+    assert!(rb["actor"].as_str().unwrap().starts_with("alarm:"));
     app.wait_status("canary back on the primary's revision", T, |v| {
         service_revision(v, "canary") == v1 && service_steady(v, "canary")
     });

@@ -484,6 +484,21 @@ impl Engine {
         timeout_ms: u64,
     ) -> Result<(), PipelineError> {
         let tasks = self.spec_tasks(service);
+        let stage_started = stage.started_ms.unwrap_or(0).max(0) as u64;
+        // A deployment of this revision that failed since the stage started ends the stage
+        // (the runtime's circuit breaker has already put the service back).
+        if let Some(st) = self.runtime.service(service) {
+            let failed = st
+                .deployments
+                .iter()
+                .rev()
+                .find(|d| d.revision == exec.revision && d.started_at_ms >= stage_started && d.state == DeploymentState::Failed);
+            if let Some(d) = failed {
+                let reason = format!("deployment of {} to {service} failed: {}", exec.revision, d.reason);
+                self.fail_stage(exec, stage, &reason)?;
+                return self.end_execution(exec, status::FAILED, &reason, ACTOR_ENGINE);
+            }
+        }
         {
             let store = self.store.lock().unwrap();
             if store.service(service)?.map(|(r, _)| r) != Some(exec.revision.clone()) {
@@ -493,14 +508,6 @@ impl Engine {
         }
         self.reconcile_services()?;
         let Some(st) = self.runtime.service(service) else { return Ok(()) };
-        let newest = st.deployments.iter().rev().find(|d| d.revision == exec.revision);
-        if let Some(d) = newest {
-            if d.state == DeploymentState::Failed {
-                let reason = format!("deployment of {} to {service} failed: {}", exec.revision, d.reason);
-                self.fail_stage(exec, stage, &reason)?;
-                return self.end_execution(exec, status::FAILED, &reason, ACTOR_ENGINE);
-            }
-        }
         if st.steady && st.revision == exec.revision && st.running >= tasks {
             return self.stage_done(exec, stage, &format!("{service} runs {} on {} task(s)", exec.revision, st.running));
         }
@@ -889,11 +896,21 @@ impl Engine {
             // A circuit breaker may have put the service back by itself: accept that as the
             // new desired state rather than fight it.
             if let (Some(c), Some(st)) = (&current, self.runtime.service(name)) {
-                if let Some(d) = st.deployments.last() {
-                    if d.state == DeploymentState::Failed && d.revision == revision && c.revision.name != revision {
-                        store.set_service(name, &c.revision.name, tasks)?;
-                        continue;
-                    }
+                let breaker_undid = st
+                    .deployments
+                    .iter()
+                    .rev()
+                    .find(|d| d.revision == revision)
+                    .is_some_and(|d| d.state == DeploymentState::Failed && d.rolled_back_to.is_some());
+                if breaker_undid && c.revision.name != revision {
+                    store.set_service(name, &c.revision.name, c.desired)?;
+                    store.event(
+                        None,
+                        "circuit-breaker",
+                        ACTOR_ENGINE,
+                        &format!("{name} went back to {} by itself after {revision} failed to start", c.revision.name),
+                    )?;
+                    continue;
                 }
             }
             let mut spec = self.service_spec(name, &revision, tasks);

@@ -34,7 +34,7 @@ artifacts:
 pub fn coalmine_toml(extra: &str) -> String {
     format!(
         r#"app = "tiny"
-
+{extra}
 [source]
 repo = "repo"
 branch = "main"
@@ -50,7 +50,7 @@ tasks = 2
 
 [services.canary]
 tasks = 1
-{extra}"#
+"#
     )
 }
 
@@ -85,6 +85,10 @@ impl App {
     pub fn commit(&self, worker: &str, buildspec: &str, message: &str) -> String {
         let repo = self.repo();
         std::fs::write(repo.join("worker.sh"), worker).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(repo.join("worker.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
         std::fs::write(repo.join("buildspec.yml"), buildspec).unwrap();
         std::fs::write(repo.join("message.txt"), message).unwrap();
         git(&repo, &["add", "-A"]);
