@@ -221,18 +221,18 @@ def test_change_visibility():
 def test_queue_attributes():
     url = create("qattr")
     sqs.set_queue_attributes(QueueUrl=url, Attributes={
-        "VisibilityTimeout": "120", "MessageRetentionPeriod": "3600", "DelaySeconds": "2",
+        "VisibilityTimeout": "120", "MessageRetentionPeriod": "3600", "DelaySeconds": "60",
         "ReceiveMessageWaitTimeSeconds": "1", "MaximumMessageSize": "2048",
     })
     attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
-    for key, value in {"VisibilityTimeout": "120", "MessageRetentionPeriod": "3600", "DelaySeconds": "2",
+    for key, value in {"VisibilityTimeout": "120", "MessageRetentionPeriod": "3600", "DelaySeconds": "60",
                        "ReceiveMessageWaitTimeSeconds": "1", "MaximumMessageSize": "2048"}.items():
         check_eq(attrs.get(key), value, f"attribute {key}")
     for key in ("QueueArn", "CreatedTimestamp", "LastModifiedTimestamp", "ApproximateNumberOfMessages"):
         check(key in attrs, f"{key} in {sorted(attrs)}")
     check_eq(attrs["QueueArn"].split(":")[-1], name("qattr"), "QueueArn names the queue")
     some = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["DelaySeconds", "VisibilityTimeout"])["Attributes"]
-    check_eq(some, {"DelaySeconds": "2", "VisibilityTimeout": "120"}, "only the named attributes")
+    check_eq(some, {"DelaySeconds": "60", "VisibilityTimeout": "120"}, "only the named attributes")
     code, _ = error_code(lambda: sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["NoSuchAttribute"]))
     check(code.endswith("InvalidAttributeName"), f"unknown attribute name: {code}")
 

@@ -58,7 +58,7 @@ def check_eq(actual, expected, what):
         raise AssertionError(f"{what}: expected {expected!r}, got {actual!r}")
 
 
-def wait_for(what, attempt, timeout=15.0):
+def wait_for(what, attempt, timeout=30.0):
     """Call attempt() until it returns something truthy, or fail after timeout seconds."""
     deadline = time.monotonic() + timeout
     while True:
