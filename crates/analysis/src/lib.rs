@@ -121,6 +121,9 @@ pub struct RevisionSample {
 }
 
 /// Everything the alarms look at, for one window.
+///
+/// The counts should be cumulative from the canary's deploy (the window grows), judged as
+/// often as wanted: the failure-ratio test is built to be looked at repeatedly.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Observation {
     pub now_ms: u64,

@@ -66,7 +66,6 @@ fn default_toml_parses_back_to_the_defaults() {
     let from_template = parse(&text, "coalmine.toml").unwrap_or_else(|d| panic!("{d}"));
     let from_minimal = parse(MINIMAL, "coalmine.toml").unwrap();
     assert_eq!(from_template, from_minimal);
-    // Every line that is not a comment or blank is a key, table header or nothing else.
     assert!(text.lines().filter(|l| l.starts_with('#')).count() > 20, "the template explains itself");
     // Another name flows into the queue names.
     let other = parse(&default_toml("billing"), "coalmine.toml").unwrap();
