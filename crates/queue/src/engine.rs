@@ -91,11 +91,12 @@ pub struct Ctx {
     pub now_ms: u64,
     /// Set by actions that change state: the store ticket to wait for.
     pub ticket: u64,
+    pub(crate) durable: Option<tokio::sync::oneshot::Receiver<Result<(), String>>>,
 }
 
 impl Ctx {
     pub fn new(access_key: &str, host: &str) -> Ctx {
-        Ctx { access_key: Arc::from(access_key), host: host.to_string(), now_ms: now_ms(), ticket: 0 }
+        Ctx { access_key: Arc::from(access_key), host: host.to_string(), now_ms: now_ms(), ticket: 0, durable: None }
     }
 }
 
@@ -343,8 +344,8 @@ impl Broker {
         let mut orphans = 0usize;
         for r in loaded.messages {
             st.next_seq = st.next_seq.max(r.seq + 1);
-            let sender = st.key(&r.sender);
-            let receiver = r.receiver.as_deref().map(|k| st.key(k));
+            let sender = KeyId::intern(&r.sender);
+            let receiver = r.receiver.as_deref().map(KeyId::intern).unwrap_or_default();
             let Some(q) = st.queues.get_mut(&r.queue) else {
                 orphans += 1;
                 continue;
@@ -368,7 +369,7 @@ impl Broker {
             q.next_seqnum = q.next_seqnum.max(r.seqnum);
             let in_flight = r.recv_count > 0 && r.visible_at > now && r.nonce != 0;
             let m = Msg {
-                id: uuid::Uuid::parse_str(&r.id).map(|u| u.as_u128()).unwrap_or_else(|_| rand::random()),
+                id: uuid::Uuid::parse_str(&r.id).map(|u| *u.as_bytes()).unwrap_or_else(|_| rand::random()),
                 body: r.body.into_boxed_str(),
                 extra,
                 sent_ms: r.sent_ms,
@@ -440,18 +441,17 @@ impl Broker {
     }
 
     fn submit(&self, ctx: &mut Ctx, ops: Vec<Op>) {
-        let t = self.inner.store.submit(ops);
-        if t > 0 {
-            ctx.ticket = t;
+        if ops.is_empty() {
+            return;
         }
-    }
-
-    /// Wait until the changes of `ctx` are durable (per the configured durability).
-    pub(crate) async fn wait_durable(&self, ticket: u64) -> Result<(), SqsError> {
-        if self.inner.cfg.durability == Durability::None || ticket == 0 {
-            return Ok(());
-        }
-        self.inner.store.wait(ticket).await.map_err(SqsError::internal)
+        let done = if self.inner.cfg.durability == Durability::Commit {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            ctx.durable = Some(rx);
+            Some(tx)
+        } else {
+            None
+        };
+        ctx.ticket = self.inner.store.submit_with(ops, done);
     }
 
     fn wait_durable_blocking(&self, ticket: u64) -> Result<(), SqsError> {
@@ -922,7 +922,7 @@ impl Broker {
         let delay = int_range(req, "DelaySeconds", 0, 900)?;
         let group = s(req, "MessageGroupId");
         let dedup = s(req, "MessageDeduplicationId");
-        let sender = ctx.access_key.clone();
+        let sender = KeyId::intern(&ctx.access_key);
         let State { queues, next_seq, .. } = st;
         let q = queues.get_mut(name).ok_or_else(SqsError::queue_does_not_exist)?;
         let size = body.len() + attr_size;
@@ -969,7 +969,7 @@ impl Broker {
             let key = if q.dedup_by_group() { format!("{g}\u{0}{d}") } else { d.clone() };
             if let Some((_, id, seqnum)) = q.dedup.get(&key) {
                 let mut out = json!({
-                    "MessageId": uuid::Uuid::from_u128(*id).hyphenated().to_string(),
+                    "MessageId": uuid::Uuid::from_bytes(*id).hyphenated().to_string(),
                     "MD5OfMessageBody": md5_body,
                     "SequenceNumber": format!("{seqnum:020}"),
                 });
@@ -1012,7 +1012,7 @@ impl Broker {
             }
             delay_s = delay.map(|d| d as u64).unwrap_or(q.delay_s);
         }
-        let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid().as_u128();
+        let id = *uuid::Builder::from_random_bytes(rand::random()).into_uuid().as_bytes();
         let seq = *next_seq;
         *next_seq += 1;
         let m = Msg {
@@ -1025,7 +1025,7 @@ impl Broker {
             recv_count: 0,
             nonce: 0,
             sender,
-            receiver: None,
+            receiver: KeyId::NONE,
             received_at: 0,
         };
         ops.push(Op::Put(Box::new(m.row(seq, name))));
@@ -1103,9 +1103,9 @@ impl Broker {
             return Ok(());
         }
         let m = q.take(seq).expect("message present");
-        if let Some(r) = &m.receiver {
+        if let Some(r) = m.receiver.get() {
             let latency_us = ctx.now_ms.saturating_sub(m.received_at) * 1000;
-            telemetry.record(name, r, ctx.now_ms, Event::Deleted { latency_us });
+            telemetry.record(name, &r, ctx.now_ms, Event::Deleted { latency_us });
         }
         ops.push(Op::Del(seq));
         Ok(())
@@ -1130,7 +1130,7 @@ impl Broker {
             return Err(bad_receipt_visibility(h));
         }
         if t == 0 {
-            let receiver = m.receiver.clone();
+            let receiver = m.receiver.get();
             q.make_visible(seq, now);
             if let Some(r) = receiver {
                 telemetry.record(name, &r, now, Event::Returned);
@@ -1148,6 +1148,7 @@ impl Broker {
     fn receive_once(&self, st: &mut State, name: &str, p: &RecvParams, ctx: &mut Ctx) -> Result<Vec<Value>, SqsError> {
         let now = ctx.now_ms;
         let key = st.key(&ctx.access_key);
+        let kid = KeyId::intern(&ctx.access_key);
         let State { queues, telemetry, .. } = st;
         let q = queues.get_mut(name).ok_or_else(SqsError::queue_does_not_exist)?;
         q.promote(now, telemetry);
@@ -1202,7 +1203,7 @@ impl Broker {
                     break n;
                 }
             };
-            m.receiver = Some(key.clone());
+            m.receiver = kid;
             m.received_at = now;
             m.visible_at = now + vis * 1000;
             let m = &q.msgs[&seq];
@@ -1223,7 +1224,7 @@ impl Broker {
                 let mut a = Map::new();
                 let e = m.extra.as_deref();
                 if want("SenderId") {
-                    a.insert("SenderId".into(), json!(&*m.sender));
+                    a.insert("SenderId".into(), json!(m.sender.name()));
                 }
                 if want("SentTimestamp") {
                     a.insert("SentTimestamp".into(), json!(m.sent_ms.to_string()));
@@ -1280,8 +1281,8 @@ impl Broker {
         }
         if let Some((dlq_name, _)) = redrive {
             for (seq, mut m) in to_dlq {
-                if let Some(r) = &m.receiver {
-                    telemetry.record(name, r, now, Event::DeadLettered);
+                if let Some(r) = m.receiver.get() {
+                    telemetry.record(name, &r, now, Event::DeadLettered);
                 }
                 let e = m.extra.get_or_insert_with(|| {
                     Box::new(Extra { attrs: None, sys_attrs: None, group: None, dedup_id: None, seqnum: 0, dl_source: None, dl_moved_at: 0 })
@@ -1349,8 +1350,13 @@ impl Broker {
         if action == "StartMessageMoveTask" && r.is_ok() {
             self.spawn_move_tasks();
         }
-        let ticket = ctx.ticket;
-        self.wait_durable(ticket).await?;
+        if let Some(rx) = ctx.durable.take() {
+            match rx.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(SqsError::internal(e)),
+                Err(_) => return Err(SqsError::internal("the queue store stopped before the change was committed")),
+            }
+        }
         r
     }
 
@@ -1509,7 +1515,7 @@ impl Broker {
             .filter(|m| m.nonce != 0)
             .map(|m| InFlightMessage {
                 message_id: m.id_string(),
-                access_key_id: m.receiver.as_deref().unwrap_or("").to_string(),
+                access_key_id: m.receiver.name(),
                 received_at_ms: m.received_at,
                 receive_count: m.recv_count,
             })
@@ -1530,7 +1536,7 @@ impl Broker {
                 Some(DeadLetter {
                     message_id: m.id_string(),
                     source_queue: e.dl_source.clone()?,
-                    last_receiver: m.receiver.as_deref().map(String::from),
+                    last_receiver: m.receiver.get().map(|r| r.to_string()),
                     moved_at_ms: e.dl_moved_at,
                     receive_count: m.recv_count,
                     body: m.body.to_string(),
@@ -1543,7 +1549,7 @@ impl Broker {
     /// receive count reset. In-flight ones (received from the DLQ) are skipped. Returns how
     /// many moved.
     pub fn redrive(&self, dlq: &str, message_ids: &[String]) -> Result<usize, SqsError> {
-        let wanted: HashSet<u128> = message_ids.iter().filter_map(|id| uuid::Uuid::parse_str(id).ok()).map(|u| u.as_u128()).collect();
+        let wanted: HashSet<[u8; 16]> = message_ids.iter().filter_map(|id| uuid::Uuid::parse_str(id).ok()).map(|u| *u.as_bytes()).collect();
         let now = now_ms();
         let mut ctx = self.admin_ctx();
         let mut st = self.lock();
@@ -1595,8 +1601,8 @@ impl Broker {
             .iter()
             .filter_map(|(_, s)| {
                 let m = q.msgs.get(s)?;
-                let r = m.receiver.as_ref()?;
-                (m.nonce != 0 && access_key_ids.iter().any(|k| k.as_str() == &**r)).then(|| (*s, r.clone()))
+                let r = m.receiver.get()?;
+                (m.nonce != 0 && access_key_ids.iter().any(|k| k.as_str() == &*r)).then(|| (*s, r.clone()))
             })
             .collect();
         let mut ops = Vec::new();

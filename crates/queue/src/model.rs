@@ -12,6 +12,44 @@ use crate::telemetry::{Event, Telemetry};
 pub const ACCOUNT: &str = "000000000000";
 pub const MAX_MESSAGE_BYTES: usize = 262_144;
 
+/// An interned access key id (0: none). Interned process-wide: there are few of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub(crate) struct KeyId(u32);
+
+type KeyTable = (Vec<Arc<str>>, HashMap<Arc<str>, u32>);
+static KEYS: std::sync::OnceLock<std::sync::RwLock<KeyTable>> = std::sync::OnceLock::new();
+
+impl KeyId {
+    pub const NONE: KeyId = KeyId(0);
+
+    pub fn intern(name: &str) -> KeyId {
+        let t = KEYS.get_or_init(Default::default);
+        if let Some(i) = t.read().unwrap_or_else(|e| e.into_inner()).1.get(name) {
+            return KeyId(*i);
+        }
+        let mut w = t.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = w.1.get(name) {
+            return KeyId(*i);
+        }
+        let a: Arc<str> = Arc::from(name);
+        w.0.push(a.clone());
+        let i = w.0.len() as u32;
+        w.1.insert(a, i);
+        KeyId(i)
+    }
+
+    pub fn get(self) -> Option<Arc<str>> {
+        if self.0 == 0 {
+            return None;
+        }
+        KEYS.get().and_then(|t| t.read().unwrap_or_else(|e| e.into_inner()).0.get(self.0 as usize - 1).cloned())
+    }
+
+    pub fn name(self) -> String {
+        self.get().map(|a| a.to_string()).unwrap_or_default()
+    }
+}
+
 pub(crate) struct Extra {
     pub attrs: Option<Map<String, Value>>,
     pub sys_attrs: Option<Map<String, Value>>,
@@ -23,7 +61,7 @@ pub(crate) struct Extra {
 }
 
 pub(crate) struct Msg {
-    pub id: u128,
+    pub id: [u8; 16],
     pub body: Box<str>,
     pub extra: Option<Box<Extra>>,
     pub sent_ms: u64,
@@ -32,15 +70,15 @@ pub(crate) struct Msg {
     pub recv_count: u32,
     /// Nonce of the current receipt handle; 0 when not in flight.
     pub nonce: u32,
-    pub sender: Arc<str>,
+    pub sender: KeyId,
     /// The last receiver (access key id).
-    pub receiver: Option<Arc<str>>,
+    pub receiver: KeyId,
     pub received_at: u64,
 }
 
 impl Msg {
     pub fn id_string(&self) -> String {
-        uuid::Uuid::from_u128(self.id).hyphenated().to_string()
+        uuid::Uuid::from_bytes(self.id).hyphenated().to_string()
     }
     pub fn group(&self) -> Option<&Arc<str>> {
         self.extra.as_ref().and_then(|e| e.group.as_ref())
@@ -60,8 +98,8 @@ impl Msg {
             recv_count: self.recv_count,
             first_recv_ms: self.first_recv_ms,
             nonce: self.nonce,
-            sender: self.sender.to_string(),
-            receiver: self.receiver.as_ref().map(|r| r.to_string()),
+            sender: self.sender.name(),
+            receiver: self.receiver.get().map(|r| r.to_string()),
             received_at: self.received_at,
             group_id: e.and_then(|e| e.group.as_ref()).map(|g| g.to_string()),
             dedup_id: e.and_then(|e| e.dedup_id.clone()),
@@ -78,7 +116,7 @@ impl Msg {
             recv_count: self.recv_count,
             first_recv_ms: self.first_recv_ms,
             nonce: self.nonce,
-            receiver: self.receiver.as_ref().map(|r| r.to_string()),
+            receiver: self.receiver.get().map(|r| r.to_string()),
             received_at: self.received_at,
         }
     }
@@ -93,12 +131,12 @@ pub(crate) struct Queue {
     pub created_s: u64,
     pub modified_s: u64,
     pub last_purge_ms: u64,
-    pub msgs: HashMap<u64, Msg>,
+    pub msgs: BTreeMap<u64, Msg>,
     pub ready: BTreeSet<u64>,
     pub pending: BTreeSet<(u64, u64)>,
     pub inflight: usize,
     pub group_inflight: HashMap<Arc<str>, u32>,
-    pub dedup: HashMap<String, (u64, u128, u64)>,
+    pub dedup: HashMap<String, (u64, [u8; 16], u64)>,
     pub dedup_order: VecDeque<(u64, String)>,
     pub next_seqnum: u64,
     pub notify: Arc<Notify>,
@@ -262,7 +300,7 @@ impl Queue {
             created_s,
             modified_s: created_s,
             last_purge_ms: 0,
-            msgs: HashMap::new(),
+            msgs: BTreeMap::new(),
             ready: BTreeSet::new(),
             pending: BTreeSet::new(),
             inflight: 0,
@@ -382,8 +420,8 @@ impl Queue {
             if m.nonce != 0 {
                 m.nonce = 0;
                 let g = m.group().cloned();
-                if let Some(r) = &m.receiver {
-                    tel.record(&self.name, r, now, Event::Expired);
+                if let Some(r) = m.receiver.get() {
+                    tel.record(&self.name, &r, now, Event::Expired);
                 }
                 self.inflight -= 1;
                 self.release_group(g);

@@ -72,12 +72,14 @@ struct Progress {
 }
 
 pub struct Store {
-    tx: Mutex<Option<mpsc::Sender<(u64, Vec<Op>)>>>,
+    tx: Mutex<Option<mpsc::Sender<Batch>>>,
     next_ticket: Mutex<u64>,
     progress: Arc<(Mutex<Progress>, Condvar)>,
-    watch: tokio::sync::watch::Sender<u64>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
+
+pub type Done = tokio::sync::oneshot::Sender<Result<(), String>>;
+type Batch = (u64, Vec<Op>, Option<Done>);
 
 pub struct Loaded {
     pub queues: Vec<QueueRow>,
@@ -118,21 +120,18 @@ impl Store {
         let path = dir.join("queue.db");
         let conn = open_conn(&path)?;
         let loaded = load(&conn).map_err(|source| QueueError::Store { path: path.clone(), source })?;
-        let (tx, rx) = mpsc::channel::<(u64, Vec<Op>)>();
+        let (tx, rx) = mpsc::channel::<Batch>();
         let progress = Arc::new((Mutex::new(Progress { committed: 0, failed: None }), Condvar::new()));
-        let (watch, _) = tokio::sync::watch::channel(0u64);
         let p2 = progress.clone();
-        let w2 = watch.clone();
         let thread = std::thread::Builder::new()
             .name("queue-store".into())
-            .spawn(move || writer(conn, path, rx, p2, w2))
+            .spawn(move || writer(conn, path, rx, p2))
             .map_err(|source| QueueError::Io { path: dir.to_path_buf(), source })?;
         Ok((
             Store {
                 tx: Mutex::new(Some(tx)),
                 next_ticket: Mutex::new(0),
                 progress,
-                watch,
                 thread: Mutex::new(Some(thread)),
             },
             loaded,
@@ -142,14 +141,22 @@ impl Store {
     /// Queue changes for the writer; returns the ticket to wait for. Call with the state lock
     /// held so that tickets follow the order of the changes.
     pub fn submit(&self, ops: Vec<Op>) -> u64 {
+        self.submit_with(ops, None)
+    }
+
+    /// Like `submit`; `done` is answered once the changes are committed (or failed).
+    pub fn submit_with(&self, ops: Vec<Op>, done: Option<Done>) -> u64 {
         if ops.is_empty() {
+            if let Some(d) = done {
+                let _ = d.send(Ok(()));
+            }
             return 0;
         }
         let mut t = self.next_ticket.lock().unwrap();
         *t += 1;
         let ticket = *t;
         if let Some(tx) = self.tx.lock().unwrap().as_ref() {
-            let _ = tx.send((ticket, ops));
+            let _ = tx.send((ticket, ops, done));
         }
         ticket
     }
@@ -170,21 +177,6 @@ impl Store {
             }
             p = cv.wait(p).unwrap();
         }
-    }
-
-    /// Wait (async) until `ticket` is committed.
-    pub async fn wait(&self, ticket: u64) -> Result<(), String> {
-        if ticket == 0 {
-            return Ok(());
-        }
-        let mut rx = self.watch.subscribe();
-        if rx.wait_for(|c| *c >= ticket).await.is_err() {
-            return Err("the queue store stopped".into());
-        }
-        if let Some(f) = &self.progress.0.lock().unwrap().failed {
-            return Err(f.clone());
-        }
-        Ok(())
     }
 
     /// Flush everything and stop the writer thread.
@@ -336,9 +328,8 @@ fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<()> {
 fn writer(
     mut conn: Connection,
     path: PathBuf,
-    rx: mpsc::Receiver<(u64, Vec<Op>)>,
+    rx: mpsc::Receiver<Batch>,
     progress: Arc<(Mutex<Progress>, Condvar)>,
-    watch: tokio::sync::watch::Sender<u64>,
 ) {
     let mut failed = false;
     while let Ok(first) = rx.recv() {
@@ -351,11 +342,16 @@ fn writer(
         }
         let last = batch.last().map(|b| b.0).unwrap_or(0);
         if failed {
+            for (_, _, done) in batch {
+                if let Some(d) = done {
+                    let _ = d.send(Err(format!("the queue store {} failed earlier; see the log", path.display())));
+                }
+            }
             continue;
         }
         let res = (|| -> rusqlite::Result<()> {
             let tx = conn.transaction()?;
-            for (_, ops) in &batch {
+            for (_, ops, _) in &batch {
                 for op in ops {
                     apply(&tx, op)?;
                 }
@@ -374,7 +370,12 @@ fn writer(
             }
         }
         cv.notify_all();
-        watch.send_replace(last);
+        let outcome = if failed { Err(format!("the queue store {} failed; see the log", path.display())) } else { Ok(()) };
+        for (_, _, done) in batch {
+            if let Some(d) = done {
+                let _ = d.send(outcome.clone());
+            }
+        }
     }
     let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
 }
