@@ -192,6 +192,10 @@ pub fn parse(src: &str, file: &str) -> Result<AppSpec, Diagnostics> {
         src,
         diags: Diagnostics::default(),
     };
+    let unknown = unknown_keys(file, src);
+    if !unknown.is_empty() {
+        return Err(unknown);
+    }
     let raw: RawApp = match deserialize(src) {
         Ok(raw) => raw,
         Err(d) => {
@@ -245,6 +249,115 @@ fn normalize(p: &Path) -> PathBuf {
     } else {
         n
     }
+}
+
+/// The keys each table accepts; `None` for free-form tables (`run.env`) and unknown places.
+fn known_keys(path: &[&str]) -> Option<&'static [&'static str]> {
+    Some(match path {
+        [] => TOP_LEVEL,
+        ["source"] => &["repo", "branch", "poll_interval"],
+        ["build"] => &["buildspec", "timeout"],
+        ["run"] => &[
+            "command",
+            "env",
+            "stop_timeout",
+            "health_command",
+            "healthy_after",
+            "minimum_healthy_percent",
+            "maximum_percent",
+        ],
+        ["queue"] => &[
+            "name",
+            "visibility_timeout",
+            "dlq",
+            "max_receive_count",
+            "dlq_retention",
+            "endpoint",
+            "port",
+            "region",
+        ],
+        ["services"] => &["primary", "canary"],
+        ["services", _] => &["tasks"],
+        ["server"] => &["port", "bind"],
+        ["steps", "*"] => &["deploy", "approval", "pause", "scale", "analysis", "timeout", "tasks", "promote"],
+        ["alarms", "*"] => &[
+            "kind",
+            "threshold",
+            "period",
+            "min_sample",
+            "confidence",
+            "consecutive_failures",
+            "percentile",
+            "factor",
+            "min_ms",
+        ],
+        _ => return None,
+    })
+}
+
+/// Every unknown key of the file at once (serde would stop at the first), each with its
+/// position and a suggestion. Empty when the file does not parse as TOML: the deserializer
+/// reports that.
+fn unknown_keys(file: &str, src: &str) -> Diagnostics {
+    use toml::de::{DeTable, DeValue};
+    fn walk(
+        file: &str,
+        src: &str,
+        table: &DeTable<'_>,
+        schema: &mut Vec<String>,
+        shown: &str,
+        out: &mut Diagnostics,
+    ) {
+        let schema_path: Vec<&str> = schema.iter().map(String::as_str).collect();
+        let known = known_keys(&schema_path);
+        for (key, value) in table.iter() {
+            let name: &str = key.get_ref();
+            let path = if shown.is_empty() { name.to_string() } else { format!("{shown}.{name}") };
+            if let Some(known) = known {
+                if !known.contains(&name) {
+                    let hint = match did_you_mean(name, known.iter().copied()) {
+                        Some(s) => format!("did you mean `{s}`?"),
+                        None if !schema.is_empty() && TOP_LEVEL.contains(&name) => {
+                            format!("`{name}` is a top-level key: move it above the first `[section]` header")
+                        }
+                        None => format!(
+                            "remove it; the keys here are {}",
+                            known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                        ),
+                    };
+                    out.push(Diagnostic::at(file, src, Some(key.span()), path, format!("unknown key `{name}`"), Some(hint)));
+                    continue;
+                }
+            } else {
+                continue;
+            }
+            match value.get_ref() {
+                DeValue::Table(t) => {
+                    schema.push(name.to_string());
+                    walk(file, src, t, schema, &path, out);
+                    schema.pop();
+                }
+                DeValue::Array(items) => {
+                    schema.push(name.to_string());
+                    schema.push("*".to_string());
+                    for (i, item) in items.iter().enumerate() {
+                        if let DeValue::Table(t) = item.get_ref() {
+                            walk(file, src, t, schema, &format!("{path}[{i}]"), out);
+                        }
+                    }
+                    schema.pop();
+                    schema.pop();
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut out = Diagnostics::default();
+    if let Ok(doc) = DeTable::parse(src) {
+        walk(file, src, doc.get_ref(), &mut Vec::new(), "", &mut out);
+    }
+    out.sort();
+    out
 }
 
 struct TomlError {

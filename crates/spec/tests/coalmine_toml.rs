@@ -322,6 +322,24 @@ fn top_level_key_under_a_table_says_to_move_it() {
 }
 
 #[test]
+fn every_unknown_key_is_reported_at_once() {
+    let src = format!("{MINIMAL}stop_timout = \"5s\"\n[queue]\nnmae = \"q\"\n[services.canary]\ntaks = 1\n[[steps]]\ndeploi = \"canary\"\n[[alarms]]\nkind = \"hung\"\nmin_msec = 5\n");
+    let d = errors(&src);
+    let got: Vec<(&str, usize, usize, Option<&str>)> =
+        d.iter().map(|x| (x.path.as_str(), x.line, x.column, x.hint.as_deref())).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("run.stop_timout", 4, 1, Some("did you mean `stop_timeout`?")),
+            ("queue.nmae", 6, 1, Some("did you mean `name`?")),
+            ("services.canary.taks", 8, 1, Some("did you mean `tasks`?")),
+            ("steps[0].deploi", 10, 1, Some("did you mean `deploy`?")),
+            ("alarms[0].min_msec", 13, 1, Some("did you mean `min_ms`?")),
+        ]
+    );
+}
+
+#[test]
 fn wrong_types() {
     let d = errors(&format!("{MINIMAL}[services.canary]\ntasks = \"one\"\n"));
     let e = one(&d, "services.canary.tasks");
