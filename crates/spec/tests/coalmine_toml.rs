@@ -438,3 +438,15 @@ fn many_problems_are_all_reported_and_counted() {
     assert_eq!(d.len(), 2);
     assert!(d.to_string().ends_with("error: 2 problems found"));
 }
+
+/// The files shipped with the sample app are valid.
+#[test]
+fn sample_app_files_are_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/sample-app");
+    let spec = load(&dir.join("coalmine.toml")).unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(spec.app, "sample-app");
+    assert_eq!(spec.run.command, "./sample-app");
+    let b = load_buildspec(&dir.join(&spec.build.buildspec)).unwrap_or_else(|d| panic!("{d}"));
+    assert!(b.phases.build.is_some());
+    assert_eq!(b.artifacts.unwrap().files, vec!["sample-app"]);
+}
