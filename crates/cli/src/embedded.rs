@@ -26,7 +26,7 @@ fn counts(c: ConsumerTelemetry) -> ConsumerCounts {
         if b.deleted > 0 {
             break;
         }
-        out.failures_since_success += b.returned + b.expired + b.dead_lettered;
+        out.failures_since_success += b.returned + b.expired;
     }
     for (i, n) in latency.counts.iter().enumerate() {
         let ms = LatencyHistogram::upper_bound_us(i) / 1000.0;

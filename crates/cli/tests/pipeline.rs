@@ -131,10 +131,12 @@ fn crash_looping_canary_trips_the_circuit_breaker() {
 }
 
 #[test]
-fn crashing_canary_is_rolled_back_by_the_crash_alarm() {
+fn canary_crashing_after_it_was_healthy_is_rolled_back_by_the_crash_alarm() {
+    // Healthy after 300 ms, then it dies: the circuit breaker (launch failures) does not see
+    // it; the crashes alarm does.
     let mut app = App::new("");
     let v1 = bootstrap(&mut app);
-    app.commit(WORKER_CRASH, BUILDSPEC, "crashes at start");
+    app.commit("#!/usr/bin/env bash\nsleep 1\nexit 3\n", BUILDSPEC, "crashes after a second");
     let v = app.wait_status("the rollback", Duration::from_secs(60), |v| exec_status(v) == "RolledBack");
     let reason = v["execution"]["reason"].as_str().unwrap_or("");
     assert!(reason.contains("alarm crashes"), "reason: {reason}");

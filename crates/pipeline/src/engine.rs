@@ -732,7 +732,9 @@ impl Engine {
             };
             sample.received += c.received;
             sample.succeeded += c.deleted;
-            sample.failed += c.returned + c.expired + c.dead_lettered;
+            // A failed attempt is a return or an expiry; dead-lettering is what follows one, not
+            // another failure.
+            sample.failed += c.returned + c.expired;
             sample.dead_lettered += c.dead_lettered;
             sample.failures_since_last_success += c.failures_since_success;
             sample.latencies_ms.extend_from_slice(&c.latencies_ms);
@@ -837,7 +839,7 @@ impl Engine {
             let (mut received, mut failed, mut dead) = (0i64, 0i64, 0i64);
             for c in telemetry.iter().filter(|c| bad_keys.contains(&c.access_key_id)) {
                 received += c.received as i64;
-                failed += (c.returned + c.expired + c.dead_lettered) as i64;
+                failed += (c.returned + c.expired) as i64;
                 dead += c.dead_lettered as i64;
             }
             if (received, failed, dead) != (rb.received, rb.failed, rb.dead_lettered) {
