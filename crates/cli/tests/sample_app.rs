@@ -467,15 +467,21 @@ fn send_to_a_missing_queue_says_so_and_how_to_fix_it() {
 }
 
 #[test]
-fn send_takes_the_queue_from_coalmine_toml() {
+fn send_takes_the_queue_and_endpoint_from_coalmine_toml() {
     let queue = QueueServer::start();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let client = queue.client();
     let (url, _) = rt.block_on(create_queues(&client, "from-spec"));
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("coalmine.toml"), "app = \"from-spec\"\n").unwrap();
+    // The queue's name from `app`, the endpoint from `[queue] port`.
+    let port = queue.endpoint.rsplit(':').next().unwrap();
+    std::fs::write(
+        dir.path().join("coalmine.toml"),
+        format!("app = \"from-spec\"\n\n[queue]\nport = {port}\n"),
+    )
+    .unwrap();
     let out = Command::new(COALMINE)
-        .args(["send", "--endpoint", &queue.endpoint, "--count", "2", "--batch", "3"])
+        .args(["send", "--count", "2", "--batch", "3"])
         .current_dir(dir.path())
         .env_remove("AWS_ACCESS_KEY_ID")
         .env_remove("AWS_ENDPOINT_URL_SQS")

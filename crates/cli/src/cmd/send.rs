@@ -34,10 +34,11 @@ pub struct SendArgs {
     /// the `app` name).
     #[arg(long)]
     pub queue: Option<String>,
-    /// SQS endpoint. The embedded queue by default; for Amazon SQS give its regional endpoint,
-    /// e.g. https://sqs.us-east-1.amazonaws.com.
-    #[arg(long, env = "AWS_ENDPOINT_URL_SQS", default_value = DEFAULT_ENDPOINT)]
-    pub endpoint: String,
+    /// SQS endpoint. Default: ./coalmine.toml's `[queue] endpoint`, else the embedded queue
+    /// on its `[queue] port` (http://127.0.0.1:9324). For Amazon SQS give its regional
+    /// endpoint, e.g. https://sqs.us-east-1.amazonaws.com.
+    #[arg(long, env = "AWS_ENDPOINT_URL_SQS")]
+    pub endpoint: Option<String>,
     /// AWS region.
     #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
     pub region: String,
@@ -94,34 +95,67 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     if args.body.is_empty() {
         bail!("--body is empty; SQS refuses empty messages: give a body, e.g. --body 'message {{n}}'");
     }
+    let spec_path = Path::new("coalmine.toml");
+    let spec = if args.queue.is_none() || args.endpoint.is_none() {
+        load_spec(spec_path)?
+    } else {
+        None
+    };
     let queue = match &args.queue {
         Some(q) => q.clone(),
-        None => queue_from_spec(Path::new("coalmine.toml"))?,
+        None => queue_from_spec(spec.as_ref(), spec_path)?,
+    };
+    let endpoint = match &args.endpoint {
+        Some(e) => e.clone(),
+        None => endpoint_from_spec(spec.as_ref()),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(send(args, queue))
+    runtime.block_on(send(args, queue, endpoint))
 }
 
-/// The queue named by a coalmine.toml: `[queue] name`, else `app`.
-fn queue_from_spec(path: &Path) -> anyhow::Result<String> {
+/// The coalmine.toml at `path` as a TOML table; `None` when there is none.
+fn load_spec(path: &Path) -> anyhow::Result<Option<toml::Table>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
-            "no --queue given and no coalmine.toml in this folder; pass --queue NAME or run in the \
-             app's folder (`coalmine init` writes a coalmine.toml)"
-        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
     let table: toml::Table = toml::from_str(&text).map_err(|e| {
         anyhow::anyhow!(
-            "{} is not valid TOML: {e}; fix it (`coalmine validate` explains) or pass --queue NAME",
+            "{} is not valid TOML: {e}; fix it (`coalmine validate` explains) or pass --queue \
+             NAME and --endpoint URL",
             path.display()
         )
     })?;
+    Ok(Some(table))
+}
+
+/// The endpoint a coalmine.toml points at: `[queue] endpoint`, else the embedded queue on
+/// `[queue] port`, else the default.
+fn endpoint_from_spec(spec: Option<&toml::Table>) -> String {
+    let queue = spec.and_then(|t| t.get("queue"));
+    if let Some(endpoint) = queue.and_then(|q| q.get("endpoint")).and_then(|e| e.as_str()) {
+        return endpoint.to_string();
+    }
+    match queue.and_then(|q| q.get("port")).and_then(|p| p.as_integer()) {
+        Some(port) => format!("http://127.0.0.1:{port}"),
+        None => DEFAULT_ENDPOINT.to_string(),
+    }
+}
+
+/// The queue named by a coalmine.toml: `[queue] name`, else `app`.
+fn queue_from_spec(spec: Option<&toml::Table>, path: &Path) -> anyhow::Result<String> {
+    let Some(table) = spec else {
+        bail!(
+            "no --queue given and no {} here; pass --queue NAME or run in the app's folder \
+             (`coalmine init` writes a coalmine.toml)",
+            path.display()
+        )
+    };
     if let Some(name) = table
         .get("queue")
         .and_then(|q| q.get("name"))
@@ -152,10 +186,10 @@ fn is_loopback(endpoint: &str) -> bool {
     host == "localhost" || host == "::1" || host.starts_with("127.")
 }
 
-async fn client_for(args: &SendArgs) -> Client {
+async fn client_for(args: &SendArgs, endpoint: &str) -> Client {
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(Region::new(args.region.clone()))
-        .endpoint_url(&args.endpoint)
+        .endpoint_url(endpoint)
         .timeout_config(
             aws_config::timeout::TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(3))
@@ -165,7 +199,7 @@ async fn client_for(args: &SendArgs) -> Client {
     // The embedded queue accepts any key; Amazon SQS gets the standard credential chain.
     let has_env_keys = std::env::var_os("AWS_ACCESS_KEY_ID").is_some();
     let has_profile = std::env::var_os("AWS_PROFILE").is_some();
-    if !has_env_keys && !has_profile && is_loopback(&args.endpoint) {
+    if !has_env_keys && !has_profile && is_loopback(endpoint) {
         loader = loader.credentials_provider(Credentials::new(
             "coalmine-send",
             "coalmine",
@@ -218,9 +252,9 @@ async fn resolve_url(client: &Client, queue: &str, endpoint: &str) -> anyhow::Re
     }
 }
 
-async fn send(args: SendArgs, queue: String) -> anyhow::Result<ExitCode> {
-    let client = client_for(&args).await;
-    let url = resolve_url(&client, &queue, &args.endpoint).await?;
+async fn send(args: SendArgs, queue: String, endpoint: String) -> anyhow::Result<ExitCode> {
+    let client = client_for(&args, &endpoint).await;
+    let url = resolve_url(&client, &queue, &endpoint).await?;
     let requested = u64::from(args.count) * u64::from(args.batch);
 
     let progress = if args.output == Output::Text && std::io::stderr().is_terminal() {
@@ -241,7 +275,7 @@ async fn send(args: SendArgs, queue: String) -> anyhow::Result<ExitCode> {
         client,
         url: url.clone(),
         queue: queue.clone(),
-        endpoint: args.endpoint.clone(),
+        endpoint,
         body: args.body.clone(),
     });
     let mut in_flight = tokio::task::JoinSet::new();
@@ -527,18 +561,29 @@ mod tests {
     }
 
     #[test]
-    fn queue_name_from_spec() {
-        let dir = std::env::temp_dir().join(format!("coalmine-send-spec-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("coalmine.toml");
-        std::fs::write(&path, "app = \"orders\"\n[run]\ncommand = \"./orders\"\n").unwrap();
-        assert_eq!(queue_from_spec(&path).unwrap(), "orders");
-        std::fs::write(&path, "app = \"orders\"\n[queue]\nname = \"orders-in\"\n").unwrap();
-        assert_eq!(queue_from_spec(&path).unwrap(), "orders-in");
-        std::fs::write(&path, "[run]\ncommand = \"x\"\n").unwrap();
-        let err = queue_from_spec(&path).unwrap_err().to_string();
+    fn queue_and_endpoint_from_spec() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("coalmine.toml");
+        let read = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            load_spec(&path).unwrap()
+        };
+        let spec = read("app = \"orders\"\n[run]\ncommand = \"./orders\"\n");
+        assert_eq!(queue_from_spec(spec.as_ref(), &path).unwrap(), "orders");
+        assert_eq!(endpoint_from_spec(spec.as_ref()), DEFAULT_ENDPOINT);
+        let spec = read("app = \"orders\"\n[queue]\nname = \"orders-in\"\nport = 9400\n");
+        assert_eq!(queue_from_spec(spec.as_ref(), &path).unwrap(), "orders-in");
+        assert_eq!(endpoint_from_spec(spec.as_ref()), "http://127.0.0.1:9400");
+        let spec = read("app = \"o\"\n[queue]\nendpoint = \"https://sqs.eu-west-1.amazonaws.com\"\n");
+        assert_eq!(endpoint_from_spec(spec.as_ref()), "https://sqs.eu-west-1.amazonaws.com");
+        let spec = read("[run]\ncommand = \"x\"\n");
+        let err = queue_from_spec(spec.as_ref(), &path).unwrap_err().to_string();
         assert!(err.contains("app"), "{err}");
-        assert!(queue_from_spec(&dir.join("missing.toml")).is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::write(&path, "app = ").unwrap();
+        assert!(load_spec(&path).unwrap_err().to_string().contains("not valid TOML"));
+        let missing = dir.path().join("missing.toml");
+        assert!(load_spec(&missing).unwrap().is_none());
+        assert!(queue_from_spec(None, &missing).unwrap_err().to_string().contains("--queue"));
+        assert_eq!(endpoint_from_spec(None), DEFAULT_ENDPOINT);
     }
 }
