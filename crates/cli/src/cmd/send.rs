@@ -26,8 +26,9 @@ pub struct SendArgs {
     /// Messages per batch: SendMessageBatch takes 1 to 10.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=10))]
     pub batch: u32,
-    /// Message body. `{n}` becomes the message's number (from 1), `{ts}` the time it is sent
-    /// (RFC 3339, UTC).
+    /// Message body template: n in braces becomes the message's number (from 1), as in the
+    /// default, and `{ts}` the time it is sent (RFC 3339, UTC).
+    // (The help cannot spell the first placeholder: clap turns it into a line break.)
     #[arg(long, default_value = "message {n} sent at {ts}")]
     pub body: String,
     /// Queue name or queue URL. Default: the queue of ./coalmine.toml (`[queue] name`, else
