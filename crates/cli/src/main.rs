@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 mod cmd;
 mod embedded;
 mod output;
+mod sample;
 mod workspace;
 
 /// Canary releases for queue workers.
@@ -24,6 +25,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The whole story on this machine: a worker released through a canary, a bad release
+    /// rolled back with nothing lost. Needs git and cargo; no cloud account.
+    Demo(cmd::demo::DemoArgs),
+    /// Write a commented coalmine.toml and a buildspec.yml here, or create the sample app.
+    Init(cmd::init::InitArgs),
     /// Run everything for the app in this folder: queue, services, pipeline, API.
     Up(cmd::up::UpArgs),
     /// Stop what `up` started here (`--purge` also deletes .coalmine/).
@@ -58,8 +64,12 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_tracing(&cli.log);
+    // The demo narrates; its default log shows only warnings and errors.
+    let quiet_default = matches!(cli.command, Command::Demo(_)) && std::env::var_os("COALMINE_LOG").is_none() && cli.log == "info";
+    init_tracing(if quiet_default { "warn" } else { &cli.log });
     let result = match cli.command {
+        Command::Demo(a) => cmd::demo::run(a),
+        Command::Init(a) => cmd::init::run(a),
         Command::Up(a) => cmd::up::run(a),
         Command::Down(a) => cmd::down::run(a),
         Command::Status(a) => cmd::ctl::status(a),

@@ -748,7 +748,20 @@ impl Engine {
         if let Some(st) = self.runtime.service("canary") {
             canary.task_exits = st.exits_by_revision.get(canary_rev).copied().unwrap_or(0);
         }
-        let depth = self.queue.depth()?;
+        // The guidance's DLQ alarm, made canary-aware: it counts the DLQ messages a task of the
+        // canary's revision received last (the guidance counts the whole DLQ, so the primary's
+        // noise trips it), as a maximum over its period since this canary deploy began.
+        let canary_dead = self
+            .queue
+            .dead_letters()?
+            .iter()
+            .filter(|d| {
+                d.last_receiver
+                    .as_deref()
+                    .and_then(TaskIdentity::parse)
+                    .is_some_and(|id| id.service == "canary" && id.revision == canary_rev)
+            })
+            .count() as u64;
         let period_ms = self
             .spec
             .alarms
@@ -760,8 +773,8 @@ impl Engine {
             .unwrap_or(300_000);
         let dlq_depth_max = {
             let mut ls = self.loop_state.lock().unwrap();
-            ls.dlq_samples.push((now, depth.dlq_visible));
-            ls.dlq_samples.retain(|(t, _)| *t + period_ms >= now);
+            ls.dlq_samples.push((now, canary_dead));
+            ls.dlq_samples.retain(|(t, _)| *t + period_ms >= now && *t >= since_ms);
             ls.dlq_samples.iter().map(|(_, d)| *d).max().unwrap_or(0)
         };
         Ok(Observation { now_ms: now, window_ms: now.saturating_sub(since_ms), canary, primary, dlq_depth_max })

@@ -212,7 +212,7 @@ impl Store {
             "INSERT INTO events(execution_id, at_ms, kind, actor, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![execution_id, now_ms(), kind, actor, reason],
         )?;
-        tracing::info!(execution = ?execution_id, kind, actor, "{reason}");
+        tracing::debug!(execution = ?execution_id, kind, actor, "{reason}");
         Ok(())
     }
 

@@ -1,7 +1,9 @@
 //! One module per command.
 
 pub mod ctl;
+pub mod demo;
 pub mod down;
+pub mod init;
 pub mod queue;
 pub mod send;
 pub mod supervise;
