@@ -110,6 +110,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     // Revision builds share compiled dependencies (set before any thread starts).
     let target = shared_target_dir();
     std::env::set_var("COALMINE_BUILD_CARGO_TARGET_DIR", &target);
+    // A demo worker does not need full optimisation; its builds take half the time with 1.
+    if std::env::var_os("COALMINE_BUILD_CARGO_PROFILE_RELEASE_OPT_LEVEL").is_none() {
+        std::env::set_var("COALMINE_BUILD_CARGO_PROFILE_RELEASE_OPT_LEVEL", "1");
+    }
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let result = rt.block_on(story(&args, &dir, &target));

@@ -108,10 +108,12 @@ pub async fn start(args: &UpArgs) -> anyhow::Result<Running> {
     let paths = Paths { root: state.clone() };
     let source = GitSource::new(spec.source.repo.location(), spec.source.branch.clone(), paths.source_mirror());
     let queue_admin = Arc::new(EmbeddedQueue { broker: broker.clone(), queue: spec.queue.name.clone(), dlq: spec.queue.dlq.clone() });
-    let mut build_env = std::collections::BTreeMap::new();
-    if let Ok(dir) = std::env::var("COALMINE_BUILD_CARGO_TARGET_DIR") {
-        build_env.insert("CARGO_TARGET_DIR".to_string(), dir);
-    }
+    // `COALMINE_BUILD_<NAME>=value` in coalmine's environment sets `<NAME>` for the builds
+    // (e.g. COALMINE_BUILD_CARGO_TARGET_DIR to share compiled dependencies between revisions).
+    let build_env: std::collections::BTreeMap<String, String> = std::env::vars()
+        .filter_map(|(k, v)| k.strip_prefix("COALMINE_BUILD_").map(|n| (n.to_string(), v)))
+        .filter(|(k, _)| !k.is_empty())
+        .collect();
     let engine = Engine::open(EngineParts {
         queue_env: QueueEnv {
             endpoint_url: queue_endpoint.clone(),
