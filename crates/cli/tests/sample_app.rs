@@ -24,6 +24,10 @@ fn sample_app_bin() -> &'static Path {
         if dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
+        // The same target folder as this test's, even when it was given by --target-dir.
+        if let Some(target) = dir.parent().filter(|t| t.join("CACHEDIR.TAG").exists()) {
+            cmd.arg("--target-dir").arg(target);
+        }
         let status = cmd
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
