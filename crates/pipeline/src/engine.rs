@@ -155,6 +155,7 @@ struct LoopState {
     /// DLQ depth samples (time, depth) over the DLQ alarm's period.
     dlq_samples: Vec<(u64, u64)>,
     last_source_error: Option<String>,
+    last_orphan_check_ms: u64,
 }
 
 const ACTOR_ENGINE: &str = "coalmine";
@@ -249,6 +250,47 @@ impl Engine {
         self.watch_alarms()?;
         self.follow_rollbacks()?;
         self.reconcile_services()?;
+        self.release_orphans()?;
+        Ok(())
+    }
+
+    /// Messages held by tasks that no longer exist (stopped by a deployment, killed) go back
+    /// to the queue now instead of after their visibility timeout.
+    fn release_orphans(&self) -> Result<(), PipelineError> {
+        let now = now_ms();
+        {
+            let mut ls = self.loop_state.lock().unwrap();
+            if now < ls.last_orphan_check_ms + 2000 {
+                return Ok(());
+            }
+            ls.last_orphan_check_ms = now;
+        }
+        let live: std::collections::HashSet<String> = self
+            .runtime
+            .services()
+            .into_iter()
+            .flat_map(|s| s.tasks.into_iter().map(|t| t.access_key_id))
+            .collect();
+        let mut gone: Vec<String> = self
+            .queue
+            .in_flight()?
+            .into_iter()
+            .map(|m| m.access_key_id)
+            .filter(|k| TaskIdentity::parse(k).is_some() && !live.contains(k))
+            .collect();
+        gone.sort();
+        gone.dedup();
+        if !gone.is_empty() {
+            let n = self.queue.release_in_flight(&gone)?;
+            if n > 0 {
+                self.store.lock().unwrap().event(
+                    None,
+                    "released",
+                    ACTOR_ENGINE,
+                    &format!("{n} message(s) held by {} stopped task(s) made visible again", gone.len()),
+                )?;
+            }
+        }
         Ok(())
     }
 

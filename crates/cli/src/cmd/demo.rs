@@ -241,8 +241,8 @@ async fn chapters(args: &DemoArgs, dir: &std::path::Path, running: &Running, sto
     story.check(e3.status == "RolledBack", &format!("execution #{id3} {}: {}", e3.status, e3.reason));
     wait_drained(running, Duration::from_secs(120)).await?;
     let rb = wait_rollback_settled(running, id3, Duration::from_secs(60)).await?;
-    let st = engine.status()?;
-    story.check(on_revision(&st, "canary", &primary_rev, 1), &format!("canary back on the primary's revision {primary_rev}"));
+    let back = wait_until(Duration::from_secs(60), || Ok(on_revision(&engine.status()?, "canary", &primary_rev, 1))).await?;
+    story.check(back, &format!("canary back on the primary's revision {primary_rev}, healthy"));
     let first_failure = first_failure_ms(running, &rev3, since);
     if let (Some(first), Some(back)) = (first_failure, rb.canary_back_ms) {
         let to_back = (rb.at_ms + back) - first as i64;
@@ -437,6 +437,20 @@ async fn wait_rollback_settled(
             }
         } else if Instant::now() > deadline {
             bail!("execution #{id} has no rollback record");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Poll `f` until it holds or `timeout` passes; returns whether it held.
+async fn wait_until(timeout: Duration, mut f: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<bool> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f()? {
+            return Ok(true);
+        }
+        if Instant::now() > deadline {
+            return Ok(false);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
