@@ -214,3 +214,81 @@ fn invalid_files_get_precise_diagnostics() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cache") && err.contains("buildspec.yml:"), "unsupported key reported by name: {err}");
 }
+
+#[test]
+fn rollback_and_stop_from_the_cli() {
+    let mut app = App::new("");
+    let v1 = bootstrap(&mut app);
+    app.commit(WORKER_OK, BUILDSPEC, "to roll back");
+    let v = app.wait_status("awaiting approval", T, waiting_for_approval);
+    let id = exec_id(&v);
+    let out = app.cli(&["rollback", "-m", "saw errors in the logs"]);
+    assert!(out.status.success(), "rollback: {}", String::from_utf8_lossy(&out.stderr));
+    let v = app.wait_status("canary back on v1", T, |v| {
+        exec_id(v) == id && exec_status(v) == "RolledBack" && service_revision(v, "canary") == v1 && service_steady(v, "canary")
+    });
+    let rb = &v["execution"]["rollbacks"][0];
+    assert_eq!(rb["reason"], "saw errors in the logs");
+    assert_eq!(rb["lost"], 0);
+    // Nothing is in progress now: a second rollback is refused with a clear message.
+    let out = app.cli(&["rollback"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to roll back"));
+
+    app.commit(WORKER_OK, BUILDSPEC, "to stop");
+    let v = app.wait_status("awaiting approval", T, |v| exec_id(v) != id && waiting_for_approval(v));
+    let id = exec_id(&v);
+    let out = app.cli(&["stop", &id.to_string(), "-m", "wrong branch"]);
+    assert!(out.status.success(), "stop: {}", String::from_utf8_lossy(&out.stderr));
+    app.wait_status("stopped, canary back on v1", T, |v| {
+        exec_id(v) == id && exec_status(v) == "Stopped" && service_revision(v, "canary") == v1
+    });
+    let history = String::from_utf8_lossy(&app.cli(&["history"]).stdout).into_owned();
+    assert!(history.contains("Stopped") && history.contains("RolledBack") && history.contains("Succeeded"), "history: {history}");
+}
+
+#[test]
+fn trigger_finds_a_commit_before_the_next_poll() {
+    let mut app = App::new("");
+    std::fs::write(app.path().join("coalmine.toml"), coalmine_toml("").replace("poll_interval = \"200ms\"", "poll_interval = \"1h\"")).unwrap();
+    let rev = app.commit(WORKER_OK, BUILDSPEC, "first");
+    app.start();
+    app.wait_status("the first release", T, |v| exec_status(v) == "Succeeded" && service_revision(v, "canary") == rev);
+    let rev2 = app.commit(WORKER_OK, BUILDSPEC, "second");
+    let out = app.cli(&["trigger"]);
+    assert!(out.status.success());
+    app.wait_status("the second commit on the canary", T, |v| service_revision(v, "canary") == rev2);
+}
+
+#[test]
+fn init_down_and_purge() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("worker");
+    let out = std::process::Command::new(BIN).args(["init", "--example", "sample-app"]).arg(&dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(dir.join("src/main.rs").exists() && dir.join("Cargo.lock").exists());
+    assert!(git(&dir, &["log", "--oneline"]).lines().count() == 1, "one commit");
+    let out = std::process::Command::new(BIN).arg("validate").current_dir(&dir).output().unwrap();
+    assert!(out.status.success(), "the sample app's files are valid: {}", String::from_utf8_lossy(&out.stderr));
+
+    // init in a plain folder writes a coalmine.toml that validates once [run] command is set.
+    let plain = tmp.path().join("my-app");
+    std::fs::create_dir_all(&plain).unwrap();
+    let out = std::process::Command::new(BIN).arg("init").current_dir(&plain).output().unwrap();
+    assert!(out.status.success());
+    let toml = std::fs::read_to_string(plain.join("coalmine.toml")).unwrap();
+    assert!(toml.contains("app = \"my-app\""));
+    let out = std::process::Command::new(BIN).arg("validate").current_dir(&plain).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // down stops a running up and --purge removes its state.
+    let mut app = App::new("");
+    bootstrap(&mut app);
+    let pid = app.up.as_ref().unwrap().id();
+    let out = app.cli(&["down", "--purge"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut child = app.up.take().unwrap();
+    assert!(child.wait().unwrap().success(), "up exits 0 after down");
+    assert!(!app.path().join(".coalmine").exists());
+    assert!(std::fs::read_to_string(format!("/proc/{pid}/stat")).is_err());
+}
