@@ -292,3 +292,28 @@ fn init_down_and_purge() {
     assert!(!app.path().join(".coalmine").exists());
     assert!(std::fs::read_to_string(format!("/proc/{pid}/stat")).is_err());
 }
+
+#[test]
+fn kill_9_during_the_canary_deploy_resumes_it() {
+    let mut app = App::new("");
+    // A slow health wait keeps the canary deploy in progress long enough to kill coalmine in it.
+    std::fs::write(app.path().join("coalmine.toml"), coalmine_toml("").replace("healthy_after = \"300ms\"", "healthy_after = \"3s\"")).unwrap();
+    bootstrap(&mut app);
+    let v2 = app.commit(WORKER_OK, BUILDSPEC, "deploy interrupted");
+    let v = app.wait_status("the canary deploy in progress", T, |v| {
+        v["execution"]["stages"]
+            .as_array()
+            .is_some_and(|st| st.iter().any(|s| s["name"] == "Deploy canary" && s["status"] == "InProgress"))
+    });
+    let id = exec_id(&v);
+    app.kill9();
+    app.start();
+    let v = app.wait_status("the same execution at approval", T, |v| waiting_for_approval(v) && service_steady(v, "canary"));
+    assert_eq!(exec_id(&v), id);
+    assert_eq!(service_revision(&v, "canary"), v2);
+    let canary_tasks = v["services"].as_array().unwrap().iter().find(|s| s["name"] == "canary").unwrap()["status"]["tasks"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(canary_tasks, 1, "a restart never doubles the tasks");
+}
