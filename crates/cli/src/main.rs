@@ -14,7 +14,12 @@ mod workspace;
 /// watches it, waits for approval, then rolls the primary service forward, and rolls the
 /// canary back by itself, without losing a message, the moment it misbehaves.
 #[derive(Parser)]
-#[command(name = "coalmine", version, propagate_version = true)]
+#[command(
+    name = "coalmine",
+    version,
+    propagate_version = true,
+    after_help = "Getting started:\n  coalmine demo                     the whole story, in a scratch folder\n  coalmine init && coalmine up      release your own worker (commit to its branch)\n  coalmine status --watch           follow the release; `coalmine approve` to promote\n\nState lives in .coalmine/ beside coalmine.toml."
+)]
 struct Cli {
     /// Log filter (tracing syntax), e.g. `info` or `coalmine_queue=debug`.
     #[arg(long, global = true, env = "COALMINE_LOG", default_value = "info")]
