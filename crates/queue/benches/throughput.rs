@@ -6,6 +6,9 @@
 //! durability), server and client CPU µs per message, p50/p99 send-to-receive latency at half
 //! that load, and the server's RSS with 1M messages queued.
 //!
+//! Producers hold back while more than `MAX_BACKLOG` messages are queued, so the full-load
+//! figures are a steady state (sent = received = deleted).
+//!
 //! `cargo bench -p coalmine-queue --bench throughput`; env: BENCH_SECS (10), BENCH_PRODUCERS
 //! (32), BENCH_CONSUMERS (32), BENCH_THREADS (8), BENCH_RSS_MESSAGES (1000000).
 
@@ -65,6 +68,9 @@ fn client(url: &str) -> aws_sdk_sqs::Client {
     aws_sdk_sqs::Client::from_conf(conf)
 }
 
+/// Most messages sent and not yet deleted before producers wait.
+const MAX_BACKLOG: u64 = 2_000;
+
 struct Run {
     sent: u64,
     deleted: u64,
@@ -86,12 +92,16 @@ async fn run(c: &aws_sdk_sqs::Client, url: &str, server_pid: &str, producers: u6
     let (s0, c0) = (cpu_us(server_pid), cpu_us("self"));
     let mut tasks = Vec::new();
     for _ in 0..producers {
-        let (c, url, stop, sent) = (c.clone(), url.to_string(), stop.clone(), sent.clone());
+        let (c, url, stop, sent, deleted) = (c.clone(), url.to_string(), stop.clone(), sent.clone(), deleted.clone());
         tasks.push(tokio::spawn(async move {
             let mut tick = rate.map(|r| tokio::time::interval(Duration::from_secs_f64(10.0 * producers as f64 / r)));
             while !stop.load(Ordering::Relaxed) {
                 if let Some(t) = tick.as_mut() {
                     t.tick().await;
+                }
+                // keep the backlog bounded so that the figures are those of a steady state
+                while sent.load(Ordering::Relaxed) > deleted.load(Ordering::Relaxed) + MAX_BACKLOG && !stop.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
                 }
                 let now_us = epoch.elapsed().as_micros() as u64;
                 let mut req = c.send_message_batch().queue_url(&url);

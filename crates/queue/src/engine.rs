@@ -528,6 +528,7 @@ impl Broker {
                 let mut ops = Vec::with_capacity(1);
                 let r = self.send_one(&mut st, &name, req, ctx, &mut ops);
                 self.submit(ctx, ops);
+                Self::wake_one(&st, &name);
                 r
             }
             "SendMessageBatch" => self.send_batch(req, ctx),
@@ -1046,11 +1047,7 @@ impl Broker {
             q.dedup.insert(key.clone(), (now + 300_000, id, e.seqnum));
             q.dedup_order.push_back((now + 300_000, key));
         }
-        let visible_now = delay_s == 0;
         q.insert(seq, m, now);
-        if visible_now {
-            q.notify.notify_one();
-        }
         Ok(out)
     }
 
@@ -1090,7 +1087,18 @@ impl Broker {
             }
         }
         self.submit(ctx, ops);
+        Self::wake_one(&st, &name);
         Ok(json!({"Successful": ok, "Failed": bad}))
+    }
+
+    /// Wake one long poll of queue `name` when it has visible messages; a receiver that
+    /// leaves messages behind wakes the next one.
+    fn wake_one(st: &State, name: &str) {
+        if let Some(q) = st.queues.get(name) {
+            if !q.ready.is_empty() {
+                q.notify.notify_one();
+            }
+        }
     }
 
     fn delete_one(st: &mut State, name: &str, h: &str, ctx: &Ctx, ops: &mut Vec<Op>) -> Result<(), SqsError> {
@@ -1323,6 +1331,9 @@ impl Broker {
             let (msgs, next_wake) = {
                 let mut st = self.lock();
                 let msgs = self.receive_once(&mut st, &name, &p, ctx)?;
+                if !msgs.is_empty() {
+                    Self::wake_one(&st, &name);
+                }
                 let nw = st.queues.get(&name).and_then(|q| q.next_wake());
                 (msgs, nw)
             };

@@ -180,7 +180,9 @@ async fn entry(State(b): State<Broker>, method: Method, uri: Uri, headers: Heade
             b.inner.metrics.count(&action, "ok");
             match proto {
                 Proto::Json => {
-                    let mut r = (StatusCode::OK, v.to_string()).into_response();
+                    let mut buf = Vec::with_capacity(1024);
+                    let _ = serde_json::to_writer(&mut buf, &v);
+                    let mut r = (StatusCode::OK, buf).into_response();
                     r.headers_mut().insert("content-type", HeaderValue::from_static("application/x-amz-json-1.0"));
                     if let Ok(h) = HeaderValue::from_str(&rid) {
                         r.headers_mut().insert("x-amzn-requestid", h);

@@ -122,6 +122,94 @@ impl Msg {
     }
 }
 
+/// A queue's messages by sequence number: a deque in sequence order (messages arrive mostly in
+/// order), with holes left by deletes until the front catches up. Compact in memory: no hash
+/// table, no tree nodes.
+#[derive(Default)]
+pub(crate) struct MsgStore {
+    slots: VecDeque<(u64, Option<Msg>)>,
+    live: usize,
+}
+
+impl MsgStore {
+    fn find(&self, seq: u64) -> Result<usize, usize> {
+        self.slots.binary_search_by_key(&seq, |s| s.0)
+    }
+
+    pub fn get(&self, seq: &u64) -> Option<&Msg> {
+        self.find(*seq).ok().and_then(|i| self.slots[i].1.as_ref())
+    }
+
+    pub fn get_mut(&mut self, seq: &u64) -> Option<&mut Msg> {
+        match self.find(*seq) {
+            Ok(i) => self.slots[i].1.as_mut(),
+            Err(_) => None,
+        }
+    }
+
+    pub fn insert(&mut self, seq: u64, m: Msg) {
+        if self.slots.back().is_none_or(|b| b.0 < seq) {
+            self.slots.push_back((seq, Some(m)));
+            self.live += 1;
+            return;
+        }
+        match self.find(seq) {
+            Ok(i) => {
+                if self.slots[i].1.replace(m).is_none() {
+                    self.live += 1;
+                }
+            }
+            Err(i) => {
+                self.slots.insert(i, (seq, Some(m)));
+                self.live += 1;
+            }
+        }
+    }
+
+    pub fn remove(&mut self, seq: &u64) -> Option<Msg> {
+        let i = self.find(*seq).ok()?;
+        let m = self.slots[i].1.take()?;
+        self.live -= 1;
+        while self.slots.front().is_some_and(|s| s.1.is_none()) {
+            self.slots.pop_front();
+        }
+        while self.slots.back().is_some_and(|s| s.1.is_none()) {
+            self.slots.pop_back();
+        }
+        let holes = self.slots.len() - self.live;
+        if holes > 4096 && holes > self.live {
+            self.slots.retain(|s| s.1.is_some());
+            self.slots.shrink_to_fit();
+        }
+        Some(m)
+    }
+
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    pub fn clear(&mut self) {
+        self.slots.clear();
+        self.slots.shrink_to_fit();
+        self.live = 0;
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&u64, &Msg)> {
+        self.slots.iter().filter_map(|(s, m)| m.as_ref().map(|m| (s, m)))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &u64> {
+        self.iter().map(|(s, _)| s)
+    }
+}
+
+impl std::ops::Index<&u64> for MsgStore {
+    type Output = Msg;
+    fn index(&self, seq: &u64) -> &Msg {
+        self.get(seq).expect("message present")
+    }
+}
+
 pub(crate) struct Queue {
     pub name: String,
     pub fifo: bool,
@@ -131,7 +219,7 @@ pub(crate) struct Queue {
     pub created_s: u64,
     pub modified_s: u64,
     pub last_purge_ms: u64,
-    pub msgs: BTreeMap<u64, Msg>,
+    pub msgs: MsgStore,
     pub ready: BTreeSet<u64>,
     pub pending: BTreeSet<(u64, u64)>,
     pub inflight: usize,
@@ -300,7 +388,7 @@ impl Queue {
             created_s,
             modified_s: created_s,
             last_purge_ms: 0,
-            msgs: BTreeMap::new(),
+            msgs: MsgStore::default(),
             ready: BTreeSet::new(),
             pending: BTreeSet::new(),
             inflight: 0,
@@ -429,7 +517,7 @@ impl Queue {
             self.ready.insert(seq);
             woke += 1;
         }
-        for _ in 0..woke.min(16) {
+        if woke > 0 {
             self.notify.notify_one();
         }
     }

@@ -98,7 +98,7 @@ CREATE TABLE IF NOT EXISTS messages (
   sender TEXT NOT NULL, receiver TEXT, received_at INTEGER NOT NULL,
   group_id TEXT, dedup_id TEXT, seqnum INTEGER NOT NULL,
   dl_source TEXT, dl_moved_at INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS messages_queue ON messages(queue, seq);
+DROP INDEX IF EXISTS messages_queue;
 CREATE TABLE IF NOT EXISTS telemetry (
   queue TEXT NOT NULL, key TEXT NOT NULL, second INTEGER NOT NULL, data TEXT NOT NULL,
   PRIMARY KEY (queue, key, second));
@@ -110,6 +110,8 @@ fn open_conn(path: &Path) -> Result<Connection, QueueError> {
     conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
     conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
     conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
+    conn.pragma_update(None, "cache_size", -16_384).map_err(err)?;
+    conn.pragma_update(None, "temp_store", "MEMORY").map_err(err)?;
     conn.execute_batch(SCHEMA).map_err(err)?;
     Ok(conn)
 }
