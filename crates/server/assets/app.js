@@ -178,9 +178,15 @@
     });
     const waiting = e.status === 'InProgress' && (e.stages || []).find((st) => st.status === 'InProgress' && ['approval', 'analysis'].includes(stageKind(st)));
     if (waiting) {
-      $('approval').hidden = false;
-      $('approval').dataset.execution = e.id;
-      $('approval').dataset.revision = e.revision;
+      const box = $('approval');
+      if (box.dataset.execution && box.dataset.execution !== String(e.id)) {
+        // Another revision is under review now: say so, and make a click already on its way fail.
+        box.dataset.changedAt = String(Date.now());
+        $('approval-error').textContent = `The revision under review changed to ${short(e.revision)} (execution #${e.id}).`;
+      }
+      box.hidden = false;
+      box.dataset.execution = e.id;
+      box.dataset.revision = e.revision;
       $('approval-revision').textContent = short(e.revision);
       $('approval-message').textContent = firstLine(e.message);
     }
@@ -189,6 +195,10 @@
   async function decide(approve) {
     const box = $('approval');
     const id = box.dataset.execution;
+    if (Date.now() - Number(box.dataset.changedAt || 0) < 2000) {
+      $('approval-error').textContent = 'The revision under review just changed: look at it again before deciding.';
+      return;
+    }
     const actor = $('actor').value.trim() || 'dashboard';
     localStorage.setItem(ACTOR_KEY, actor);
     $('approval-error').textContent = '';
