@@ -45,11 +45,13 @@ pub struct BrokerConfig {
     /// `host:port` used in queue URLs made outside a request (admin API); requests use their
     /// own Host header. Set by [`Broker::serve`] when unset.
     pub public_host: Option<String>,
+    /// When set, every request must carry a valid SigV4 signature by one of these keys.
+    pub credentials: Option<crate::sigv4::Credentials>,
 }
 
 impl BrokerConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
-        BrokerConfig { data_dir: data_dir.into(), durability: Durability::Commit, region: "us-east-1".into(), public_host: None }
+        BrokerConfig { data_dir: data_dir.into(), durability: Durability::Commit, region: "us-east-1".into(), public_host: None, credentials: None }
     }
 }
 

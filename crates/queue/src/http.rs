@@ -172,7 +172,17 @@ async fn entry(State(b): State<Broker>, method: Method, uri: Uri, headers: Heade
             (action, req, Some(params))
         }
     };
-    let akid = access_key_id(&headers, params.as_deref()).unwrap_or_else(|| "anonymous".into());
+    let akid = match &b.config().credentials {
+        Some(creds) => match crate::sigv4::verify(creds, &method, &uri, &headers, &bytes) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(action = %action, code = e.code, "client error: {}", e.message);
+                b.inner.metrics.count(&action, e.code);
+                return error_response(&proto, &e, &rid);
+            }
+        },
+        None => access_key_id(&headers, params.as_deref()).unwrap_or_else(|| "anonymous".into()),
+    };
     let mut ctx = Ctx::new(&akid, &host);
     let result = b.dispatch(&action, &req, &mut ctx).await;
     match result {

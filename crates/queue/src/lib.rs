@@ -11,6 +11,7 @@ mod http;
 mod metrics;
 mod model;
 pub mod protocol;
+mod sigv4;
 mod store;
 pub mod telemetry;
 
@@ -18,6 +19,7 @@ pub use engine::{queue_name_from_url, Broker, BrokerConfig, Ctx, DeadLetter, Dur
 pub use error::{QueueError, SqsError};
 pub use http::{access_key_id, METRICS_PATH};
 pub use model::{arn, ACCOUNT};
+pub use sigv4::{load_credentials, Credentials};
 pub use telemetry::{ConsumerTelemetry, LatencyHistogram, TelemetryBucket};
 
 impl Broker {

@@ -628,3 +628,26 @@ async fn state_survives_a_restart() {
     assert!(t.iter().any(|c| c.access_key_id == "AKIDR" && c.buckets.iter().map(|b| b.deleted).sum::<u64>() == 1));
 }
 
+
+#[tokio::test]
+async fn signatures_are_checked_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds_path = dir.path().join("credentials");
+    std::fs::write(&creds_path, "[canary]\naws_access_key_id = AKIDGOOD\naws_secret_access_key = right-secret\n").unwrap();
+    let creds = coalmine_queue::load_credentials(&creds_path).unwrap();
+    let s = common::start_with(dir, |c| c.credentials = Some(creds)).await;
+    let good = common::client_with_secret(&s.url, "AKIDGOOD", "right-secret");
+    let url = create(&good, "signed", &[]).await;
+    good.send_message().queue_url(&url).message_body("x").send().await.unwrap();
+    let r = good.receive_message().queue_url(&url).send().await.unwrap();
+    assert_eq!(r.messages().len(), 1);
+    let bad = common::client_with_secret(&s.url, "AKIDGOOD", "wrong-secret");
+    let e = bad.list_queues().send().await.unwrap_err();
+    assert_eq!(code(&e), "SignatureDoesNotMatch");
+    let unknown = common::client_with_secret(&s.url, "AKIDWHO", "right-secret");
+    let e = unknown.list_queues().send().await.unwrap_err();
+    assert_eq!(code(&e), "InvalidClientTokenId");
+    let r = reqwest::Client::new().post(&s.url).header("x-amz-target", "AmazonSQS.ListQueues").body("{}").send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(s.broker.telemetry("signed", 0).unwrap()[0].access_key_id, "AKIDGOOD");
+}

@@ -30,6 +30,10 @@ pub struct ServeArgs {
     /// Region used in queue ARNs.
     #[arg(long, default_value = "us-east-1")]
     pub region: String,
+    /// Check every request's SigV4 signature against this credentials file (AWS CLI format,
+    /// or one `ACCESS_KEY_ID SECRET` per line); unsigned or badly signed requests get 403.
+    #[arg(long, value_name = "CREDENTIALS_FILE")]
+    pub verify_signatures: Option<PathBuf>,
 }
 
 pub fn run(cmd: QueueCommand) -> anyhow::Result<ExitCode> {
@@ -43,6 +47,11 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = BrokerConfig::new(&a.data_dir);
     cfg.durability = durability;
     cfg.region = a.region.clone();
+    if let Some(path) = &a.verify_signatures {
+        let creds = coalmine_queue::load_credentials(path).with_context(|| format!("reading the credentials in {}", path.display()))?;
+        tracing::info!(keys = creds.len(), "checking request signatures");
+        cfg.credentials = Some(creds);
+    }
     let broker = Broker::open(cfg).with_context(|| format!("opening the queue data in {}", a.data_dir.display()))?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     let result = rt.block_on(async {

@@ -41,8 +41,12 @@ pub async fn start() -> Server {
 }
 
 pub async fn start_in(dir: tempfile::TempDir, durability: Durability) -> Server {
+    start_with(dir, |c| c.durability = durability).await
+}
+
+pub async fn start_with(dir: tempfile::TempDir, f: impl FnOnce(&mut BrokerConfig)) -> Server {
     let mut cfg = BrokerConfig::new(dir.path());
-    cfg.durability = durability;
+    f(&mut cfg);
     let broker = Broker::open(cfg).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -54,10 +58,14 @@ pub async fn start_in(dir: tempfile::TempDir, durability: Durability) -> Server 
 }
 
 pub fn client(url: &str, access_key_id: &str) -> aws_sdk_sqs::Client {
+    client_with_secret(url, access_key_id, "secret")
+}
+
+pub fn client_with_secret(url: &str, access_key_id: &str, secret: &str) -> aws_sdk_sqs::Client {
     let conf = aws_sdk_sqs::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new(access_key_id, "secret", None, None, "test"))
+        .credentials_provider(Credentials::new(access_key_id, secret, None, None, "test"))
         .endpoint_url(url)
         .build();
     aws_sdk_sqs::Client::from_conf(conf)
