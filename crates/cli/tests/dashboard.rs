@@ -271,6 +271,9 @@ async fn approve_in_the_dashboard_carries_the_revision_to_the_primary() {
         v.as_str().is_some_and(|t| t.contains("approved by erin") && t.contains("numbers look fine"))
     })
     .await;
+    // The whole page, at a laptop's width.
+    let height = c.execute("return document.documentElement.scrollHeight;", vec![]).await.unwrap().as_u64().unwrap();
+    c.set_window_size(1440, height as u32 + 120).await.unwrap();
     std::fs::write(output_dir().join("dashboard.png"), c.screenshot().await.unwrap()).unwrap();
 
     // The decision reached the pipeline as made: this execution, this revision, this person.

@@ -314,7 +314,7 @@
     const evs = ex ? (ex.events || []).slice().sort((a, b) => b.id - a.id) : [];
     for (const ev of evs.slice(0, 100)) {
       root.append(h('li', {}, h('span', { class: 't', text: clock(ev.at_ms) }), h('span', { class: 'k', text: ev.kind }), ev.reason,
-        ev.actor && ev.actor !== 'engine' ? h('span', { class: 'muted', text: ' (' + ev.actor + ')' }) : null));
+        ev.actor && !['engine', 'coalmine'].includes(ev.actor) ? h('span', { class: 'muted', text: ' (' + ev.actor + ')' }) : null));
     }
     if (!evs.length) root.append(h('li', { class: 'muted', text: 'No events yet.' }));
   }
