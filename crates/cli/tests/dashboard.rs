@@ -250,6 +250,18 @@ async fn approve_in_the_dashboard_carries_the_revision_to_the_primary() {
         v.as_str().is_some_and(|t| t.contains("[command] cp worker.sh out/worker.sh"))
     })
     .await;
+    // A task's own log, by clicking its row (the rows are redrawn every second: click in the page).
+    c.execute("document.querySelector('[data-service=canary] tr.task').click(); return true;", vec![]).await.unwrap();
+    wait_js(&c, "the canary task's log", "return [document.getElementById('log-title').textContent, document.getElementById('log').textContent];", |v| {
+        v[0].as_str().is_some_and(|t| t.starts_with("Log of task canary-"))
+            && v[1].as_str().is_some_and(|t| t.contains(&format!(" of {v2} up")))
+    })
+    .await;
+    c.find(Locator::Id("log-tab-build")).await.unwrap().click().await.unwrap();
+    wait_js(&c, "the build log again", "return document.getElementById('log').textContent;", |v| {
+        v.as_str().is_some_and(|t| t.contains("[command] cp worker.sh out/worker.sh"))
+    })
+    .await;
     std::fs::write(output_dir().join("dashboard-approval.png"), c.screenshot().await.unwrap()).unwrap();
 
     // Approve with a comment.

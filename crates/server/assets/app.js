@@ -234,7 +234,7 @@
         dep && dep.rolled_back_to ? h('div', { class: 'muted', text: 'rolled back to ' + short(dep.rolled_back_to) }) : null,
         tasks.length ? h('table', {},
           h('thead', {}, h('tr', {}, h('th', { text: 'Task' }), h('th', { text: 'Revision' }), h('th', { text: 'State' }), h('th', { class: 'num', text: 'Restarts' }), h('th', { text: 'Up' }))),
-          h('tbody', {}, tasks.map((t) => h('tr', {},
+          h('tbody', {}, tasks.map((t) => h('tr', { class: 'task', 'data-task': t.id, title: 'show this task\'s log', onclick: () => { logTab = 'task:' + t.id; openLog(); $('log').scrollIntoView({ block: 'nearest' }); } },
             h('td', { class: 'mono', text: t.id }),
             h('td', {}, h('code', { text: short(t.revision) })),
             h('td', {}, badge(t.state), t.last_exit ? h('span', { class: 'muted', text: ' last ' + t.last_exit }) : null),
@@ -421,6 +421,10 @@
       if (!execId) { $('log-title').textContent = 'No execution yet.'; return; }
       $('log-title').textContent = `Build log of execution #${execId}`;
       path = `/executions/${execId}/build-log/stream?lines=500`;
+    } else if (logTab.startsWith('task:')) {
+      const task = logTab.slice(5);
+      $('log-title').textContent = `Log of task ${task}`;
+      path = `/tasks/${encodeURIComponent(task)}/logs/stream?lines=200`;
     } else {
       $('log-title').textContent = `Logs of the ${logTab} service's tasks`;
       path = `/services/${logTab}/logs/stream?lines=100`;
