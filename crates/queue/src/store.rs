@@ -76,6 +76,8 @@ pub struct Store {
     next_ticket: Mutex<u64>,
     progress: Arc<(Mutex<Progress>, Condvar)>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    checkpointer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub type Done = tokio::sync::oneshot::Sender<Result<(), String>>;
@@ -125,6 +127,27 @@ impl Store {
         let (tx, rx) = mpsc::channel::<Batch>();
         let progress = Arc::new((Mutex::new(Progress { committed: 0, failed: None }), Condvar::new()));
         let p2 = progress.clone();
+        // Checkpoints (which sync the database file) run on their own connection and thread,
+        // so that commits never wait for them.
+        conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(|source| QueueError::Store { path: path.clone(), source })?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ck_conn = open_conn(&path)?;
+        let (ck_stop, ck_path) = (stop.clone(), path.clone());
+        let checkpointer = std::thread::Builder::new()
+            .name("queue-checkpoint".into())
+            .spawn(move || {
+                let mut n = 0u32;
+                while !ck_stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::park_timeout(std::time::Duration::from_millis(100));
+                    n += 1;
+                    if n % 10 == 0 {
+                        if let Err(e) = ck_conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                            tracing::warn!(path = %ck_path.display(), error = %e, "queue store checkpoint failed; will retry");
+                        }
+                    }
+                }
+            })
+            .map_err(|source| QueueError::Io { path: dir.to_path_buf(), source })?;
         let thread = std::thread::Builder::new()
             .name("queue-store".into())
             .spawn(move || writer(conn, path, rx, p2))
@@ -135,6 +158,8 @@ impl Store {
                 next_ticket: Mutex::new(0),
                 progress,
                 thread: Mutex::new(Some(thread)),
+                checkpointer: Mutex::new(Some(checkpointer)),
+                stop,
             },
             loaded,
         ))
@@ -183,6 +208,11 @@ impl Store {
 
     /// Flush everything and stop the writer thread.
     pub fn close(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.checkpointer.lock().unwrap().take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
         self.tx.lock().unwrap().take();
         if let Some(t) = self.thread.lock().unwrap().take() {
             let _ = t.join();
@@ -380,4 +410,10 @@ fn writer(
         }
     }
     let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
