@@ -231,6 +231,12 @@ fn every_documented_route_answers_and_refuses_a_missing_or_wrong_token() {
         }
     }
     assert!(checked >= 26, "checked only {checked} routes");
+    // Unknown API paths need the token too; with it they are 404 with a pointer to the document.
+    assert_eq!(api.call("GET", "/api/v1/nope", None, None).status, 401);
+    let r = api.get("/api/v1/nope");
+    assert_eq!(r.status, 404);
+    assert!(r.json()["error"].as_str().unwrap().contains("openapi.json"));
+
     // The refusals are logged by the server.
     let log = app.up_log();
     assert!(log.contains("401") && log.contains("/api/v1/status"), "no 401 in the log:\n{log}");

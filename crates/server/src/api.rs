@@ -96,7 +96,9 @@ pub fn router(shared: AppState) -> (Router, utoipa::openapi::OpenApi) {
     let served = doc.clone();
     let api = api
         .route("/openapi.json", axum::routing::get(move || async move { Json(served.as_ref().clone()) }))
-        .route_layer(middleware::from_fn_with_state(shared.clone(), require_token))
+        .fallback(|| async { ApiError::NotFound("no such API route: the routes are listed in /api/v1/openapi.json".into()) })
+        // `layer`, not `route_layer`: unknown paths under /api/v1 need the token too.
+        .layer(middleware::from_fn_with_state(shared.clone(), require_token))
         .with_state(shared);
     (Router::new().nest("/api/v1", api), doc.as_ref().clone())
 }
@@ -592,4 +594,29 @@ async fn telemetry(State(s): State<AppState>, Query(q): Query<Window>) -> ApiRes
         })
         .collect();
     ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_openapi_document_describes_every_route_with_its_parameters() {
+        let doc = serde_json::to_value(openapi()).unwrap();
+        assert_eq!(doc["servers"][0]["url"], "/api/v1");
+        assert_eq!(doc["components"]["securitySchemes"]["token"]["type"], "http");
+        assert_eq!(doc["security"][0]["token"], json!([]));
+        let paths = doc["paths"].as_object().unwrap();
+        assert_eq!(paths.len(), 26, "{:?}", paths.keys().collect::<Vec<_>>());
+        let approve = &paths["/executions/{id}/approve"]["post"];
+        assert_eq!(approve["parameters"][0]["name"], "id");
+        assert_eq!(approve["parameters"][0]["in"], "path");
+        assert!(approve["requestBody"]["content"]["application/json"]["schema"]["$ref"].as_str().unwrap().ends_with("/Decision"));
+        assert!(approve["responses"]["409"].is_object());
+        let logs = &paths["/services/{name}/logs"]["get"]["parameters"];
+        let names: Vec<&str> = logs.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["name", "lines"]);
+        assert!(doc["components"]["schemas"]["Sample"]["properties"]["revisions"].is_object());
+        assert!(paths["/events/stream"]["get"]["responses"]["200"]["content"]["text/event-stream"].is_object());
+    }
 }
