@@ -182,6 +182,6 @@ fn main() {
     println!(
         "  event stream: {snapshots} snapshots in {} s, {} bytes each on average",
         window.as_secs(),
-        if snapshots > 0 { bytes / snapshots } else { 0 }
+        bytes.checked_div(snapshots).unwrap_or(0)
     );
 }
