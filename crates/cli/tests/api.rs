@@ -356,10 +356,21 @@ fn decisions_rollback_stop_and_logs_through_the_api() {
     app.wait_status("v4 stopped", T, |v| exec_id(v) == id4 && exec_status(v) == "Stopped");
     assert_eq!(api.post(&format!("/api/v1/executions/{id4}/stop"), json!({})).status, 409);
 
+    // v5: rejected through the API, with the comment kept.
+    app.commit(WORKER_OK, BUILDSPEC, "fifth release");
+    let st = app.wait_status("v5 awaiting approval", T, |v| waiting_for_approval(v) && exec_id(v) > id4);
+    let id5 = exec_id(&st);
+    let r = api.post(&format!("/api/v1/executions/{id5}/reject"), json!({"actor": "frank", "comment": "error rate too high"}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = app.wait_status("v5 rejected", T, |v| exec_id(v) == id5 && exec_status(v) == "RolledBack" && service_revision(v, "canary") == v2);
+    assert!(v["execution"]["reason"].as_str().unwrap().contains("error rate too high"), "{v}");
+    let one = api.ok_json(&format!("/api/v1/executions/{id5}"));
+    assert_eq!((one["approvals"][0]["decision"].as_str(), one["approvals"][0]["actor"].as_str()), (Some("rejected"), Some("frank")));
+
     // History, newest first, with how each ended; events in order.
-    let hist = api.ok_json("/api/v1/executions?limit=3");
+    let hist = api.ok_json("/api/v1/executions?limit=4");
     let got: Vec<(i64, &str)> = hist.as_array().unwrap().iter().map(|e| (e["id"].as_i64().unwrap(), e["status"].as_str().unwrap())).collect();
-    assert_eq!(got, [(id4, "Stopped"), (id3, "RolledBack"), (id, "Succeeded")]);
+    assert_eq!(got, [(id5, "RolledBack"), (id4, "Stopped"), (id3, "RolledBack"), (id, "Succeeded")]);
     let events = api.ok_json("/api/v1/events");
     let ids: Vec<i64> = events.as_array().unwrap().iter().map(|e| e["id"].as_i64().unwrap()).collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]) && !ids.is_empty());
