@@ -295,6 +295,29 @@ async fn approve_in_the_dashboard_carries_the_revision_to_the_primary() {
     assert_eq!(e["approvals"][0]["actor"], "erin");
     assert_eq!(e["approvals"][0]["comment"], "numbers look fine");
     assert_eq!(e["approvals"][0]["revision"], v2.as_str());
+
+    // v3 is rolled back from the page: the reason shows in the rollbacks and on the charts.
+    let v3 = app.commit(WORKER_OK, BUILDSPEC, "Risky change");
+    wait_js(&c, "v3 waiting for approval", STAGES_JS, |v| stage_status(v, "Approval") == "InProgress").await;
+    c.find(Locator::Id("rollback-open")).await.unwrap().click().await.unwrap();
+    c.find(Locator::Id("rollback-reason")).await.unwrap().send_keys("failures on the canary").await.unwrap();
+    c.find(Locator::Id("rollback-confirm")).await.unwrap().click().await.unwrap();
+    let rb = wait_js(&c, "the rollback listed with its reason", "return document.getElementById('rollbacks').textContent;", |v| {
+        v.as_str().is_some_and(|t| t.contains("failures on the canary"))
+    })
+    .await;
+    assert!(rb.as_str().unwrap().contains(&v3) && rb.as_str().unwrap().contains("by erin"), "rollbacks: {rb}");
+    wait_js(&c, "the execution to end RolledBack", "return document.getElementById('execution-head').textContent;", |v| {
+        v.as_str().is_some_and(|t| t.contains(&v3) && t.contains("RolledBack"))
+    })
+    .await;
+    wait_js(&c, "the history to say who rolled back and why", "return document.getElementById('history').textContent;", |v| {
+        v.as_str().is_some_and(|t| t.contains("rolled back by erin: failures on the canary"))
+    })
+    .await;
+    wait_js(&c, "the rollback marker on the charts", "return document.querySelectorAll('#chart-processed .rollback-mark').length;", |v| v.as_u64() == Some(1)).await;
+    app.wait_status("the canary back on v2", T, |v| exec_status(v) == "RolledBack" && service_revision(v, "canary") == v2);
+    std::fs::write(output_dir().join("dashboard-rollback.png"), c.screenshot().await.unwrap()).unwrap();
     c.close().await.unwrap();
 
     // Dark mode renders too (for the screenshot).

@@ -128,6 +128,7 @@
 
   // ---------- state ----------
   let status = null;
+  let rollbackMarks = [];
   let samples = [];
   let selected = null; // execution id shown in the logs (null: the current one)
   let lastExecKey = '';
@@ -290,6 +291,10 @@
       return who + (e.reason ? ' — ' + e.reason : '');
     }
     if (e.status === 'InProgress') return 'in progress';
+    const rb = (e.rollbacks || []).slice(-1)[0];
+    if (rb) return `rolled back by ${rb.actor}: ${rb.reason}`;
+    if (e.status === 'Stopped') return 'stopped: ' + (e.reason || '');
+    if (e.status === 'Superseded') return e.reason || 'superseded by a newer commit';
     return e.reason || '';
   }
   function renderHistory(list) {
@@ -351,6 +356,13 @@
     for (let m = 0; m <= WINDOW_S / 60; m++) {
       const t = tEnd - m * 60000;
       svg.append(s('text', { x: x(t), y: H - 5, 'text-anchor': m === 0 ? 'end' : 'middle' }, m === 0 ? 'now' : `-${m}m`));
+    }
+    // Rollbacks as red markers, so a drop is seen with its cause.
+    for (const r of rollbackMarks) {
+      if (r.at_ms < tStart || r.at_ms > tEnd) continue;
+      const line = s('line', { class: 'rollback-mark', x1: x(r.at_ms), x2: x(r.at_ms), y1: T, y2: H - B });
+      line.append(s('title', {}, `rollback of ${short(r.revision)}: ${r.reason}`));
+      svg.append(line);
     }
     for (const sr of series) {
       const pts = sr.points.filter(([t]) => t >= tStart);
@@ -453,6 +465,8 @@
       const [hist, rbs] = await Promise.all([api('GET', '/executions?limit=20'), api('GET', '/rollbacks')]);
       renderHistory(hist);
       renderRollbacks(rbs);
+      rollbackMarks = rbs;
+      renderCharts();
     } catch (e) {
       if (!(e instanceof Unauthorized)) banner('Cannot load the history: ' + e.message);
     }
