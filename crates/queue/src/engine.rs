@@ -423,9 +423,12 @@ impl Broker {
         &self.inner.cfg
     }
 
-    pub(crate) fn set_public_host(&self, host: String) {
+    /// Set the `host:port` used in queue URLs returned by the admin API (e.g. by
+    /// [`Broker::ensure_queue`]) when the router is mounted on another server. `serve` sets it
+    /// from its listener unless the configuration fixed it.
+    pub fn set_public_host(&self, host: impl Into<String>) {
         if self.inner.cfg.public_host.is_none() {
-            *self.inner.public_host.lock().unwrap() = host;
+            *self.inner.public_host.lock().unwrap() = host.into();
         }
     }
 

@@ -651,3 +651,37 @@ async fn signatures_are_checked_when_asked() {
     assert_eq!(r.status(), 403);
     assert_eq!(s.broker.telemetry("signed", 0).unwrap()[0].access_key_id, "AKIDGOOD");
 }
+
+#[tokio::test]
+async fn admin_api_in_flight_release_and_stats() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = common::start_in(dir, coalmine_queue::Durability::None).await;
+    let url = s.broker.ensure_queue("work", &BTreeMap::from([("VisibilityTimeout".to_string(), "300".to_string())])).unwrap();
+    assert_eq!(url, format!("{}/000000000000/work", s.url));
+    // ensure_queue updates attributes of an existing queue
+    s.broker.ensure_queue("work", &BTreeMap::from([("VisibilityTimeout".to_string(), "600".to_string())])).unwrap();
+    let producer = client(&s.url, "AKIDP");
+    assert_eq!(attr(&producer, &url, QueueAttributeName::VisibilityTimeout).await, "600");
+    for i in 0..4 {
+        producer.send_message().queue_url(&url).message_body(format!("m{i}")).send().await.unwrap();
+    }
+    let canary = client(&s.url, "AKIDCANARY");
+    let primary = client(&s.url, "AKIDPRIMARY");
+    assert_eq!(canary.receive_message().queue_url(&url).max_number_of_messages(1).send().await.unwrap().messages().len(), 1);
+    assert_eq!(primary.receive_message().queue_url(&url).max_number_of_messages(2).send().await.unwrap().messages().len(), 2);
+    let st = s.broker.queue_stats("work").unwrap();
+    assert_eq!((st.visible, st.in_flight, st.delayed), (1, 3, 0));
+    let inf = s.broker.in_flight("work").unwrap();
+    assert_eq!(inf.iter().filter(|m| m.access_key_id == "AKIDCANARY").count(), 1);
+    assert_eq!(inf.iter().filter(|m| m.access_key_id == "AKIDPRIMARY").count(), 2);
+    assert!(inf.iter().all(|m| m.receive_count == 1 && m.received_at_ms > 0));
+    // roll the canary back: its message is visible again at once
+    assert_eq!(s.broker.release_in_flight("work", &["AKIDCANARY".to_string()]).unwrap(), 1);
+    let st = s.broker.queue_stats("work").unwrap();
+    assert_eq!((st.visible, st.in_flight), (2, 2));
+    let t = s.broker.telemetry("work", 0).unwrap();
+    let canary_t = t.iter().find(|c| c.access_key_id == "AKIDCANARY").unwrap();
+    assert_eq!(canary_t.buckets.iter().map(|b| b.returned).sum::<u64>(), 1);
+    assert!(s.broker.queue_stats("missing").is_err());
+    assert_eq!(s.broker.telemetry("work", u64::MAX).unwrap(), vec![]);
+}

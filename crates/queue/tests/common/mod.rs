@@ -50,6 +50,7 @@ pub async fn start_with(dir: tempfile::TempDir, f: impl FnOnce(&mut BrokerConfig
     let broker = Broker::open(cfg).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
+    broker.set_public_host(listener.local_addr().unwrap().to_string());
     let b = broker.clone();
     let task = tokio::spawn(async move {
         b.serve(listener).await.unwrap();
