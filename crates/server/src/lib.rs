@@ -57,6 +57,17 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     api::openapi()
 }
 
+/// The dashboard's address with the token in its fragment (`<base>/#token=<token>`): what
+/// `coalmine up` should print. Browsers never send the fragment to the server; the page moves
+/// the token into `sessionStorage` and removes it from the address bar.
+pub fn dashboard_url(base: &str, token: &str) -> String {
+    let enc: String = token
+        .bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect();
+    format!("{}/#token={enc}", base.trim_end_matches('/'))
+}
+
 /// Compare two byte strings in time independent of where they differ.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -68,6 +79,12 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dashboard_url_carries_the_token_in_the_fragment() {
+        assert_eq!(dashboard_url("http://127.0.0.1:7070/", "ab12"), "http://127.0.0.1:7070/#token=ab12");
+        assert_eq!(dashboard_url("http://h:1", "a b&c"), "http://h:1/#token=a%20b%26c");
+    }
 
     #[test]
     fn constant_time_eq_compares_bytes() {
