@@ -1676,7 +1676,7 @@ impl Broker {
                 let b = Broker { inner };
                 b.tick();
                 n += 1;
-                if n % 4 == 0 {
+                if n.is_multiple_of(4) {
                     b.flush_telemetry();
                 }
             }

@@ -140,7 +140,7 @@ impl Store {
                 while !ck_stop.load(std::sync::atomic::Ordering::Relaxed) {
                     std::thread::park_timeout(std::time::Duration::from_millis(100));
                     n += 1;
-                    if n % 10 == 0 {
+                    if n.is_multiple_of(10) {
                         if let Err(e) = ck_conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
                             tracing::warn!(path = %ck_path.display(), error = %e, "queue store checkpoint failed; will retry");
                         }

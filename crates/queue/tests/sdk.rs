@@ -29,7 +29,9 @@ async fn attr(c: &aws_sdk_sqs::Client, url: &str, name: QueueAttributeName) -> S
 
 /// MD5 of message attributes, written here independently of the broker's code, following the
 /// algorithm in the SQS developer guide.
-fn expected_attr_md5(attrs: &[(&str, &str, Result<&str, &[u8]>)]) -> String {
+type AttrSpec<'a> = (&'a str, &'a str, Result<&'a str, &'a [u8]>);
+
+fn expected_attr_md5(attrs: &[AttrSpec]) -> String {
     let mut sorted = attrs.to_vec();
     sorted.sort_by(|a, b| a.0.cmp(b.0));
     let mut buf = Vec::new();
@@ -420,7 +422,7 @@ async fn dead_letter_after_max_receives_and_redrive() {
     let src = create(&c, "app", &[(QueueAttributeName::RedrivePolicy, &policy), (QueueAttributeName::VisibilityTimeout, "30")]).await;
     assert!(attr(&c, &src, QueueAttributeName::RedrivePolicy).await.contains("\"maxReceiveCount\":2"));
     let srcs = c.list_dead_letter_source_queues().queue_url(&dlq).send().await.unwrap();
-    assert_eq!(srcs.queue_urls(), &[src.clone()]);
+    assert_eq!(srcs.queue_urls(), std::slice::from_ref(&src));
 
     let sent = c.send_message().queue_url(&src).message_body("poison").send().await.unwrap();
     let id = sent.message_id().unwrap().to_string();
@@ -442,7 +444,7 @@ async fn dead_letter_after_max_receives_and_redrive() {
     assert_eq!(t[0].buckets.iter().map(|b| b.dead_lettered).sum::<u64>(), 1);
 
     // redrive through the admin API
-    assert_eq!(s.broker.redrive("app-dlq", &[id.clone()]).unwrap(), 1);
+    assert_eq!(s.broker.redrive("app-dlq", std::slice::from_ref(&id)).unwrap(), 1);
     assert_eq!(s.broker.queue_stats("app").unwrap().visible, 1);
     assert_eq!(s.broker.queue_stats("app-dlq").unwrap().visible, 0);
 
