@@ -141,7 +141,7 @@ async fn story(args: &DemoArgs, dir: &std::path::Path, target: &std::path::Path)
     println!("{}", paint("coalmine demo: a queue worker released through a canary", "1"));
     println!("  app repository  {}", dir.display());
     println!("  queue           {}  (any SQS client works: aws --endpoint-url {} sqs ...)", running.queue_endpoint, running.queue_endpoint);
-    println!("  dashboard       {}/#token={}", running.api, running.token);
+    println!("  dashboard       {}", coalmine_server::dashboard_url(&running.api, &running.token));
     println!("  builds share compiled dependencies in {}", target.display());
     let printer = tokio::spawn(up::print_events(running.engine.clone()));
     let outcome = chapters(args, dir, &running, &mut story).await;
@@ -152,7 +152,7 @@ async fn story(args: &DemoArgs, dir: &std::path::Path, target: &std::path::Path)
     println!();
     println!("demo finished in {}", duration(story.started.elapsed().as_millis() as i64));
     if args.keep {
-        println!("everything keeps running (dashboard {}/#token={}); Ctrl-C stops it", running.api, running.token);
+        println!("everything keeps running (dashboard {}); Ctrl-C stops it", coalmine_server::dashboard_url(&running.api, &running.token));
         up::wait_for_signal().await;
     }
     tokio::task::spawn_blocking(move || running.shutdown()).await?;

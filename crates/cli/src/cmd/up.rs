@@ -181,7 +181,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         let spec = running.engine.spec().clone();
         println!("coalmine up: {}", spec.app);
         println!("  queue      {}  (queue `{}`, DLQ `{}`)", running.queue_endpoint, spec.queue.name, spec.queue.dlq);
-        println!("  dashboard  {}/", running.api);
+        println!("  dashboard  {}", coalmine_server::dashboard_url(&running.api, &running.token));
         println!("  API        {}/api/v1  (token in .coalmine/token)", running.api);
         println!("  watching   branch `{}` of {}", spec.source.branch, spec.source.repo.location());
         println!("Ctrl-C stops everything.");
