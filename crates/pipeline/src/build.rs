@@ -104,15 +104,16 @@ impl Builder for BuildspecBuilder {
             ("build", &spec.phases.build),
             ("post_build", &spec.phases.post_build),
         ];
-        let mut failure: Option<String> = None;
+        // The first phase that failed (with `on-failure: ABORT`), and why.
+        let mut failure: Option<(&str, String)> = None;
         for (name, phase) in phases {
             let Some(phase) = phase else { continue };
-            // A failed install or pre_build ends the build; post_build still runs after a failed build.
-            if failure.is_some() && name != "post_build" {
-                continue;
-            }
-            if failure.is_some() && name == "post_build" && !failure.as_deref().unwrap_or("").starts_with("phase build") {
-                continue;
+            // A failed install or pre_build ends the build; post_build still runs after a
+            // failed build, as in CodeBuild.
+            match failure {
+                Some(("build", _)) if name == "post_build" => {}
+                Some(_) => continue,
+                None => {}
             }
             env.insert("CODEBUILD_BUILD_SUCCEEDING".into(), if succeeding { "1" } else { "0" }.into());
             log.line(&format!("[coalmine] entering phase {name}"));
@@ -134,13 +135,13 @@ impl Builder for BuildspecBuilder {
                     succeeding = false;
                     let continue_on = matches!(phase.on_failure, OnFailure::Continue);
                     if !continue_on && failure.is_none() {
-                        failure = Some(format!("phase {name} failed: {err}"));
+                        failure = Some((name, err));
                     }
                 }
             }
         }
-        if let Some(f) = failure {
-            return Err(PipelineError::Build(format!("{f} (log: {})", log.path.display())));
+        if let Some((name, err)) = failure {
+            return Err(PipelineError::Build(format!("phase {name} failed: {err} (log: {})", log.path.display())));
         }
         let copied = copy_artifacts(&spec, req, &mut log)?;
         let summary = format!(
