@@ -175,6 +175,8 @@ pub enum QueueError {
     Store { path: std::path::PathBuf, #[source] source: rusqlite::Error },
     #[error("queue data directory {path}: {source}")]
     Io { path: std::path::PathBuf, #[source] source: std::io::Error },
+    #[error("another queue broker already uses the data directory {path}; stop it, or give this one another data directory")]
+    Locked { path: std::path::PathBuf },
     #[error("queue store {path} holds invalid data: {message}")]
     Corrupt { path: std::path::PathBuf, message: String },
 }

@@ -78,6 +78,8 @@ pub struct Store {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     checkpointer: Mutex<Option<std::thread::JoinHandle<()>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
+    /// Held while the store is open: one broker per data directory.
+    dir_lock: Mutex<Option<nix::fcntl::Flock<std::fs::File>>>,
 }
 
 pub type Done = tokio::sync::oneshot::Sender<Result<(), String>>;
@@ -121,6 +123,15 @@ fn open_conn(path: &Path) -> Result<Connection, QueueError> {
 impl Store {
     pub fn open(dir: &Path) -> Result<(Store, Loaded), QueueError> {
         std::fs::create_dir_all(dir).map_err(|source| QueueError::Io { path: dir.to_path_buf(), source })?;
+        let lock_path = dir.join("queue.lock");
+        let lock_file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| QueueError::Io { path: lock_path.clone(), source })?;
+        let dir_lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|_| QueueError::Locked { path: dir.to_path_buf() })?;
         let path = dir.join("queue.db");
         let conn = open_conn(&path)?;
         let loaded = load(&conn).map_err(|source| QueueError::Store { path: path.clone(), source })?;
@@ -160,6 +171,7 @@ impl Store {
                 thread: Mutex::new(Some(thread)),
                 checkpointer: Mutex::new(Some(checkpointer)),
                 stop,
+                dir_lock: Mutex::new(Some(dir_lock)),
             },
             loaded,
         ))
@@ -217,6 +229,7 @@ impl Store {
         if let Some(t) = self.thread.lock().unwrap().take() {
             let _ = t.join();
         }
+        self.dir_lock.lock().unwrap().take();
     }
 }
 

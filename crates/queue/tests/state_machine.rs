@@ -125,3 +125,14 @@ proptest! {
         b.close();
     }
 }
+
+#[test]
+fn one_broker_per_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(dir.path());
+    let err = Broker::open(BrokerConfig::new(dir.path())).err().expect("a second broker on the same directory is refused");
+    assert!(err.to_string().contains("already uses the data directory"), "{err}");
+    a.close();
+    let b = open(dir.path());
+    b.close();
+}
