@@ -164,6 +164,11 @@ pub fn render_status(v: &Value) -> String {
                 s(stage, "detail")
             ));
         }
+        let waiting = st == "InProgress"
+            && stages.iter().any(|x| x["status"] == "InProgress" && (x["name"] == "Approval" || s(x, "name").starts_with("Analysis")));
+        if waiting {
+            out.push_str(&format!("           → `coalmine approve {0}` or `coalmine reject {0}`\n", e["id"]));
+        }
         let verdicts = e["verdicts"].as_array().cloned().unwrap_or_default();
         if !verdicts.is_empty() {
             out.push_str("Verdicts:\n");
@@ -194,16 +199,18 @@ pub fn render_status(v: &Value) -> String {
             st["desired"],
             st["pending"]
         ));
-        for t in st["tasks"].as_array().cloned().unwrap_or_default() {
+        let tasks = st["tasks"].as_array().cloned().unwrap_or_default();
+        for (i, t) in tasks.iter().enumerate() {
+            let t = t.clone();
             out.push_str(&format!(
-                "    └── {:<12} {:<12} pid {:<8} {:<11} restarts {}{}\n",
+                "    {{branch}} {:<12} {:<12} pid {:<8} {:<11} restarts {}{}\n",
                 s(&t, "id"),
                 s(&t, "revision"),
                 t["pid"].as_u64().map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                 s(&t, "state"),
                 t["restarts"],
                 t.get("last_exit").and_then(Value::as_str).map(|x| format!(", last {x}")).unwrap_or_default()
-            ));
+            ).replacen("{branch}", if i + 1 == tasks.len() { "└──" } else { "├──" }, 1));
         }
     }
     out
