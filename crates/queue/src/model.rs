@@ -116,7 +116,7 @@ impl Msg {
             recv_count: self.recv_count,
             first_recv_ms: self.first_recv_ms,
             nonce: self.nonce,
-            receiver: self.receiver.get().map(|r| r.to_string()),
+            receiver: self.receiver.get(),
             received_at: self.received_at,
         }
     }

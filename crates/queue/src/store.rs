@@ -57,7 +57,7 @@ pub struct TelemetryRow {
 #[derive(Debug)]
 pub enum Op {
     Put(Box<MsgRow>),
-    State { seq: u64, visible_at: u64, recv_count: u32, first_recv_ms: u64, nonce: u32, receiver: Option<String>, received_at: u64 },
+    State { seq: u64, visible_at: u64, recv_count: u32, first_recv_ms: u64, nonce: u32, receiver: Option<std::sync::Arc<str>>, received_at: u64 },
     Del(u64),
     Purge { queue: String, max_seq: u64 },
     Queue(QueueRow),
@@ -334,7 +334,7 @@ fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<()> {
                 *recv_count as i64,
                 *first_recv_ms as i64,
                 *nonce as i64,
-                receiver,
+                receiver.as_deref(),
                 *received_at as i64
             ])?;
         }

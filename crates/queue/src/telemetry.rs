@@ -105,7 +105,8 @@ pub(crate) struct Telemetry {
     /// queue -> key -> buckets (oldest first)
     pub(crate) series: HashMap<String, HashMap<Arc<str>, VecDeque<TelemetryBucket>>>,
     /// (queue, key, second) changed since the last flush to the store.
-    pub(crate) dirty: std::collections::HashSet<(String, Arc<str>, u64)>,
+    pub(crate) dirty: HashMap<String, std::collections::HashSet<(Arc<str>, u64)>>,
+    dirty_n: usize,
 }
 
 impl Telemetry {
@@ -144,8 +145,14 @@ impl Telemetry {
             Event::DeadLettered => b.dead_lettered += 1,
         }
         let second = b.second;
-        if self.dirty.len() < 100_000 {
-            self.dirty.insert((queue.to_string(), key.clone(), second));
+        if self.dirty_n < 100_000 {
+            let set = match self.dirty.get_mut(queue) {
+                Some(set) => set,
+                None => self.dirty.entry(queue.to_string()).or_default(),
+            };
+            if set.insert((key.clone(), second)) {
+                self.dirty_n += 1;
+            }
         }
     }
 
@@ -170,8 +177,9 @@ impl Telemetry {
 
     pub(crate) fn take_dirty(&mut self) -> Vec<crate::store::TelemetryRow> {
         let dirty = std::mem::take(&mut self.dirty);
-        let mut rows = Vec::with_capacity(dirty.len());
-        for (q, k, sec) in dirty {
+        let mut rows = Vec::with_capacity(self.dirty_n);
+        self.dirty_n = 0;
+        for (q, k, sec) in dirty.into_iter().flat_map(|(q, set)| set.into_iter().map(move |(k, s)| (q.clone(), k, s))) {
             if let Some(b) = self.series.get(&q).and_then(|m| m.get(&k)).and_then(|s| s.iter().rev().find(|b| b.second == sec)) {
                 if let Ok(data) = serde_json::to_string(b) {
                     rows.push(crate::store::TelemetryRow { queue: q, key: k.to_string(), second: sec, data });
