@@ -9,7 +9,7 @@
 //! Producers hold back while more than `MAX_BACKLOG` messages are queued, so the full-load
 //! figures are a steady state (sent = received = deleted).
 //!
-//! `cargo bench -p coalmine-queue --bench throughput`; env: BENCH_SECS (10), BENCH_PRODUCERS
+//! `cargo bench -p coalmine-queue --bench throughput`; env: BENCH_SECS (10), BENCH_DURABILITY (commit|none), BENCH_PRODUCERS
 //! (32), BENCH_CONSUMERS (32), BENCH_THREADS (8), BENCH_RSS_MESSAGES (1000000).
 
 use std::io::{BufRead, BufReader, Write};
@@ -50,7 +50,11 @@ fn serve_child() {
     let dir = std::env::var("COALMINE_BENCH_SERVE").unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let broker = coalmine_queue::Broker::open(coalmine_queue::BrokerConfig::new(&dir)).unwrap();
+        let mut cfg = coalmine_queue::BrokerConfig::new(&dir);
+        if std::env::var("BENCH_DURABILITY").as_deref() == Ok("none") {
+            cfg.durability = coalmine_queue::Durability::None;
+        }
+        let broker = coalmine_queue::Broker::open(cfg).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         println!("listening on http://{}", listener.local_addr().unwrap());
         std::io::stdout().flush().unwrap();
@@ -181,7 +185,7 @@ fn main() {
     rt.block_on(async {
         let c = client(&url);
         let q = c.create_queue().queue_name("bench").send().await.unwrap().queue_url().unwrap().to_string();
-        println!("server: child process, default durability (commit); client: aws-sdk-sqs, {producers} producers, {consumers} consumers, {threads} threads; batches of 10, 100-byte bodies");
+        println!("server: child process, durability {}; client: aws-sdk-sqs, {producers} producers, {consumers} consumers, {threads} threads; batches of 10, 100-byte bodies", std::env::var("BENCH_DURABILITY").unwrap_or_else(|_| "commit (default)".into()));
         let r = run(&c, &q, &pid, producers, consumers, secs, None).await;
         let tput = r.deleted as f64 / r.secs;
         println!(
