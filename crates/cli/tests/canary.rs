@@ -223,3 +223,41 @@ fn analysis_step_promotes_a_healthy_canary_by_itself() {
     assert!(errors.is_empty(), "{errors:?}");
     rig.wait_settled(&sent, &[&v1, &v2], T);
 }
+
+#[test]
+fn hung_canary_is_rolled_back_and_its_messages_come_back_without_the_visibility_timeout() {
+    // The canary takes 10 minutes per message: it holds what it received. The queue's
+    // visibility timeout is 300 s; the rollback must give those messages back at once.
+    let mut rig = rig(MANUAL_STEPS);
+    let v1 = rig.bootstrap(&run_sh(WORK_MS, NOISE, false));
+    let traffic = Traffic::start(&rig.endpoint(), &rig.queue_url(APP), RATE);
+    send_more(&traffic, 20);
+    let v2 = rig.commit(&run_sh(600_000, 0.0, false), "hangs on every message");
+    let v = rig.wait_status("the hung canary rolled back", T, |v| {
+        exec_status(v) == "RolledBack" && tasks_on(v, "canary", &v1) && service_steady(v, "canary")
+    });
+    let rolled_back = Instant::now();
+    let reason = v["execution"]["reason"].as_str().unwrap();
+    assert!(reason.starts_with("alarm hung"), "rolled back by the hung alarm: {reason}");
+    send_more(&traffic, 20);
+    let (sent, errors) = traffic.finish();
+    assert!(errors.is_empty(), "{errors:?}");
+    let out = rig.wait_settled(&sent, &[&v1], Duration::from_secs(100));
+    assert!(
+        rolled_back.elapsed() < Duration::from_secs(150),
+        "everything settled {:?} after the rollback, well within the 300 s visibility timeout",
+        rolled_back.elapsed()
+    );
+    let v = rig.wait_status("the rollback report complete", T, |v| {
+        rollback(v).is_some_and(|r| r["released"].as_i64() > Some(0) && r["redriven"] == r["dead_lettered"])
+    });
+    let rb = rollback(&v).unwrap();
+    assert_eq!(rb["revision"], v2.as_str());
+    assert_eq!(num(rb, "lost"), 0, "{rb}");
+    assert!(num(rb, "received") > 0 && num(rb, "received") <= 10 * 2, "the canary held its receives: {rb}");
+    assert_eq!(Outcomes::count(&out.processed, &v2), 0, "the hung canary finished nothing");
+    let dlq = rig.dlq_ids();
+    let missing: Vec<&String> = sent.iter().filter(|m| !out.processed.contains_key(*m) && !dlq.contains(*m)).collect();
+    assert!(missing.is_empty(), "lost messages: {missing:?}");
+    assert!(dlq.iter().all(|m| out.failed_by(m, &v1)), "the DLQ holds the primary's failures only");
+}
