@@ -3,6 +3,10 @@
 //! through the AWS SDK, the queue's default 300 s visibility timeout and DLQ after 1 receive.
 //!
 //!     cargo run --release -p coalmine --example canary_bench -- [--runs N] [--minutes M] [--rate R]
+//!         [--scenarios fail-all,fail-20,crash,healthy] [--default-alarms]
+//!
+//! `--default-alarms` runs with coalmine's default alarms (which include the guidance's DLQ
+//! alarm) instead of ours without it.
 //!
 //! Prints, per scenario: how it ended, the time from the canary's first failure to the
 //! rollback decision and to the canary's tasks running the primary's revision again, the
@@ -29,18 +33,31 @@ struct Args {
     runs: u32,
     minutes: f64,
     rate: f64,
+    scenarios: Vec<String>,
+    default_alarms: bool,
 }
 
 fn args() -> Args {
-    let mut a = Args { runs: 2, minutes: 0.5, rate: 50.0 };
+    let mut a = Args {
+        runs: 2,
+        minutes: 0.5,
+        rate: 50.0,
+        scenarios: ["fail-all", "fail-20", "crash", "healthy"].map(String::from).to_vec(),
+        default_alarms: false,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
+        if k == "--default-alarms" {
+            a.default_alarms = true;
+            continue;
+        }
         let v = it.next().unwrap_or_else(|| panic!("{k} needs a value"));
         match k.as_str() {
             "--runs" => a.runs = v.parse().expect("--runs takes a whole number"),
             "--minutes" => a.minutes = v.parse().expect("--minutes takes a number"),
             "--rate" => a.rate = v.parse().expect("--rate takes messages per second"),
-            other => panic!("unknown argument {other}; use --runs N --minutes M --rate R"),
+            "--scenarios" => a.scenarios = v.split(',').map(|s| s.trim().to_string()).collect(),
+            other => panic!("unknown argument {other}; use --runs N --minutes M --rate R --scenarios fail-all,fail-20,crash,healthy --default-alarms"),
         }
     }
     a
@@ -55,6 +72,14 @@ enum Kind {
 }
 
 impl Kind {
+    fn key(self) -> &'static str {
+        match self {
+            Kind::FailAll => "fail-all",
+            Kind::Fail20 => "fail-20",
+            Kind::CrashAtStart => "crash",
+            Kind::Healthy => "healthy",
+        }
+    }
     fn name(self) -> &'static str {
         match self {
             Kind::FailAll => "canary fails every message",
@@ -109,8 +134,8 @@ fn redriven(v: &Value) -> u64 {
     v["execution"]["rollbacks"].as_array().map(|a| a.iter().map(|r| r["redriven"].as_u64().unwrap_or(0)).sum()).unwrap_or(0)
 }
 
-fn run(coalmine: &Path, sample_app: &Path, kind: Kind, rate: f64, healthy_for: Duration) -> Outcome {
-    let mut rig = Rig::new(coalmine, sample_app, &coalmine_toml(3, 1, MANUAL_STEPS, OUR_ALARMS));
+fn run(coalmine: &Path, sample_app: &Path, kind: Kind, rate: f64, healthy_for: Duration, alarms: &str) -> Outcome {
+    let mut rig = Rig::new(coalmine, sample_app, &coalmine_toml(3, 1, MANUAL_STEPS, alarms));
     let v1 = rig.bootstrap(&run_sh(WORK_MS, NOISE, false));
     let traffic = Traffic::start(&rig.endpoint(), &rig.queue_url(APP), rate);
     // Warm up: five seconds of traffic on the primary's revision.
@@ -263,10 +288,19 @@ fn main() {
         NOISE * 100.0,
         a.rate
     );
-    println!("alarms: failure-ratio (min sample 20, confidence 0.99, 3 in a row), crashes (1), latency (p95 x2), hung (x10, 30 s)\n");
+    let alarms = if a.default_alarms {
+        println!("alarms: coalmine's defaults: dlq-depth (> 10, 300 s), failure-ratio, crashes, latency, hung\n");
+        ""
+    } else {
+        println!("alarms: failure-ratio (min sample 20, confidence 0.99, 3 in a row), crashes (1), latency (p95 x2), hung (x10, 30 s)\n");
+        OUR_ALARMS
+    };
     for kind in [Kind::FailAll, Kind::Fail20, Kind::CrashAtStart] {
+        if !a.scenarios.iter().any(|s| s == kind.key()) {
+            continue;
+        }
         println!("== {}", kind.name());
-        let o = run(&coalmine, &sample_app, kind, a.rate, Duration::ZERO);
+        let o = run(&coalmine, &sample_app, kind, a.rate, Duration::ZERO, alarms);
         print(&o, kind);
         if std::env::var_os("CANARY_BENCH_EVENTS").is_some() {
             for e in &o.events {
@@ -275,12 +309,15 @@ fn main() {
         }
         println!();
     }
+    if !a.scenarios.iter().any(|s| s == "healthy") {
+        return;
+    }
     let healthy_for = Duration::from_secs_f64(a.minutes * 60.0);
     println!("== {} — {} run(s) of {:.1} min", Kind::Healthy.name(), a.runs, a.minutes);
     let mut rollbacks = 0;
     let mut guidance_fired = 0;
     for i in 1..=a.runs {
-        let o = run(&coalmine, &sample_app, Kind::Healthy, a.rate, healthy_for);
+        let o = run(&coalmine, &sample_app, Kind::Healthy, a.rate, healthy_for, alarms);
         println!("-- run {i}");
         print(&o, Kind::Healthy);
         rollbacks += o.rolled_back as u32;
