@@ -9,8 +9,13 @@
 //! Producers hold back while more than `MAX_BACKLOG` messages are queued, so the full-load
 //! figures are a steady state (sent = received = deleted).
 //!
-//! `cargo bench -p coalmine-queue --bench throughput`; env: BENCH_SECS (10), BENCH_DURABILITY (commit|none), BENCH_PRODUCERS
-//! (32), BENCH_CONSUMERS (32), BENCH_THREADS (8), BENCH_RSS_MESSAGES (1000000).
+//! The same figures are then measured against a second server with durability `none` (the
+//! thinnest mode: answers without waiting for the store), as the peer to compare with.
+//!
+//! `cargo bench -p coalmine-queue --bench throughput`; env: BENCH_SECS (10), BENCH_DURABILITY (commit|none),
+//! BENCH_PEER (none|commit|off), BENCH_PRODUCERS (32), BENCH_CONSUMERS (32), BENCH_THREADS (8),
+//! BENCH_RSS_MESSAGES (1000000), BENCH_SERVER_THREADS (server runtime workers; default one per core),
+//! BENCH_SERVER_BIN (run that binary as `queue serve` instead, e.g. target/release/coalmine).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -48,7 +53,11 @@ fn rss_mib(pid: u32) -> f64 {
 
 fn serve_child() {
     let dir = std::env::var("COALMINE_BENCH_SERVE").unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = std::env::var("BENCH_SERVER_THREADS").ok().and_then(|v| v.parse().ok()) {
+        b.worker_threads(n);
+    }
+    let rt = b.enable_all().build().unwrap();
     rt.block_on(async {
         let mut cfg = coalmine_queue::BrokerConfig::new(&dir);
         if std::env::var("BENCH_DURABILITY").as_deref() == Ok("none") {
@@ -95,10 +104,15 @@ async fn run(c: &aws_sdk_sqs::Client, url: &str, server_pid: &str, producers: u6
     let epoch = Instant::now();
     let (s0, c0) = (cpu_us(server_pid), cpu_us("self"));
     let mut tasks = Vec::new();
-    for _ in 0..producers {
+    for p in 0..producers {
         let (c, url, stop, sent, deleted) = (c.clone(), url.to_string(), stop.clone(), sent.clone(), deleted.clone());
         tasks.push(tokio::spawn(async move {
-            let mut tick = rate.map(|r| tokio::time::interval(Duration::from_secs_f64(10.0 * producers as f64 / r)));
+            // at a set rate, the producers' ticks are spread evenly over the period: a steady
+            // stream of batches, not all producers' batches at once
+            let mut tick = rate.map(|r| {
+                let period = Duration::from_secs_f64(10.0 * producers as f64 / r);
+                tokio::time::interval_at(tokio::time::Instant::now() + period.mul_f64(p as f64 / producers as f64), period)
+            });
             while !stop.load(Ordering::Relaxed) {
                 if let Some(t) = tick.as_mut() {
                     t.tick().await;
@@ -163,6 +177,103 @@ fn pct(v: &mut [u64], q: f64) -> f64 {
     v[((v.len() as f64 * q) as usize).min(v.len() - 1)] as f64 / 1000.0
 }
 
+struct Server {
+    child: std::process::Child,
+    url: String,
+    pid: String,
+    _dir: tempfile::TempDir,
+}
+
+/// Start the broker in a child process (this executable, or `BENCH_SERVER_BIN`, e.g.
+/// target/release/coalmine, run as `queue serve`).
+fn start_server(durability: &str) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = match std::env::var("BENCH_SERVER_BIN") {
+        Ok(bin) => {
+            let mut c = Command::new(bin);
+            c.args(["queue", "serve", "--port", "0", "--durability", durability, "--data-dir"]).arg(dir.path());
+            c
+        }
+        Err(_) => {
+            let mut c = Command::new(std::env::current_exe().unwrap());
+            c.env("COALMINE_BENCH_SERVE", dir.path()).env("BENCH_DURABILITY", durability);
+            c
+        }
+    };
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    while !line.starts_with("listening on ") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "the server exited before listening");
+    }
+    let url = line.trim().strip_prefix("listening on ").unwrap().to_string();
+    let pid = child.id().to_string();
+    Server { child, url, pid, _dir: dir }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Figures {
+    tput: f64,
+    sent: f64,
+    server_us: f64,
+    client_us: f64,
+    p50: f64,
+    p99: f64,
+    half_target: f64,
+    half_tput: f64,
+    half_server_us: f64,
+    half_client_us: f64,
+    half_p50: f64,
+    half_p99: f64,
+}
+
+/// Full load, then half of that rate, against `server`.
+async fn measure(c: &aws_sdk_sqs::Client, server: &Server, producers: u64, consumers: u64, secs: u64) -> Figures {
+    let q = c.create_queue().queue_name("bench").send().await.unwrap().queue_url().unwrap().to_string();
+    let r = run(c, &q, &server.pid, producers, consumers, secs, None).await;
+    let tput = r.deleted as f64 / r.secs;
+    let (mut l, n) = (r.latencies_us.clone(), r.deleted.max(1) as f64);
+    let (p50, p99) = (pct(&mut l, 0.5), pct(&mut l, 0.99));
+    let (sent, server_us, client_us) = (r.sent as f64 / r.secs, r.server_cpu_us / n, r.client_cpu_us / n);
+    let _ = c.purge_queue().queue_url(&q).send().await;
+    let q2 = c.create_queue().queue_name("bench-half").send().await.unwrap().queue_url().unwrap().to_string();
+    let half = tput / 2.0;
+    let mut h = run(c, &q2, &server.pid, producers, consumers, secs, Some(half)).await;
+    let hn = h.deleted.max(1) as f64;
+    Figures {
+        tput,
+        sent,
+        server_us,
+        client_us,
+        p50,
+        p99,
+        half_target: half,
+        half_tput: h.deleted as f64 / h.secs,
+        half_server_us: h.server_cpu_us / hn,
+        half_client_us: h.client_cpu_us / hn,
+        half_p50: pct(&mut h.latencies_us, 0.5),
+        half_p99: pct(&mut h.latencies_us, 0.99),
+    }
+}
+
+fn print_figures(label: &str, f: &Figures) {
+    println!(
+        "{label} full load : {:.0} msg/s end to end (sent {:.0}/s), server CPU {:.1} µs/msg, client CPU {:.1} µs/msg, p50 {:.2} ms, p99 {:.2} ms",
+        f.tput, f.sent, f.server_us, f.client_us, f.p50, f.p99
+    );
+    println!(
+        "{label} half load : target {:.0} msg/s, got {:.0} msg/s, server CPU {:.1} µs/msg, client CPU {:.1} µs/msg, send-to-receive p50 {:.2} ms, p99 {:.2} ms",
+        f.half_target, f.half_tput, f.half_server_us, f.half_client_us, f.half_p50, f.half_p99
+    );
+}
+
 fn main() {
     if std::env::var("COALMINE_BENCH_SERVE").is_ok() {
         return serve_child();
@@ -170,53 +281,42 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .env("COALMINE_BENCH_SERVE", dir.path())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let url = line.trim().strip_prefix("listening on ").unwrap().to_string();
-    let pid = child.id().to_string();
+    let durability = std::env::var("BENCH_DURABILITY").unwrap_or_else(|_| "commit".into());
+    // the peer: the same broker without waiting for commits, measured in the same process
+    let peer = std::env::var("BENCH_PEER").unwrap_or_else(|_| "none".into());
     let (producers, consumers, threads, secs) = (env("BENCH_PRODUCERS", 32), env("BENCH_CONSUMERS", 32), env("BENCH_THREADS", 8), env("BENCH_SECS", 10));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(threads as usize).enable_all().build().unwrap();
     rt.block_on(async {
-        let c = client(&url);
-        let q = c.create_queue().queue_name("bench").send().await.unwrap().queue_url().unwrap().to_string();
-        println!("server: child process, durability {}; client: aws-sdk-sqs, {producers} producers, {consumers} consumers, {threads} threads; batches of 10, 100-byte bodies", std::env::var("BENCH_DURABILITY").unwrap_or_else(|_| "commit (default)".into()));
-        let r = run(&c, &q, &pid, producers, consumers, secs, None).await;
-        let tput = r.deleted as f64 / r.secs;
         println!(
-            "full load : {:.0} msg/s end to end (sent {:.0}/s), server CPU {:.1} µs/msg, client CPU {:.1} µs/msg, p50 {:.2} ms, p99 {:.2} ms",
-            tput,
-            r.sent as f64 / r.secs,
-            r.server_cpu_us / r.deleted.max(1) as f64,
-            r.client_cpu_us / r.deleted.max(1) as f64,
-            pct(&mut r.latencies_us.clone(), 0.5),
-            pct(&mut r.latencies_us.clone(), 0.99)
+            "server: child process ({}); client: aws-sdk-sqs, {producers} producers, {consumers} consumers, {threads} threads; batches of 10, 100-byte bodies",
+            std::env::var("BENCH_SERVER_BIN").map(|b| format!("{b} queue serve")).unwrap_or_else(|_| "this bench re-run as the server".into())
         );
-        // drain what is left
-        let _ = c.purge_queue().queue_url(&q).send().await;
-        let q2 = c.create_queue().queue_name("bench-half").send().await.unwrap().queue_url().unwrap().to_string();
-        let half = tput / 2.0;
-        let mut r = run(&c, &q2, &pid, producers, consumers, secs, Some(half)).await;
-        println!(
-            "half load : target {:.0} msg/s, got {:.0} msg/s, server CPU {:.1} µs/msg, client CPU {:.1} µs/msg, send-to-receive p50 {:.2} ms, p99 {:.2} ms",
-            half,
-            r.deleted as f64 / r.secs,
-            r.server_cpu_us / r.deleted.max(1) as f64,
-            r.client_cpu_us / r.deleted.max(1) as f64,
-            pct(&mut r.latencies_us, 0.5),
-            pct(&mut r.latencies_us, 0.99)
-        );
+        let server = start_server(&durability);
+        let c = client(&server.url);
+        let main = measure(&c, &server, producers, consumers, secs).await;
+        print_figures(&format!("durability {durability:<6}"), &main);
+        if peer != "off" && peer != durability {
+            let other = start_server(&peer);
+            let pc = client(&other.url);
+            let p = measure(&pc, &other, producers, consumers, secs).await;
+            drop(other);
+            print_figures(&format!("durability {peer:<6}"), &p);
+            println!(
+                "{durability} vs {peer}: throughput {:.0}%, server CPU/msg {:.0}%, half-load p99 {:.2} ms vs {:.2} ms",
+                100.0 * main.tput / p.tput.max(1.0),
+                100.0 * main.server_us / p.server_us.max(0.001),
+                main.half_p99,
+                p.half_p99
+            );
+        }
         // RSS with many messages queued
         let total = env("BENCH_RSS_MESSAGES", 1_000_000);
         let q3 = c.create_queue().queue_name("bench-rss").send().await.unwrap().queue_url().unwrap().to_string();
-        let rss0 = rss_mib(child.id());
+        let server_pid: u32 = server.pid.parse().unwrap();
+        let pid = server.pid.clone();
+        let rss0 = rss_mib(server_pid);
         let t = Instant::now();
-        let s0 = cpu_us(&pid);
+        let (s0, cl0) = (cpu_us(&pid), cpu_us("self"));
         let next = Arc::new(AtomicU64::new(0));
         let mut tasks = Vec::new();
         for _ in 0..producers {
@@ -235,6 +335,7 @@ fn main() {
             t.await.unwrap();
         }
         let secs = t.elapsed().as_secs_f64();
+        let (s1, cl1) = (cpu_us(&pid), cpu_us("self"));
         let depth = c
             .get_queue_attributes()
             .queue_url(&q3)
@@ -243,15 +344,15 @@ fn main() {
             .await
             .unwrap();
         println!(
-            "queued    : {} messages in {:.1} s ({:.0} sends/s, server CPU {:.1} µs/send); server RSS {:.0} MiB before, {:.0} MiB with them queued",
+            "queued    : {} messages in {:.1} s ({:.0} sends/s, server CPU {:.1} µs/msg, client CPU {:.1} µs/msg); server RSS {:.0} MiB before, {:.0} MiB with them queued",
             depth.attributes().unwrap().values().next().unwrap(),
             secs,
             total as f64 / secs,
-            (cpu_us(&pid) - s0) / total as f64,
+            (s1 - s0) / total as f64,
+            (cl1 - cl0) / total as f64,
             rss0,
-            rss_mib(child.id())
+            rss_mib(server_pid)
         );
+        drop(server);
     });
-    let _ = child.kill();
-    let _ = child.wait();
 }

@@ -43,7 +43,7 @@ impl Broker {
         if let Ok(addr) = listener.local_addr() {
             self.set_public_host(addr.to_string());
         }
-        axum::serve(listener, self.router()).await
+        axum::serve(no_delay(listener), self.router()).await
     }
 
     /// Serve until `shutdown` completes.
@@ -54,7 +54,7 @@ impl Broker {
         if let Ok(addr) = listener.local_addr() {
             self.set_public_host(addr.to_string());
         }
-        axum::serve(listener, self.router()).with_graceful_shutdown(shutdown).await
+        axum::serve(no_delay(listener), self.router()).with_graceful_shutdown(shutdown).await
     }
 
     fn ensure_background(&self) {
@@ -62,4 +62,14 @@ impl Broker {
             self.start_background();
         }
     }
+}
+
+/// Answers go out as soon as they are written (no Nagle delay behind an unacknowledged one).
+fn no_delay(listener: tokio::net::TcpListener) -> impl axum::serve::Listener<Addr = std::net::SocketAddr> {
+    use axum::serve::ListenerExt as _;
+    listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY on a queue connection");
+        }
+    })
 }
