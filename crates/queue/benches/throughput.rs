@@ -177,6 +177,29 @@ fn pct(v: &mut [u64], q: f64) -> f64 {
     v[((v.len() as f64 * q) as usize).min(v.len() - 1)] as f64 / 1000.0
 }
 
+/// Requests the server answered so far, by action (from its metrics endpoint).
+fn requests_by_action(url: &str) -> std::collections::BTreeMap<String, u64> {
+    use std::io::Read as _;
+    let hostport = url.trim_start_matches("http://").split('/').next().unwrap().to_string();
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(mut s) = std::net::TcpStream::connect(&hostport) else { return out };
+    let _ = write!(s, "GET {} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n", coalmine_queue::METRICS_PATH);
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    for l in text.lines().filter(|l| l.starts_with("coalmine_queue_requests_total{")) {
+        let action = l.split("action=\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or("").to_string();
+        let n: u64 = l.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        *out.entry(action).or_insert(0) += n;
+    }
+    out
+}
+
+/// Requests per message between two metric readings, e.g. "send 0.10 receive 0.12 delete 0.10".
+fn per_message(before: &std::collections::BTreeMap<String, u64>, after: &std::collections::BTreeMap<String, u64>, msgs: u64) -> String {
+    let d = |a: &str| (after.get(a).copied().unwrap_or(0) - before.get(a).copied().unwrap_or(0)) as f64 / msgs.max(1) as f64;
+    format!("requests/msg: send {:.3}, receive {:.3}, delete {:.3}", d("SendMessageBatch"), d("ReceiveMessage"), d("DeleteMessageBatch"))
+}
+
 struct Server {
     child: std::process::Child,
     url: String,
@@ -232,12 +255,17 @@ struct Figures {
     half_client_us: f64,
     half_p50: f64,
     half_p99: f64,
+    requests: String,
+    half_requests: String,
 }
 
 /// Full load, then half of that rate, against `server`.
 async fn measure(c: &aws_sdk_sqs::Client, server: &Server, producers: u64, consumers: u64, secs: u64) -> Figures {
     let q = c.create_queue().queue_name("bench").send().await.unwrap().queue_url().unwrap().to_string();
+    let m0 = requests_by_action(&server.url);
     let r = run(c, &q, &server.pid, producers, consumers, secs, None).await;
+    let m1 = requests_by_action(&server.url);
+    let requests = per_message(&m0, &m1, r.deleted);
     let tput = r.deleted as f64 / r.secs;
     let (mut l, n) = (r.latencies_us.clone(), r.deleted.max(1) as f64);
     let (p50, p99) = (pct(&mut l, 0.5), pct(&mut l, 0.99));
@@ -245,7 +273,9 @@ async fn measure(c: &aws_sdk_sqs::Client, server: &Server, producers: u64, consu
     let _ = c.purge_queue().queue_url(&q).send().await;
     let q2 = c.create_queue().queue_name("bench-half").send().await.unwrap().queue_url().unwrap().to_string();
     let half = tput / 2.0;
+    let m0 = requests_by_action(&server.url);
     let mut h = run(c, &q2, &server.pid, producers, consumers, secs, Some(half)).await;
+    let half_requests = per_message(&m0, &requests_by_action(&server.url), h.deleted);
     let hn = h.deleted.max(1) as f64;
     Figures {
         tput,
@@ -260,6 +290,8 @@ async fn measure(c: &aws_sdk_sqs::Client, server: &Server, producers: u64, consu
         half_client_us: h.client_cpu_us / hn,
         half_p50: pct(&mut h.latencies_us, 0.5),
         half_p99: pct(&mut h.latencies_us, 0.99),
+        requests,
+        half_requests,
     }
 }
 
@@ -268,10 +300,12 @@ fn print_figures(label: &str, f: &Figures) {
         "{label} full load : {:.0} msg/s end to end (sent {:.0}/s), server CPU {:.1} µs/msg, client CPU {:.1} µs/msg, p50 {:.2} ms, p99 {:.2} ms",
         f.tput, f.sent, f.server_us, f.client_us, f.p50, f.p99
     );
+    println!("{label}             {}", f.requests);
     println!(
         "{label} half load : target {:.0} msg/s, got {:.0} msg/s, server CPU {:.1} µs/msg, client CPU {:.1} µs/msg, send-to-receive p50 {:.2} ms, p99 {:.2} ms",
         f.half_target, f.half_tput, f.half_server_us, f.half_client_us, f.half_p50, f.half_p99
     );
+    println!("{label}             {}", f.half_requests);
 }
 
 fn main() {
