@@ -6,17 +6,18 @@ use std::sync::Mutex;
 
 #[derive(Default)]
 pub(crate) struct Metrics {
-    requests: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// action -> outcome -> count (looked up by `&str`: no allocation per request)
+    requests: Mutex<BTreeMap<String, BTreeMap<&'static str, u64>>>,
 }
 
 impl Metrics {
     pub(crate) fn count(&self, action: &str, outcome: &'static str) {
         let mut m = self.requests.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = m.get_mut(&(action.to_string(), outcome)) {
+        if let Some(c) = m.get_mut(action).and_then(|o| o.get_mut(outcome)) {
             *c += 1;
         } else {
             let action = if action.len() <= 64 && action.chars().all(|c| c.is_ascii_alphanumeric()) { action } else { "invalid" };
-            *m.entry((action.to_string(), outcome)).or_insert(0) += 1;
+            *m.entry(action.to_string()).or_default().entry(outcome).or_insert(0) += 1;
         }
     }
 
@@ -24,8 +25,10 @@ impl Metrics {
         let mut out = String::new();
         out.push_str("# HELP coalmine_queue_requests_total SQS requests by action and outcome (ok or the error code).\n");
         out.push_str("# TYPE coalmine_queue_requests_total counter\n");
-        for ((a, o), c) in self.requests.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let _ = writeln!(out, "coalmine_queue_requests_total{{action=\"{a}\",outcome=\"{o}\"}} {c}");
+        for (a, outcomes) in self.requests.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            for (o, c) in outcomes {
+                let _ = writeln!(out, "coalmine_queue_requests_total{{action=\"{a}\",outcome=\"{o}\"}} {c}");
+            }
         }
         out.push_str("# HELP coalmine_queue_messages Messages by queue and state.\n");
         out.push_str("# TYPE coalmine_queue_messages gauge\n");
