@@ -125,6 +125,10 @@ fn crash_looping_canary_trips_the_circuit_breaker() {
     let v = app.wait_status("the execution to fail", Duration::from_secs(120), |v| exec_status(v) == "Failed");
     let reason = v["execution"]["reason"].as_str().unwrap_or("");
     assert!(reason.contains("circuit breaker"), "reason: {reason}");
+    // A failed deployment is a rollback too: recorded with its reason and numbers.
+    let rb = &v["execution"]["rollbacks"][0];
+    assert_eq!(rb["to_revision"], v1.as_str(), "rollbacks: {}", v["execution"]["rollbacks"]);
+    assert_eq!(rb["lost"], 0);
     app.wait_status("canary back on the primary's revision", T, |v| {
         service_revision(v, "canary") == v1 && service_steady(v, "canary")
     });

@@ -645,8 +645,11 @@ impl Engine {
         Ok(())
     }
 
-    /// End an execution that did not succeed. The canary goes back to the primary's revision
-    /// unless the primary already runs this revision.
+    /// End an execution that did not succeed. Unless the primary already runs this revision,
+    /// the canary goes back to the primary's revision, and that is a rollback: what the bad
+    /// revision holds is given back and what it dead-lettered is redriven
+    /// ([`Engine::follow_rollbacks`]), whatever ended the execution (an alarm, a person, a
+    /// failed deployment, a newer commit).
     fn end_execution(&self, exec: &ExecutionRow, end: &str, reason: &str, actor: &str) -> Result<(), PipelineError> {
         if let Some(b) = self.builds.lock().unwrap().remove(&exec.id) {
             b.cancel.cancel();
@@ -659,46 +662,41 @@ impl Engine {
         }
         store.set_execution_status(exec.id, end, reason)?;
         store.event(Some(exec.id), &end.to_lowercase(), actor, reason)?;
-        if let Some(primary) = store.kv_get("primary_revision")? {
-            if let Some((canary_rev, _)) = store.service("canary")? {
-                if canary_rev != primary {
-                    store.set_service("canary", &primary, self.spec_tasks("canary"))?;
-                    store.event(Some(exec.id), "canary-restored", actor, &format!("canary back on the primary's revision {primary}"))?;
-                }
-            }
+        let restored = match (store.kv_get("primary_revision")?, store.service("canary")?) {
+            (Some(primary), Some((canary_rev, _))) if canary_rev != primary => Some((primary, canary_rev)),
+            _ => None,
+        };
+        if let Some((primary, bad)) = restored.clone() {
+            store.set_service("canary", &primary, self.spec_tasks("canary"))?;
+            store.event(Some(exec.id), "canary-restored", actor, &format!("canary back on the primary's revision {primary}"))?;
+            store.add_rollback(&RollbackRow {
+                id: 0,
+                execution_id: exec.id,
+                revision: bad,
+                to_revision: primary,
+                at_ms: now_ms() as i64,
+                actor: actor.into(),
+                reason: reason.into(),
+                canary_back_ms: None,
+                received: 0,
+                failed: 0,
+                dead_lettered: 0,
+                released: 0,
+                redriven: 0,
+                lost: 0,
+            })?;
         }
         drop(store);
+        if restored.is_some() {
+            self.reconcile_services()?;
+        }
         self.wake();
         Ok(())
     }
 
-    /// The message-aware rollback: end the execution RolledBack, put the canary back on the
-    /// primary's revision, give back what the bad revision holds, and (in
-    /// [`Engine::follow_rollbacks`]) redrive what it dead-lettered.
+    /// The message-aware rollback: end the execution RolledBack (see [`Engine::end_execution`]).
     pub(crate) fn roll_back(&self, exec: &ExecutionRow, reason: &str, actor: &str) -> Result<(), PipelineError> {
-        let primary = self.store.lock().unwrap().kv_get("primary_revision")?;
-        self.end_execution(exec, status::ROLLED_BACK, reason, actor)?;
-        let Some(primary) = primary else { return Ok(()) };
-        let store = self.store.lock().unwrap();
-        store.add_rollback(&RollbackRow {
-            id: 0,
-            execution_id: exec.id,
-            revision: exec.revision.clone(),
-            to_revision: primary,
-            at_ms: now_ms() as i64,
-            actor: actor.into(),
-            reason: reason.into(),
-            canary_back_ms: None,
-            received: 0,
-            failed: 0,
-            dead_lettered: 0,
-            released: 0,
-            redriven: 0,
-            lost: 0,
-        })?;
-        drop(store);
-        self.reconcile_services()?;
-        Ok(())
+        self.end_execution(exec, status::ROLLED_BACK, reason, actor)
     }
 
     // ----- alarms -------------------------------------------------------------------------
@@ -829,7 +827,9 @@ impl Engine {
     fn follow_rollbacks(&self) -> Result<(), PipelineError> {
         let now = now_ms() as i64;
         let rollbacks = self.store.lock().unwrap().rollbacks(None)?;
-        for mut rb in rollbacks.into_iter().filter(|r| now - r.at_ms < 15 * 60_000) {
+        // Dead letters older than the DLQ's retention are gone: follow rollbacks that long.
+        let window = self.spec.queue.dlq_retention.as_millis() as i64;
+        for mut rb in rollbacks.into_iter().filter(|r| now - r.at_ms < window) {
             let canary = self.runtime.service("canary");
             let bad_tasks = canary
                 .as_ref()
@@ -897,6 +897,8 @@ impl Engine {
                 failed += (c.returned + c.expired) as i64;
                 dead += c.dead_lettered as i64;
             }
+            // The queue counts what coalmine released as returned: those were not failures.
+            let failed = (failed - rb.released).max(0);
             if (received, failed, dead) != (rb.received, rb.failed, rb.dead_lettered) {
                 rb.received = received;
                 rb.failed = failed;
