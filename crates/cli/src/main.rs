@@ -71,7 +71,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // The demo narrates; its default log shows only warnings and errors.
     let quiet_default = matches!(cli.command, Command::Demo(_)) && std::env::var_os("COALMINE_LOG").is_none() && cli.log == "info";
-    init_tracing(if quiet_default { "warn" } else { &cli.log });
+    init_tracing(if quiet_default { "warn,coalmine_queue::http=error" } else { &cli.log });
     let result = match cli.command {
         Command::Demo(a) => cmd::demo::run(a),
         Command::Init(a) => cmd::init::run(a),
