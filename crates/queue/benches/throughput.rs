@@ -308,6 +308,10 @@ fn print_figures(label: &str, f: &Figures) {
     println!("{label}             {}", f.half_requests);
 }
 
+/// As the `coalmine` binary does (see its main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     if std::env::var("COALMINE_BENCH_SERVE").is_ok() {
         return serve_child();

@@ -4,14 +4,6 @@
 //! SQS wire protocols over HTTP ([`Broker::router`], [`Broker::serve`]), and gives the rest
 //! of coalmine per-consumer telemetry and dead-letter administration.
 
-/// The broker allocates and frees small buffers for every request (bodies, JSON values,
-/// store records) on several threads; glibc's allocator spent about a fifth of the server's
-/// CPU on them. mimalloc is used by every program that links the broker (feature `mimalloc`,
-/// on by default; turn it off where another global allocator is set).
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 pub mod digest;
 mod engine;
 pub mod error;
