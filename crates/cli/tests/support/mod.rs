@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod common;
+pub use common::*;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_coalmine");
 
 /// A tiny worker: it does not consume the queue, it just runs (or crashes, per revision).
@@ -191,54 +194,3 @@ impl Drop for App {
     }
 }
 
-pub fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git").args(args).current_dir(dir).output().expect("git");
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Poll `f` until it returns `Some`, or panic after `timeout` with `context()`.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>, context: impl Fn() -> String) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}\n{}", context());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Helpers over the status JSON.
-pub fn exec_id(v: &Value) -> i64 {
-    v["execution"]["id"].as_i64().unwrap_or(-1)
-}
-
-pub fn exec_status(v: &Value) -> &str {
-    v["execution"]["status"].as_str().unwrap_or("")
-}
-
-pub fn service_revision<'a>(v: &'a Value, name: &str) -> &'a str {
-    v["services"]
-        .as_array()
-        .and_then(|a| a.iter().find(|s| s["name"] == name))
-        .and_then(|s| s["status"]["revision"].as_str())
-        .unwrap_or("")
-}
-
-pub fn service_steady(v: &Value, name: &str) -> bool {
-    v["services"]
-        .as_array()
-        .and_then(|a| a.iter().find(|s| s["name"] == name))
-        .and_then(|s| s["status"]["steady"].as_bool())
-        .unwrap_or(false)
-}
-
-pub fn waiting_for_approval(v: &Value) -> bool {
-    exec_status(v) == "InProgress"
-        && v["execution"]["stages"]
-            .as_array()
-            .is_some_and(|st| st.iter().any(|s| s["name"] == "Approval" && s["status"] == "InProgress"))
-}

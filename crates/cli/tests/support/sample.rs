@@ -21,6 +21,10 @@ use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use aws_sdk_sqs::Client;
 use serde_json::Value;
 
+#[path = "common.rs"]
+mod common;
+pub use common::*;
+
 pub const APP: &str = "orders";
 pub const DLQ: &str = "orders-dlq";
 
@@ -362,62 +366,11 @@ pub fn tail(s: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-pub fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git").args(args).current_dir(dir).output().expect("git");
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Poll `f` until it returns `Some`, or panic after `timeout` with `context()`.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>, context: impl Fn() -> String) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}\n{}", context());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-pub fn exec_id(v: &Value) -> i64 {
-    v["execution"]["id"].as_i64().unwrap_or(-1)
-}
-
-pub fn exec_status(v: &Value) -> &str {
-    v["execution"]["status"].as_str().unwrap_or("")
-}
-
-pub fn service<'a>(v: &'a Value, name: &str) -> &'a Value {
-    v["services"]
-        .as_array()
-        .and_then(|a| a.iter().find(|s| s["name"] == name))
-        .map(|s| &s["status"])
-        .unwrap_or(&Value::Null)
-}
-
-pub fn service_revision<'a>(v: &'a Value, name: &str) -> &'a str {
-    service(v, name)["revision"].as_str().unwrap_or("")
-}
-
-pub fn service_steady(v: &Value, name: &str) -> bool {
-    service(v, name)["steady"].as_bool().unwrap_or(false)
-}
-
 /// Every task of the service runs `rev` (and there is at least one).
 pub fn tasks_on(v: &Value, name: &str, rev: &str) -> bool {
     service(v, name)["tasks"]
         .as_array()
         .is_some_and(|t| !t.is_empty() && t.iter().all(|t| t["revision"] == rev))
-}
-
-pub fn waiting_for_approval(v: &Value) -> bool {
-    exec_status(v) == "InProgress"
-        && v["execution"]["stages"]
-            .as_array()
-            .is_some_and(|st| st.iter().any(|s| s["name"] == "Approval" && s["status"] == "InProgress"))
 }
 
 pub fn sqs_client(endpoint: &str) -> Client {
