@@ -48,9 +48,11 @@ pub fn state_dir(file: Option<&Path>) -> PathBuf {
 pub fn connect(file: Option<&Path>) -> anyhow::Result<(String, String)> {
     let dir = state_dir(file);
     let info_path = dir.join("up.json");
+    if !info_path.exists() {
+        bail!("coalmine is not running here (no {}): start it with `coalmine up`", info_path.display());
+    }
     let info: UpInfo = serde_json::from_str(
-        &std::fs::read_to_string(&info_path)
-            .with_context(|| format!("coalmine is not running here (no {}): start it with `coalmine up`", info_path.display()))?,
+        &std::fs::read_to_string(&info_path).with_context(|| format!("cannot read {}", info_path.display()))?,
     )
     .with_context(|| format!("{} is damaged: stop coalmine and start it again with `coalmine up`", info_path.display()))?;
     if !process_alive(info.pid) {
