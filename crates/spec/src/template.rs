@@ -86,15 +86,18 @@ timeout = "15m"
 # Alarms, watched from the canary deploy until the primary deploy ends.
 # Any of them firing rolls the canary back.
 
-# The guidance's alarm: the DLQ's depth, maximum over `period`, above `threshold`.
+# The guidance's alarm: the DLQ's depth, maximum over `period`, above `threshold` --
+# counting only the dead letters the canary's revision produced, so the primary's
+# failures cannot roll a healthy canary back.
 [[alarms]]
 kind = "dlq-depth"
 threshold = 10
 period = "300s"
 
-# The canary's failure ratio significantly above the primary's (one-sided
-# two-proportion z-test at `confidence`, once the canary has completed
-# `min_sample` messages), or `consecutive_failures` failures in a row at once.
+# The canary's failure ratio significantly above the primary's at `confidence`
+# (a sequential two-proportion test that stays valid however often it is checked),
+# once the canary has completed `min_sample` messages; or `consecutive_failures`
+# failures in a row with no success, at once.
 [[alarms]]
 kind = "failure-ratio"
 min_sample = 20
