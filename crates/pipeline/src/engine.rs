@@ -210,9 +210,16 @@ impl Engine {
         std::thread::Builder::new()
             .name("pipeline".into())
             .spawn(move || {
+                let mut last_error = String::new();
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    if let Err(err) = me.tick() {
-                        tracing::error!("pipeline: {err}");
+                    // A persisting error is logged once, not four times a second.
+                    match me.tick() {
+                        Err(err) if err.to_string() != last_error => {
+                            last_error = err.to_string();
+                            tracing::error!("pipeline: {last_error}");
+                        }
+                        Err(_) => {}
+                        Ok(()) => last_error.clear(),
                     }
                     match rx.recv_timeout(Duration::from_millis(250)) {
                         Ok(()) | Err(RecvTimeoutError::Timeout) => {}
@@ -239,19 +246,28 @@ impl Engine {
             }
             due
         };
-        if poll {
-            self.poll_source()?;
+        // Each step runs even when another failed (the queue briefly unavailable must not stop
+        // the services from being reconciled); the first error is reported.
+        let steps: [(&str, &dyn Fn() -> Result<(), PipelineError>); 6] = [
+            ("source", &|| if poll { self.poll_source() } else { Ok(()) }),
+            ("executions", &|| {
+                self.start_queued()?;
+                let active = self.store.lock().unwrap().executions_in(status::IN_PROGRESS)?;
+                active.iter().try_for_each(|exec| self.advance(exec))
+            }),
+            ("alarms", &|| self.watch_alarms()),
+            ("rollbacks", &|| self.follow_rollbacks()),
+            ("services", &|| self.reconcile_services()),
+            ("orphans", &|| self.release_orphans()),
+        ];
+        let mut first = None;
+        for (name, step) in steps {
+            if let Err(err) = step() {
+                tracing::debug!(step = name, "{err}");
+                first.get_or_insert(err);
+            }
         }
-        self.start_queued()?;
-        let active = self.store.lock().unwrap().executions_in(status::IN_PROGRESS)?;
-        for exec in active {
-            self.advance(&exec)?;
-        }
-        self.watch_alarms()?;
-        self.follow_rollbacks()?;
-        self.reconcile_services()?;
-        self.release_orphans()?;
-        Ok(())
+        first.map_or(Ok(()), Err)
     }
 
     /// Messages held by tasks that no longer exist (stopped by a deployment, killed) go back
