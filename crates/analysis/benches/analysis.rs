@@ -4,7 +4,9 @@
 use std::time::Instant;
 
 use coalmine_analysis::simulate::{first_failure, one_window, Rng};
-use coalmine_analysis::{default_alarms, evaluate, percentile, AlarmSpec, Observation, RevisionSample};
+use coalmine_analysis::{
+    default_alarms, evaluate, percentile, AlarmSpec, Observation, RevisionSample,
+};
 
 fn main() {
     let alarms = default_alarms();
@@ -32,14 +34,21 @@ fn main() {
             std::hint::black_box(evaluate(&alarms, std::hint::black_box(&obs)));
         }
         let per = t.elapsed() / iters;
-        println!("evaluate (5 default alarms, {n} primary + {} canary timings): {per:?} per call", n / 3);
+        println!(
+            "evaluate (5 default alarms, {n} primary + {} canary timings): {per:?} per call",
+            n / 3
+        );
     }
     let v: Vec<f64> = (0..100_000).map(|_| rng.next_f64()).collect();
     let t = Instant::now();
     std::hint::black_box(percentile(&v, 95.0));
     println!("percentile of 100000 values: {:?}", t.elapsed());
 
-    let fr = [AlarmSpec::FailureRatio { min_sample: 20, confidence: 0.99, consecutive_failures: 3 }];
+    let fr = [AlarmSpec::FailureRatio {
+        min_sample: 20,
+        confidence: 0.99,
+        consecutive_failures: 3,
+    }];
     let mut rng = Rng::new(7);
     let windows = 5_000;
     let fp = (0..windows)
@@ -54,7 +63,13 @@ fn main() {
         .filter(|_| first_failure(&mut rng, &fr, 1500, 12, 0.01, 3, 0.01).is_some())
         .count();
     println!("healthy canary, 2-minute runs at 12.5 canary msg/s judged every second: {fp} of {runs} runs rolled back ({:.2} %)", fp as f64 * 100.0 / runs as f64);
-    for (rate, max) in [(1.0, 100u64), (0.5, 1000), (0.2, 1000), (0.1, 3000), (0.05, 10_000)] {
+    for (rate, max) in [
+        (1.0, 100u64),
+        (0.5, 1000),
+        (0.2, 1000),
+        (0.1, 3000),
+        (0.05, 10_000),
+    ] {
         let mut at: Vec<u64> = (0..1000)
             .map(|_| first_failure(&mut rng, &fr, max, 1, rate, 3, 0.01).unwrap_or(u64::MAX))
             .collect();

@@ -44,7 +44,9 @@ pub fn parse(input: &str) -> Result<Duration, DurationError> {
         "d" => 86_400_000,
         "" => return Err(err("the unit is missing")),
         other if other.starts_with('.') => {
-            return Err(err("fractions are not accepted; use a smaller unit (1500ms, 90s)"))
+            return Err(err(
+                "fractions are not accepted; use a smaller unit (1500ms, 90s)",
+            ))
         }
         _ => return Err(err(&format!("unknown unit `{unit}`"))),
     };
@@ -61,7 +63,12 @@ pub fn format(d: Duration) -> String {
     if ms == 0 {
         return "0s".to_string();
     }
-    for (unit, size) in [("d", 86_400_000u64), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+    for (unit, size) in [
+        ("d", 86_400_000u64),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
         if ms.checked_rem(size) == Some(0) {
             return format!("{}{unit}", ms / size);
         }
@@ -101,7 +108,16 @@ mod tests {
 
     #[test]
     fn refuses_bad_forms() {
-        for bad in ["", "s", "10", "10x", "1.5s", "-1s", "99999999999999999999s", "1 week"] {
+        for bad in [
+            "",
+            "s",
+            "10",
+            "10x",
+            "1.5s",
+            "-1s",
+            "99999999999999999999s",
+            "1 week",
+        ] {
             let e = parse(bad).unwrap_err();
             assert!(e.to_string().contains("\"500ms\""), "{e}");
         }

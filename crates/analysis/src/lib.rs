@@ -58,44 +58,58 @@ impl AlarmSpec {
         }
     }
 
-    /// Every kind, in the order of [`default_alarms`].
-    pub const KINDS: [&'static str; 5] = ["dlq-depth", "failure-ratio", "crashes", "latency", "hung"];
+    /// Every kind, in the order of [`AlarmSpec::all_defaults`].
+    pub const KINDS: [&'static str; 5] =
+        ["dlq-depth", "failure-ratio", "crashes", "latency", "hung"];
 
     /// The default alarm of a kind, or `None` for an unknown kind.
     pub fn default_of(kind: &str) -> Option<AlarmSpec> {
-        default_alarms().into_iter().find(|a| a.kind() == kind)
+        Self::all_defaults().into_iter().find(|a| a.kind() == kind)
+    }
+
+    /// Every kind with its default parameters:
+    ///
+    /// - `dlq-depth`: threshold 10, period 300 s (the guidance's alarm);
+    /// - `failure-ratio`: min sample 20, confidence 0.99, 3 consecutive failures;
+    /// - `crashes`: threshold 1;
+    /// - `latency`: p95, factor 2, min sample 20;
+    /// - `hung`: factor 10, at least 30 s.
+    pub fn all_defaults() -> Vec<AlarmSpec> {
+        vec![
+            AlarmSpec::DlqDepth {
+                threshold: 10,
+                period: Duration::from_secs(300),
+            },
+            AlarmSpec::FailureRatio {
+                min_sample: 20,
+                confidence: 0.99,
+                consecutive_failures: 3,
+            },
+            AlarmSpec::Crashes { threshold: 1 },
+            AlarmSpec::Latency {
+                percentile: 95.0,
+                factor: 2.0,
+                min_sample: 20,
+            },
+            AlarmSpec::Hung {
+                factor: 10.0,
+                min_ms: 30_000,
+            },
+        ]
     }
 }
 
-/// The alarms in force when `coalmine.toml` has no `[[alarms]]`: every kind on.
+/// The alarms in force when `coalmine.toml` has no `[[alarms]]`: every kind but `dlq-depth`.
 ///
-/// - `dlq-depth`: threshold 10, period 300 s (the guidance's alarm);
-/// - `failure-ratio`: min sample 20, confidence 0.99, 3 consecutive failures;
-/// - `crashes`: threshold 1;
-/// - `latency`: p95, factor 2, min sample 20;
-/// - `hung`: factor 10, at least 30 s.
+/// The guidance's DLQ alarm counts dead letters in absolute numbers: at a steady rate even a
+/// healthy canary with the app's usual 1 % failures passes 10 dead letters in 300 s, so it
+/// would roll good releases back. `failure-ratio` judges the same failures against the
+/// primary's; `dlq-depth` stays available for who wants the guidance's behaviour.
 pub fn default_alarms() -> Vec<AlarmSpec> {
-    vec![
-        AlarmSpec::DlqDepth {
-            threshold: 10,
-            period: Duration::from_secs(300),
-        },
-        AlarmSpec::FailureRatio {
-            min_sample: 20,
-            confidence: 0.99,
-            consecutive_failures: 3,
-        },
-        AlarmSpec::Crashes { threshold: 1 },
-        AlarmSpec::Latency {
-            percentile: 95.0,
-            factor: 2.0,
-            min_sample: 20,
-        },
-        AlarmSpec::Hung {
-            factor: 10.0,
-            min_ms: 30_000,
-        },
-    ]
+    AlarmSpec::all_defaults()
+        .into_iter()
+        .filter(|a| a.kind() != "dlq-depth")
+        .collect()
 }
 
 /// What one revision did over the observation window.
@@ -228,14 +242,18 @@ fn evaluate_one(alarm: &AlarmSpec, obs: &Observation) -> Verdict {
                 verdict(
                     Outcome::Fail,
                     kind,
-                    format!("DLQ depth reached {depth} over {p}, above the threshold of {threshold}"),
+                    format!(
+                        "DLQ depth reached {depth} over {p}, above the threshold of {threshold}"
+                    ),
                     &numbers,
                 )
             } else {
                 verdict(
                     Outcome::Pass,
                     kind,
-                    format!("DLQ depth at most {depth} over {p}, within the threshold of {threshold}"),
+                    format!(
+                        "DLQ depth at most {depth} over {p}, within the threshold of {threshold}"
+                    ),
                     &numbers,
                 )
             }
@@ -247,7 +265,10 @@ fn evaluate_one(alarm: &AlarmSpec, obs: &Observation) -> Verdict {
         } => failure_ratio(kind, min_sample, confidence, consecutive_failures, obs),
         AlarmSpec::Crashes { threshold } => {
             let exits = obs.canary.task_exits;
-            let numbers = [("task_exits", exits as f64), ("threshold", threshold as f64)];
+            let numbers = [
+                ("task_exits", exits as f64),
+                ("threshold", threshold as f64),
+            ];
             if exits >= threshold {
                 verdict(
                     Outcome::Fail,
@@ -259,7 +280,9 @@ fn evaluate_one(alarm: &AlarmSpec, obs: &Observation) -> Verdict {
                 verdict(
                     Outcome::Pass,
                     kind,
-                    format!("canary tasks exited {exits} times, below the threshold of {threshold}"),
+                    format!(
+                        "canary tasks exited {exits} times, below the threshold of {threshold}"
+                    ),
                     &numbers,
                 )
             }
@@ -436,7 +459,8 @@ fn failure_ratio(
         return verdict(
             Outcome::Inconclusive,
             kind,
-            "the primary has completed no message in the window, nothing to compare with".to_string(),
+            "the primary has completed no message in the window, nothing to compare with"
+                .to_string(),
             &numbers,
         );
     }
@@ -464,9 +488,19 @@ fn failure_ratio(
         fmt_p(test.p_value),
     );
     if test.p_value < alpha {
-        verdict(Outcome::Fail, kind, format!("{head} < {}", fmt_num(alpha)), &numbers)
+        verdict(
+            Outcome::Fail,
+            kind,
+            format!("{head} < {}", fmt_num(alpha)),
+            &numbers,
+        )
     } else {
-        verdict(Outcome::Pass, kind, format!("{head}, not significant at {}", fmt_num(alpha)), &numbers)
+        verdict(
+            Outcome::Pass,
+            kind,
+            format!("{head}, not significant at {}", fmt_num(alpha)),
+            &numbers,
+        )
     }
 }
 

@@ -19,7 +19,10 @@ pub struct ZTest {
 /// `n1` and `n2` must be positive; with either 0 the result is `z = 0`, `p = 0.5`.
 pub fn two_proportion_z(x1: u64, n1: u64, x2: u64, n2: u64) -> ZTest {
     if n1 == 0 || n2 == 0 {
-        return ZTest { z: 0.0, p_value: 0.5 };
+        return ZTest {
+            z: 0.0,
+            p_value: 0.5,
+        };
     }
     let (n1f, n2f) = (n1 as f64, n2 as f64);
     let r1 = x1 as f64 / n1f;
@@ -27,7 +30,10 @@ pub fn two_proportion_z(x1: u64, n1: u64, x2: u64, n2: u64) -> ZTest {
     let pooled = (x1 + x2) as f64 / (n1f + n2f);
     let se = (pooled * (1.0 - pooled) * (1.0 / n1f + 1.0 / n2f)).sqrt();
     if se <= 0.0 || !se.is_finite() {
-        return ZTest { z: 0.0, p_value: 0.5 };
+        return ZTest {
+            z: 0.0,
+            p_value: 0.5,
+        };
     }
     let diff = r1 - r2;
     let cc = 0.5 * (1.0 / n1f + 1.0 / n2f);
@@ -74,7 +80,11 @@ pub struct Sequential {
 /// false-alarm rate of a whole canary run at α, not α per look, as a fixed-sample z-test would.
 pub fn always_valid(x1: u64, n1: u64, x2: u64, n2: u64, tau: f64) -> Sequential {
     let z = two_proportion_z(x1, n1, x2, n2).z;
-    let none = Sequential { z, likelihood_ratio: 1.0, p_value: 1.0 };
+    let none = Sequential {
+        z,
+        likelihood_ratio: 1.0,
+        p_value: 1.0,
+    };
     if n1 == 0 || n2 == 0 {
         return none;
     }

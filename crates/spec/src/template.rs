@@ -86,13 +86,14 @@ timeout = "15m"
 # Alarms, watched from the canary deploy until the primary deploy ends.
 # Any of them firing rolls the canary back.
 
-# The guidance's alarm: the DLQ's depth, maximum over `period`, above `threshold` --
-# counting only the dead letters the canary's revision produced, so the primary's
-# failures cannot roll a healthy canary back.
-[[alarms]]
-kind = "dlq-depth"
-threshold = 10
-period = "300s"
+# The guidance's alarm, off by default: the DLQ's depth, maximum over `period`, above
+# `threshold` (counting only the dead letters the canary's revision produced). In absolute
+# numbers it trips on a healthy canary at a steady rate of 1 % failures; `failure-ratio`
+# judges the same failures against the primary's. To have it anyway:
+# [[alarms]]
+# kind = "dlq-depth"
+# threshold = 10
+# period = "300s"
 
 # The canary's failure ratio significantly above the primary's at `confidence`
 # (a sequential two-proportion test that stays valid however often it is checked),

@@ -57,7 +57,7 @@ fn minimal_file_gets_the_guidance_defaults() {
         ]
     );
     assert_eq!(s.alarms, default_alarms());
-    assert_eq!(s.alarms.len(), 5);
+    assert_eq!(s.alarms.len(), 4, "every kind but the guidance's dlq-depth, which is opt-in");
 }
 
 #[test]
@@ -187,8 +187,8 @@ fn spec_serializes_to_json_with_readable_durations() {
     assert_eq!(j["steps"][0]["service"], "canary");
     assert_eq!(j["steps"][0]["timeout"], "10m");
     assert_eq!(j["steps"][1]["timeout"], "7d");
-    assert_eq!(j["alarms"][0]["kind"], "dlq-depth");
-    assert_eq!(j["alarms"][0]["period"], "5m");
+    assert_eq!(j["alarms"][0]["kind"], "failure-ratio");
+    assert_eq!(j["alarms"][0]["min_sample"], 20);
     assert_eq!(j["source"]["repo"]["path"], ".");
     let back: AppSpec = serde_json::from_value(j).unwrap();
     assert_eq!(back, s);
