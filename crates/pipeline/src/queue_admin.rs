@@ -9,7 +9,7 @@ use serde::Serialize;
 pub struct QueueAdminError(pub String);
 
 /// Counts of what one consumer (one access key id, i.e. one task) did, over a window.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct ConsumerCounts {
     pub access_key_id: String,
     pub received: u64,
@@ -27,7 +27,7 @@ pub struct ConsumerCounts {
 }
 
 /// Depths of the app's queue and its DLQ, and conservation counters.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct QueueDepth {
     pub visible: u64,
     pub in_flight: u64,
@@ -38,7 +38,7 @@ pub struct QueueDepth {
 }
 
 /// A message held by a consumer right now.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct InFlight {
     pub message_id: String,
     pub access_key_id: String,
@@ -46,7 +46,7 @@ pub struct InFlight {
 }
 
 /// A message in the DLQ, with the consumer that received it last.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DeadLetter {
     pub message_id: String,
     pub last_receiver: Option<String>,

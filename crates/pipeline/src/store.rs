@@ -101,7 +101,7 @@ pub mod status {
     pub const REJECTED: &str = "Rejected";
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ExecutionRow {
     pub id: i64,
     pub commit_id: String,
@@ -115,7 +115,7 @@ pub struct ExecutionRow {
     pub finished_ms: Option<i64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StageRow {
     pub idx: i64,
     pub name: String,
@@ -126,7 +126,7 @@ pub struct StageRow {
     pub detail: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct EventRow {
     pub id: i64,
     pub execution_id: Option<i64>,
@@ -136,7 +136,7 @@ pub struct EventRow {
     pub reason: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ApprovalRow {
     pub execution_id: i64,
     pub revision: String,
@@ -146,17 +146,18 @@ pub struct ApprovalRow {
     pub at_ms: i64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct VerdictRow {
     pub execution_id: i64,
     pub at_ms: i64,
     pub outcome: String,
     pub alarm: String,
     pub reason: String,
+    #[schema(value_type = Object)]
     pub numbers: serde_json::Value,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RollbackRow {
     pub id: i64,
     pub execution_id: i64,

@@ -9,7 +9,7 @@ use crate::store::{status, ApprovalRow, EventRow, ExecutionRow, RollbackRow, Sta
 use crate::PipelineError;
 
 /// One execution with everything that happened in it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ExecutionView {
     #[serde(flatten)]
     pub execution: ExecutionRow,
@@ -21,16 +21,18 @@ pub struct ExecutionView {
 }
 
 /// A service: what the pipeline wants and what the runtime reports.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ServiceView {
     pub name: String,
     pub desired_revision: Option<String>,
     pub desired_tasks: Option<u32>,
+    /// The runtime's report: revision, counts, deployments, tasks.
+    #[schema(value_type = Option<Object>)]
     pub status: Option<ServiceStatus>,
 }
 
 /// The whole picture.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StatusView {
     pub app: String,
     pub primary_revision: Option<String>,

@@ -184,7 +184,7 @@ async fn blocking<T: Send + 'static>(
 /// The whole picture: the app, the primary's revision, the current execution with its
 /// stages, events and verdicts, the services with their tasks, and the queue's depth.
 #[utoipa::path(get, path = "/status", tag = "pipeline",
-    responses((status = 200, description = "StatusView", body = Object), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = coalmine_pipeline::StatusView), (status = 401, body = ErrorBody)))]
 async fn status(State(s): State<AppState>) -> ApiResult {
     ok(blocking(&s.engine, |e| Ok(e.status()?)).await?)
 }
@@ -205,7 +205,7 @@ struct Limit {
 
 /// Executions, newest first, each with its stages, approvals, verdicts, rollbacks and events.
 #[utoipa::path(get, path = "/executions", tag = "pipeline", params(Limit),
-    responses((status = 200, description = "[ExecutionView]", body = [Object]), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = [coalmine_pipeline::ExecutionView]), (status = 401, body = ErrorBody)))]
 async fn executions(State(s): State<AppState>, Query(q): Query<Limit>) -> ApiResult {
     let limit = q.limit.unwrap_or(20);
     ok(blocking(&s.engine, move |e| Ok(e.history(limit)?)).await?)
@@ -214,7 +214,7 @@ async fn executions(State(s): State<AppState>, Query(q): Query<Limit>) -> ApiRes
 /// One execution with its stages, approvals, verdicts (with their numbers), rollbacks and events.
 #[utoipa::path(get, path = "/executions/{id}", tag = "pipeline",
     params(("id" = i64, Path, description = "Execution number")),
-    responses((status = 200, description = "ExecutionView", body = Object), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = coalmine_pipeline::ExecutionView), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn execution(State(s): State<AppState>, Path(id): Path<i64>) -> ApiResult {
     ok(blocking(&s.engine, move |e| e.execution_view(id)?.ok_or(ApiError::Pipeline(PipelineError::NoSuchExecution(id)))).await?)
 }
@@ -254,7 +254,7 @@ async fn decide(s: AppState, id: i64, approve: bool, d: Decision) -> ApiResult {
 /// execution is not waiting for approval (superseded, already decided, ended).
 #[utoipa::path(post, path = "/executions/{id}/approve", tag = "pipeline",
     params(("id" = i64, Path, description = "Execution number")), request_body(content = Decision, description = "optional"),
-    responses((status = 200, description = "ExecutionRow", body = Object), (status = 409, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = coalmine_pipeline::store::ExecutionRow), (status = 409, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn approve(State(s): State<AppState>, Path(id): Path<i64>, body: Option<Json<Decision>>) -> ApiResult {
     decide(s, id, true, body.map(|b| b.0).unwrap_or_default()).await
 }
@@ -262,7 +262,7 @@ async fn approve(State(s): State<AppState>, Path(id): Path<i64>, body: Option<Js
 /// Reject the revision waiting at the approval stage; the canary goes back to the primary's revision.
 #[utoipa::path(post, path = "/executions/{id}/reject", tag = "pipeline",
     params(("id" = i64, Path, description = "Execution number")), request_body(content = Decision, description = "optional"),
-    responses((status = 200, description = "ExecutionRow", body = Object), (status = 409, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = coalmine_pipeline::store::ExecutionRow), (status = 409, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn reject(State(s): State<AppState>, Path(id): Path<i64>, body: Option<Json<Decision>>) -> ApiResult {
     decide(s, id, false, body.map(|b| b.0).unwrap_or_default()).await
 }
@@ -279,7 +279,7 @@ struct Because {
 /// Abandon an execution.
 #[utoipa::path(post, path = "/executions/{id}/stop", tag = "pipeline",
     params(("id" = i64, Path, description = "Execution number")), request_body(content = Because, description = "optional"),
-    responses((status = 200, description = "ExecutionRow", body = Object), (status = 409, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = coalmine_pipeline::store::ExecutionRow), (status = 409, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn stop(State(s): State<AppState>, Path(id): Path<i64>, body: Option<Json<Because>>) -> ApiResult {
     let b = body.map(|b| b.0).unwrap_or_default();
     let actor = b.actor.unwrap_or_else(|| "api".into());
@@ -289,7 +289,7 @@ async fn stop(State(s): State<AppState>, Path(id): Path<i64>, body: Option<Json<
 
 /// Put the canary back on the primary's revision and end the execution in progress RolledBack.
 #[utoipa::path(post, path = "/rollback", tag = "pipeline", request_body(content = Because, description = "optional"),
-    responses((status = 200, description = "ExecutionRow", body = Object), (status = 409, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = coalmine_pipeline::store::ExecutionRow), (status = 409, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn rollback(State(s): State<AppState>, body: Option<Json<Because>>) -> ApiResult {
     let b = body.map(|b| b.0).unwrap_or_default();
     let actor = b.actor.unwrap_or_else(|| "api".into());
@@ -312,7 +312,7 @@ async fn trigger(State(s): State<AppState>) -> ApiResult {
 
 /// Every rollback, oldest first, with who or what caused it, why, and the message counts.
 #[utoipa::path(get, path = "/rollbacks", tag = "pipeline",
-    responses((status = 200, description = "[RollbackRow]", body = [Object]), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = [coalmine_pipeline::store::RollbackRow]), (status = 401, body = ErrorBody)))]
 async fn rollbacks(State(s): State<AppState>) -> ApiResult {
     ok(blocking(&s.engine, |e| Ok(e.rollbacks()?)).await?)
 }
@@ -326,7 +326,7 @@ struct After {
 
 /// Pipeline events (transitions, decisions, alarms), oldest first, at most 1000.
 #[utoipa::path(get, path = "/events", tag = "pipeline", params(After),
-    responses((status = 200, description = "[EventRow]", body = [Object]), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = [coalmine_pipeline::store::EventRow]), (status = 401, body = ErrorBody)))]
 async fn events(State(s): State<AppState>, Query(q): Query<After>) -> ApiResult {
     let after = q.after.unwrap_or(0);
     ok(blocking(&s.engine, move |e| Ok(e.events_after(after)?)).await?)
@@ -411,7 +411,7 @@ fn service_view(e: &Engine, name: &str) -> Result<coalmine_pipeline::ServiceView
 /// The services (`primary`, `canary`): desired revision and task count, and what the runtime
 /// reports (revision, deployments, tasks with state and restarts).
 #[utoipa::path(get, path = "/services", tag = "services",
-    responses((status = 200, description = "[ServiceView]", body = [Object]), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = [coalmine_pipeline::ServiceView]), (status = 401, body = ErrorBody)))]
 async fn services(State(s): State<AppState>) -> ApiResult {
     ok(blocking(&s.engine, |e| Ok(e.status()?.services)).await?)
 }
@@ -419,7 +419,7 @@ async fn services(State(s): State<AppState>) -> ApiResult {
 /// One service.
 #[utoipa::path(get, path = "/services/{name}", tag = "services",
     params(("name" = String, Path, description = "`primary` or `canary`")),
-    responses((status = 200, description = "ServiceView", body = Object), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = coalmine_pipeline::ServiceView), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn service(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult {
     ok(blocking(&s.engine, move |e| service_view(e, &name)).await?)
 }
@@ -512,14 +512,14 @@ async fn queue(State(s): State<AppState>) -> ApiResult {
 /// The messages in the DLQ, each with the consumer (access key id: `CM.<service>.<revision>.<n>`)
 /// that received it last.
 #[utoipa::path(get, path = "/queue/dead-letters", tag = "queue",
-    responses((status = 200, description = "[DeadLetter]", body = [Object]), (status = 500, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = [coalmine_pipeline::queue_admin::DeadLetter]), (status = 500, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn dead_letters(State(s): State<AppState>) -> ApiResult {
     ok(blocking(&s.engine, |e| Ok(e.queue().dead_letters().map_err(PipelineError::from)?)).await?)
 }
 
 /// The messages held by consumers right now.
 #[utoipa::path(get, path = "/queue/in-flight", tag = "queue",
-    responses((status = 200, description = "[InFlight]", body = [Object]), (status = 500, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = [coalmine_pipeline::queue_admin::InFlight]), (status = 500, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn in_flight(State(s): State<AppState>) -> ApiResult {
     ok(blocking(&s.engine, |e| Ok(e.queue().in_flight().map_err(PipelineError::from)?)).await?)
 }
