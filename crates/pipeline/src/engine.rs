@@ -881,8 +881,9 @@ impl Engine {
                 .map(|c| c.access_key_id.clone())
                 .collect();
             // What the bad revision still holds goes back to the queue now, not after the
-            // visibility timeout.
-            if !bad_keys.is_empty() {
+            // visibility timeout — once its tasks are gone: a task still finishing a message
+            // would otherwise process it while another consumer receives it again.
+            if bad_tasks == 0 && !bad_keys.is_empty() {
                 let released = self.queue.release_in_flight(&bad_keys)? as i64;
                 if released > 0 {
                     rb.released += released;
