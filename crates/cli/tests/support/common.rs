@@ -29,6 +29,15 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
+/// `coalmine status --output json` in `dir`, or `None` when it fails (not up yet).
+pub fn status_json(bin: &Path, dir: &Path) -> Option<Value> {
+    let out = Command::new(bin).args(["status", "--output", "json"]).current_dir(dir).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
 pub fn exec_id(v: &Value) -> i64 {
     v["execution"]["id"].as_i64().unwrap_or(-1)
 }

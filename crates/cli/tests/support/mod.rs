@@ -163,11 +163,7 @@ impl App {
     }
 
     pub fn status_opt(&self) -> Option<Value> {
-        let out = self.cli(&["status", "--output", "json"]);
-        if !out.status.success() {
-            return None;
-        }
-        serde_json::from_slice(&out.stdout).ok()
+        status_json(Path::new(BIN), self.path())
     }
 
     pub fn status(&self) -> Value {

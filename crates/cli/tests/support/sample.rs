@@ -256,11 +256,7 @@ impl Rig {
     }
 
     pub fn status_opt(&self) -> Option<Value> {
-        let out = self.cli(&["status", "--output", "json"]);
-        if !out.status.success() {
-            return None;
-        }
-        serde_json::from_slice(&out.stdout).ok()
+        status_json(&self.coalmine, self.path())
     }
 
     pub fn status(&self) -> Value {
