@@ -34,15 +34,19 @@ pub enum AlarmSpec {
     },
     /// The canary's tasks exited `threshold` times or more.
     Crashes { threshold: u64 },
-    /// The canary's processing time at `percentile` above `factor` times the primary's,
-    /// with at least `min_sample` timings on both sides.
+    /// The canary's processing times longer than the primary's: a one-sided Mann-Whitney test
+    /// on the two distributions significant at [`LATENCY_ALPHA`] *and* the canary's time at
+    /// `percentile` above `factor` times the primary's (the effect must matter), with at least
+    /// `min_sample` timings on both sides (each task's first messages are left out: warm-up).
     Latency {
         percentile: f64,
         factor: f64,
         min_sample: u64,
     },
-    /// A canary message held in flight longer than `factor` times the primary's p95
-    /// processing time, and at least `min_ms`.
+    /// The canary is stuck: it holds a message longer than `factor` times the primary's p99
+    /// processing time (at least `min_ms`) and has deleted nothing for that long, while the
+    /// primary has. Never an age alone: a primary that holds messages just as long (a worker
+    /// that leaves failed messages) does not make a canary hung.
     Hung { factor: f64, min_ms: u64 },
 }
 
@@ -120,18 +124,91 @@ pub struct RevisionSample {
     pub received: u64,
     /// Messages deleted (processed successfully).
     pub succeeded: u64,
-    /// Messages returned, expired or dead-lettered.
+    /// Messages handed back (visibility 0) or expired (visibility timeout ran out): failed
+    /// attempts the queue has seen end. Messages still held are in `held_ms`.
     pub failed: u64,
     /// Messages this revision's receives sent to the DLQ.
     pub dead_lettered: u64,
-    /// Failures since this revision's last success (the current run of failures).
+    /// Returns and expiries since this revision's last success (the current run of failures).
     pub failures_since_last_success: u64,
-    /// Receive-to-delete times of the successful messages, in milliseconds.
+    /// Receive-to-delete times of the successful messages, in milliseconds (each task's first
+    /// messages left out: warm-up).
     pub latencies_ms: Vec<f64>,
-    /// Age of the oldest message this revision holds in flight, in milliseconds.
-    pub oldest_in_flight_ms: Option<u64>,
+    /// How long ago (ms) each message this revision holds in flight now was received.
+    pub held_ms: Vec<u64>,
+    /// How long ago (ms) this revision last deleted a message; `None`: not in the window.
+    pub last_success_ago_ms: Option<u64>,
     /// Task exits (crashes and restarts) of this revision's tasks.
     pub task_exits: u64,
+}
+
+/// A message held longer than this without being deleted counts as a failed attempt *now*
+/// (a censored outcome), for the canary and the primary alike: workers that fail by leaving
+/// the message (not deleting it) would otherwise show their failures only when the
+/// visibility timeout lapses, minutes later. If it is deleted after all, it counts as a
+/// success from then on. The limit is `HOLD_FACTOR` times the primary's p99 processing time,
+/// at least `HOLD_FLOOR_MS`.
+pub const HOLD_FACTOR: f64 = 5.0;
+/// See [`HOLD_FACTOR`].
+pub const HOLD_FLOOR_MS: f64 = 5_000.0;
+/// The primary timings [`hold_limit`] needs before it trusts the primary's p99; with fewer,
+/// held messages still count as failures on both sides (like with like), but not toward the
+/// failure-ratio alarm's run of consecutive failures.
+pub const HOLD_MIN_PRIMARY_SAMPLE: usize = 20;
+
+/// How long a message may be held before it counts as a failed attempt (see [`HOLD_FACTOR`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HoldLimit {
+    pub ms: f64,
+    /// Derived from enough of the primary's own timings.
+    pub established: bool,
+}
+
+/// The hold limit from the primary's processing times (ms).
+pub fn hold_limit(primary_latencies_ms: &[f64]) -> HoldLimit {
+    match percentile(primary_latencies_ms, 99.0) {
+        Some(p99) if primary_latencies_ms.len() >= HOLD_MIN_PRIMARY_SAMPLE => {
+            HoldLimit { ms: (HOLD_FACTOR * p99).max(HOLD_FLOOR_MS), established: true }
+        }
+        _ => HoldLimit { ms: HOLD_FLOOR_MS, established: false },
+    }
+}
+
+/// A revision's counts with the censored outcomes of [`HOLD_FACTOR`] folded in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Censored {
+    /// Messages held now for longer than the limit.
+    pub held_past_limit: u64,
+    /// Failed attempts: returned + expired + held past the limit.
+    pub failed: u64,
+    /// Completed attempts: succeeded + failed.
+    pub completed: u64,
+    /// Failures since the last success, held messages received after it included.
+    pub consecutive: u64,
+}
+
+impl RevisionSample {
+    /// The counts with messages held past `limit` counted as failures.
+    pub fn censored(&self, limit: HoldLimit) -> Censored {
+        let held_past_limit = self.held_ms.iter().filter(|a| **a as f64 > limit.ms).count() as u64;
+        let failed = self.failed + held_past_limit;
+        let held_since_success = match (limit.established, self.last_success_ago_ms) {
+            (false, _) => 0,
+            (true, None) => held_past_limit,
+            (true, Some(ago)) => self.held_ms.iter().filter(|a| **a as f64 > limit.ms && **a < ago).count() as u64,
+        };
+        Censored {
+            held_past_limit,
+            failed,
+            completed: self.succeeded + failed,
+            consecutive: self.failures_since_last_success + held_since_success,
+        }
+    }
+
+    /// The longest this revision has held a message it still holds.
+    pub fn oldest_held_ms(&self) -> Option<u64> {
+        self.held_ms.iter().copied().max()
+    }
 }
 
 /// Everything the alarms look at, for one window.
@@ -207,12 +284,13 @@ pub fn percentile(values: &[f64], p: f64) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
-    v.sort_by(|a, b| a.total_cmp(b));
+    // Two selections instead of a sort: linear time (the engine asks twice a second).
     let rank = p / 100.0 * (v.len() - 1) as f64;
     let lo = rank.floor() as usize;
-    let hi = rank.ceil() as usize;
     let frac = rank - lo as f64;
-    Some(v[lo] + (v[hi] - v[lo]) * frac)
+    let (_, &mut a, above) = v.select_nth_unstable_by(lo, |a, b| a.total_cmp(b));
+    let b = if frac > 0.0 { above.iter().copied().fold(f64::INFINITY, f64::min) } else { a };
+    Some(a + (b - a) * frac)
 }
 
 /// Below this difference (ms) processing times are never called slower: timer noise.
@@ -291,113 +369,128 @@ fn evaluate_one(alarm: &AlarmSpec, obs: &Observation) -> Verdict {
             percentile: pct,
             factor,
             min_sample,
-        } => {
-            let nc = obs.canary.latencies_ms.len() as u64;
-            let np = obs.primary.latencies_ms.len() as u64;
-            let mut numbers = vec![
-                ("canary_n", nc as f64),
-                ("primary_n", np as f64),
-                ("percentile", pct),
-                ("factor", factor),
-                ("min_sample", min_sample as f64),
-            ];
-            if nc < min_sample || np < min_sample || nc == 0 || np == 0 {
-                return verdict(
-                    Outcome::Inconclusive,
-                    kind,
-                    format!(
-                        "not enough timings yet: canary {nc}, primary {np}, need {min_sample} on each side"
-                    ),
-                    &numbers,
-                );
-            }
-            let c = percentile(&obs.canary.latencies_ms, pct).unwrap_or(0.0);
-            let p = percentile(&obs.primary.latencies_ms, pct).unwrap_or(0.0);
-            let limit = factor * p;
-            numbers.extend([
-                ("canary_ms", c),
-                ("primary_ms", p),
-                ("limit_ms", limit),
-                ("min_difference_ms", LATENCY_MIN_DIFFERENCE_MS),
-            ]);
-            let label = format!("p{}", fmt_num(pct));
-            if c > limit && c - p > LATENCY_MIN_DIFFERENCE_MS {
-                verdict(
-                    Outcome::Fail,
-                    kind,
-                    format!(
-                        "canary {label} processing time {} ms is above {} x the primary's {} ms ({} ms)",
-                        fmt_num(c),
-                        fmt_num(factor),
-                        fmt_num(p),
-                        fmt_num(limit)
-                    ),
-                    &numbers,
-                )
-            } else {
-                verdict(
-                    Outcome::Pass,
-                    kind,
-                    format!(
-                        "canary {label} processing time {} ms is within {} x the primary's {} ms",
-                        fmt_num(c),
-                        fmt_num(factor),
-                        fmt_num(p)
-                    ),
-                    &numbers,
-                )
-            }
-        }
-        AlarmSpec::Hung { factor, min_ms } => {
-            let p95 = percentile(&obs.primary.latencies_ms, 95.0);
-            let limit = match p95 {
-                Some(p) => (factor * p).max(min_ms as f64),
-                None => min_ms as f64,
-            };
-            let mut numbers = vec![
-                ("factor", factor),
-                ("min_ms", min_ms as f64),
-                ("limit_ms", limit),
-            ];
-            if let Some(p) = p95 {
-                numbers.push(("primary_p95_ms", p));
-            }
-            match obs.canary.oldest_in_flight_ms {
-                Some(age) => {
-                    numbers.push(("oldest_in_flight_ms", age as f64));
-                    if age as f64 > limit {
-                        verdict(
-                            Outcome::Fail,
-                            kind,
-                            format!(
-                                "a canary message has been in flight for {age} ms, longer than the limit of {} ms",
-                                fmt_num(limit)
-                            ),
-                            &numbers,
-                        )
-                    } else {
-                        verdict(
-                            Outcome::Pass,
-                            kind,
-                            format!(
-                                "the oldest canary message in flight is {age} ms old, within the limit of {} ms",
-                                fmt_num(limit)
-                            ),
-                            &numbers,
-                        )
-                    }
-                }
-                None => verdict(
-                    Outcome::Pass,
-                    kind,
-                    format!(
-                        "the canary holds no message in flight (limit {} ms)",
-                        fmt_num(limit)
-                    ),
-                    &numbers,
-                ),
-            }
-        }
+        } => latency(kind, pct, factor, min_sample, obs),
+        AlarmSpec::Hung { factor, min_ms } => hung(kind, factor, min_ms, obs),
+    }
+}
+
+/// Significance the latency alarm's Mann-Whitney test needs. Far stricter than a one-off
+/// test's 0.01: the alarm looks twice a second, and the test is not sequential. An effect of
+/// the size the alarm's `factor` asks for reaches it within a few dozen timings.
+pub const LATENCY_ALPHA: f64 = 1e-4;
+
+fn latency(kind: &str, pct: f64, factor: f64, min_sample: u64, obs: &Observation) -> Verdict {
+    let nc = obs.canary.latencies_ms.len() as u64;
+    let np = obs.primary.latencies_ms.len() as u64;
+    let mut numbers = vec![
+        ("canary_n", nc as f64),
+        ("primary_n", np as f64),
+        ("percentile", pct),
+        ("factor", factor),
+        ("min_sample", min_sample as f64),
+        ("alpha", LATENCY_ALPHA),
+    ];
+    if nc < min_sample.max(1) || np < min_sample.max(1) {
+        return verdict(
+            Outcome::Inconclusive,
+            kind,
+            format!("not enough timings yet: canary {nc}, primary {np}, need {min_sample} on each side"),
+            &numbers,
+        );
+    }
+    let c = percentile(&obs.canary.latencies_ms, pct).unwrap_or(0.0);
+    let p = percentile(&obs.primary.latencies_ms, pct).unwrap_or(0.0);
+    let limit = factor * p;
+    let test = stats::mann_whitney(&obs.canary.latencies_ms, &obs.primary.latencies_ms);
+    numbers.extend([
+        ("canary_ms", c),
+        ("primary_ms", p),
+        ("limit_ms", limit),
+        ("min_difference_ms", LATENCY_MIN_DIFFERENCE_MS),
+        ("superiority", test.superiority),
+        ("z", test.z),
+        ("p_value", test.p_value),
+    ]);
+    let label = format!("p{}", fmt_num(pct));
+    let (c_s, p_s) = (fmt_num(c), fmt_num(p));
+    let test_s = format!("Mann-Whitney p = {}, P(canary slower) = {:.2}", fmt_p(test.p_value), test.superiority);
+    let large = c > limit && c - p > LATENCY_MIN_DIFFERENCE_MS;
+    let significant = test.p_value < LATENCY_ALPHA;
+    if large && significant {
+        verdict(
+            Outcome::Fail,
+            kind,
+            format!("canary {label} processing time {c_s} ms is above {} x the primary's {p_s} ms ({} ms); {test_s}", fmt_num(factor), fmt_num(limit)),
+            &numbers,
+        )
+    } else if large {
+        verdict(
+            Outcome::Pass,
+            kind,
+            format!("canary {label} processing time {c_s} ms against the primary's {p_s} ms, but not significantly slower ({test_s})"),
+            &numbers,
+        )
+    } else {
+        verdict(
+            Outcome::Pass,
+            kind,
+            format!("canary {label} processing time {c_s} ms is within {} x the primary's {p_s} ms", fmt_num(factor)),
+            &numbers,
+        )
+    }
+}
+
+fn hung(kind: &str, factor: f64, min_ms: u64, obs: &Observation) -> Verdict {
+    let (c, p) = (&obs.canary, &obs.primary);
+    let p99 = percentile(&p.latencies_ms, 99.0);
+    let limit = p99.map_or(min_ms as f64, |x| (factor * x).max(min_ms as f64));
+    let oldest = c.oldest_held_ms();
+    // How long the canary has gone without a success: since its last one, or since the window
+    // began when it has none.
+    let canary_idle = c.last_success_ago_ms.unwrap_or(obs.window_ms);
+    let mut numbers = vec![("factor", factor), ("min_ms", min_ms as f64), ("limit_ms", limit), ("canary_idle_ms", canary_idle as f64)];
+    if let Some(x) = p99 {
+        numbers.push(("primary_p99_ms", x));
+    }
+    if let Some(x) = p.last_success_ago_ms {
+        numbers.push(("primary_idle_ms", x as f64));
+    }
+    if let Some(x) = oldest {
+        numbers.push(("oldest_held_ms", x as f64));
+    }
+    let lim = fmt_num(limit);
+    let Some(age) = oldest.filter(|a| *a as f64 > limit) else {
+        return verdict(
+            Outcome::Pass,
+            kind,
+            match oldest {
+                Some(a) => format!("the canary's oldest held message is {a} ms old, within the limit of {lim} ms"),
+                None => format!("the canary holds no message (limit {lim} ms)"),
+            },
+            &numbers,
+        );
+    };
+    if (canary_idle as f64) <= limit {
+        return verdict(
+            Outcome::Pass,
+            kind,
+            format!("the canary holds a message for {age} ms but deleted one {canary_idle} ms ago: working, not stuck (limit {lim} ms)"),
+            &numbers,
+        );
+    }
+    match p.last_success_ago_ms {
+        Some(pi) if (pi as f64) <= limit => verdict(
+            Outcome::Fail,
+            kind,
+            format!("the canary is stuck: it holds a message for {age} ms and deleted none for {canary_idle} ms, while the primary deleted one {pi} ms ago (limit {lim} ms)"),
+            &numbers,
+        ),
+        _ => verdict(
+            Outcome::Pass,
+            kind,
+            format!("the canary deleted none for {canary_idle} ms, but neither did the primary: nothing to compare with (limit {lim} ms)"),
+            &numbers,
+        ),
     }
 }
 
@@ -412,9 +505,12 @@ fn evaluate_one(alarm: &AlarmSpec, obs: &Observation) -> Verdict {
 /// It fails when the always-valid p-value `1/Λ` is below `1 - confidence`. The plain z of
 /// [`stats::two_proportion_z`] is reported beside it for people.
 ///
-/// The sample is the messages each revision completed (succeeded + failed) in the window; the
-/// canary needs `min_sample` of them, the primary at least one. The fast path fails at once
-/// when the canary has `consecutive_failures` failures in a row with no success.
+/// The sample is the messages each revision completed in the window: succeeded, failed
+/// (returned or expired), and held longer than the [`hold_limit`] (censored: a worker that
+/// leaves a failed message shows it only when the visibility timeout lapses; see
+/// [`HOLD_FACTOR`]). The canary needs `min_sample` of them, the primary at least one. The
+/// fast path fails at once when the canary has `consecutive_failures` failures in a row with
+/// no success.
 fn failure_ratio(
     kind: &str,
     min_sample: u64,
@@ -422,27 +518,32 @@ fn failure_ratio(
     consecutive_failures: u64,
     obs: &Observation,
 ) -> Verdict {
-    let c = &obs.canary;
-    let p = &obs.primary;
-    let nc = c.succeeded + c.failed;
-    let np = p.succeeded + p.failed;
+    let limit = hold_limit(&obs.primary.latencies_ms);
+    let c = obs.canary.censored(limit);
+    let p = obs.primary.censored(limit);
+    let (nc, np) = (c.completed, p.completed);
     let mut numbers = vec![
         ("canary_n", nc as f64),
         ("canary_failures", c.failed as f64),
+        ("canary_held_past_limit", c.held_past_limit as f64),
         ("primary_n", np as f64),
         ("primary_failures", p.failed as f64),
+        ("primary_held_past_limit", p.held_past_limit as f64),
+        ("hold_limit_ms", limit.ms),
         ("min_sample", min_sample as f64),
         ("confidence", confidence),
-        ("consecutive_failures", c.failures_since_last_success as f64),
+        ("consecutive_failures", c.consecutive as f64),
         ("consecutive_failures_limit", consecutive_failures as f64),
     ];
-    if consecutive_failures > 0 && c.failures_since_last_success >= consecutive_failures {
+    let held = |h: u64| if h > 0 { format!(", {h} of them held past {} ms", fmt_num(limit.ms)) } else { String::new() };
+    if consecutive_failures > 0 && c.consecutive >= consecutive_failures {
         return verdict(
             Outcome::Fail,
             kind,
             format!(
-                "the canary failed {} messages in a row with no success (limit {consecutive_failures})",
-                c.failures_since_last_success
+                "the canary failed {} messages in a row with no success (limit {consecutive_failures}){}",
+                c.consecutive,
+                held(c.held_past_limit.min(c.consecutive))
             ),
             &numbers,
         );
@@ -479,9 +580,10 @@ fn failure_ratio(
     ]);
     let pct = |r: f64| format!("{}%", fmt_num(r * 100.0));
     let head = format!(
-        "the canary failed {} of {nc} messages ({}) against the primary's {} of {np} ({}): z = {:.2}, p = {}",
+        "the canary failed {} of {nc} messages ({}{}) against the primary's {} of {np} ({}): z = {:.2}, p = {}",
         c.failed,
         pct(rc),
+        held(c.held_past_limit),
         p.failed,
         pct(rp),
         test.z,

@@ -294,25 +294,115 @@ fn latency_compares_percentiles() {
 }
 
 #[test]
-fn hung_canary_message() {
+fn hung_compares_the_canary_with_the_primary() {
     let a = [AlarmSpec::Hung {
         factor: 10.0,
         min_ms: 30_000,
     }];
     let mut o = obs(sample(0, 0), sample(0, 0));
     assert_eq!(evaluate(&a, &o)[0].outcome, Outcome::Pass);
-    // No primary timings yet: min_ms decides.
-    o.canary.oldest_in_flight_ms = Some(30_001);
+    // The canary holds a message past the limit and has deleted nothing for as long, while
+    // the primary keeps deleting: stuck.
+    o.canary.held_ms = vec![30_001, 200];
+    o.canary.last_success_ago_ms = Some(40_000);
+    o.primary.last_success_ago_ms = Some(50);
     let v = &evaluate(&a, &o)[0];
-    assert_eq!(v.outcome, Outcome::Fail);
+    assert_eq!(v.outcome, Outcome::Fail, "{v:?}");
     assert_eq!(v.numbers["limit_ms"], 30_000.0);
-    // A slow primary (p95 5 s) raises the limit to 50 s.
+    assert!(v.reason.contains("the canary is stuck"), "{}", v.reason);
+    // An old held message alone is no evidence: a worker that leaves failed messages holds
+    // them for the whole visibility timeout, the primary just the same.
+    o.canary.last_success_ago_ms = Some(100);
+    assert_eq!(evaluate(&a, &o)[0].outcome, Outcome::Pass);
+    // Neither side deletes anything: nothing to compare with.
+    o.canary.last_success_ago_ms = None;
+    o.primary.last_success_ago_ms = None;
+    assert_eq!(evaluate(&a, &o)[0].outcome, Outcome::Pass);
+    // A slow primary (p99 5 s) raises the limit to 50 s.
+    o.primary.last_success_ago_ms = Some(50);
     o.primary.latencies_ms = vec![5_000.0; 50];
     let v = &evaluate(&a, &o)[0];
     assert_eq!(v.outcome, Outcome::Pass, "{v:?}");
     assert_eq!(v.numbers["limit_ms"], 50_000.0);
-    o.canary.oldest_in_flight_ms = Some(50_001);
+    o.canary.held_ms = vec![50_001];
+    o.canary.last_success_ago_ms = Some(60_000);
     assert_eq!(evaluate(&a, &o)[0].outcome, Outcome::Fail);
+}
+
+#[test]
+fn held_messages_count_as_failures_on_both_sides() {
+    let a = [failure_ratio()];
+    // Primary: 100 ms per message, 1000 successes, and 10 messages left (held 60 s, past the
+    // 5 s floor). Canary: 300 successes and 3 left: the same 1 %.
+    let mut primary = sample(1000, 0);
+    primary.latencies_ms = vec![100.0; 1000];
+    primary.held_ms = vec![60_000; 10];
+    primary.last_success_ago_ms = Some(10);
+    let mut canary = sample(300, 0);
+    canary.held_ms = vec![60_000, 60_000, 60_000, 50];
+    canary.last_success_ago_ms = Some(10);
+    let o = obs(canary.clone(), primary.clone());
+    let v = &evaluate(&a, &o)[0];
+    assert_eq!(v.outcome, Outcome::Pass, "{v:?}");
+    assert_eq!(v.numbers["canary_failures"], 3.0, "held past the limit, the one in progress not");
+    assert_eq!(v.numbers["primary_failures"], 10.0);
+    assert_eq!(v.numbers["hold_limit_ms"], 5_000.0);
+    // A canary that leaves one message in five is seen at once, not after the visibility timeout.
+    let mut bad = sample(80, 0);
+    bad.held_ms = vec![6_000; 20];
+    bad.last_success_ago_ms = Some(10);
+    let v = &evaluate(&a, &obs(bad.clone(), primary.clone()))[0];
+    assert_eq!(v.outcome, Outcome::Fail, "{v:?}");
+    assert!(v.reason.contains("20 of them held past 5000 ms"), "{}", v.reason);
+    // Deleted after all: a success from then on.
+    bad.held_ms.clear();
+    bad.succeeded += 20;
+    assert_eq!(evaluate(&a, &obs(bad, primary.clone()))[0].outcome, Outcome::Pass);
+    // Leaving everything: the run of held messages with no success trips the fast path.
+    let mut leaves_all = sample(0, 0);
+    leaves_all.held_ms = vec![5_600, 5_400, 5_200, 900];
+    let v = &evaluate(&a, &obs(leaves_all, primary))[0];
+    assert_eq!(v.outcome, Outcome::Fail, "{v:?}");
+    assert!(v.reason.contains("3 messages in a row"), "{}", v.reason);
+}
+
+#[test]
+fn hold_limit_follows_the_primary() {
+    assert_eq!(hold_limit(&[]), HoldLimit { ms: HOLD_FLOOR_MS, established: false });
+    assert_eq!(hold_limit(&[100.0; 19]).established, false);
+    assert_eq!(hold_limit(&[100.0; 20]), HoldLimit { ms: HOLD_FLOOR_MS, established: true });
+    assert_eq!(hold_limit(&[2_000.0; 50]).ms, 10_000.0);
+    // Before the primary's p99 is known, held messages are failures on both sides but do not
+    // make a run of consecutive failures (a slow job is not a failed one).
+    let mut c = sample(0, 0);
+    c.held_ms = vec![6_000; 5];
+    let k = c.censored(hold_limit(&[]));
+    assert_eq!((k.failed, k.consecutive), (5, 0));
+    let k = c.censored(hold_limit(&[100.0; 20]));
+    assert_eq!((k.failed, k.consecutive), (5, 5));
+    c.last_success_ago_ms = Some(5_500);
+    assert_eq!(c.censored(hold_limit(&[100.0; 20])).consecutive, 0, "held since before the last success");
+}
+
+#[test]
+fn mann_whitney_hand_computed() {
+    use crate::stats::mann_whitney;
+    // a = {3, 4}, b = {1, 2}: every pair has a > b: U = 4, superiority 1.
+    // n = 4, mean 2, variance 2*2*5/12 = 5/3, z = (4 - 2 - 0.5)/sqrt(5/3) = 1.161895.
+    let t = mann_whitney(&[30.0, 40.0], &[10.0, 20.0]);
+    assert_eq!(t.u, 4.0);
+    assert_eq!(t.superiority, 1.0);
+    assert!(close(t.z, 1.161_895, 1e-6), "{t:?}");
+    assert!(close(t.p_value, 0.122_646, 1e-5), "{t:?}");
+    // Values within 9 % are ties: no evidence.
+    let t = mann_whitney(&[100.0; 50], &[103.0; 50]);
+    assert_eq!(t.superiority, 0.5);
+    assert!(t.p_value >= 0.5);
+    // Clearly slower on 20 against 300 timings: far below the alarm's alpha.
+    let slow: Vec<f64> = (0..20).map(|i| 1000.0 + i as f64).collect();
+    let fast: Vec<f64> = (0..300).map(|i| 90.0 + (i % 20) as f64).collect();
+    assert!(mann_whitney(&slow, &fast).p_value < 1e-10);
+    assert_eq!(mann_whitney(&[], &fast).p_value, 1.0);
 }
 
 #[test]
@@ -377,4 +467,82 @@ fn alarm_specs_serialize_with_a_kind_tag() {
     let j = serde_json::to_value(&v).unwrap();
     assert_eq!(j["outcome"], "pass");
     assert_eq!(j["numbers"]["threshold"], 1.0);
+}
+
+mod simulated_styles {
+    use super::*;
+    use crate::simulate::{simulate_run, FailureStyle, Rng, Scenario, Worker};
+
+    const STYLES: [FailureStyle; 2] = [FailureStyle::HandBack, FailureStyle::Leave];
+
+    /// Healthy canaries (1 % failures on both sides), judged twice a second for two minutes
+    /// with the default alarms: the share of runs that roll back stays below 1 %, in both
+    /// failure styles.
+    #[test]
+    fn healthy_canary_false_rollbacks_below_one_percent() {
+        let alarms = default_alarms();
+        for style in STYLES {
+            let sc = Scenario::reference(style);
+            let runs = 300;
+            let mut rng = Rng::new(0xC0A1 + style as u64);
+            let false_alarms: Vec<u64> = (0..runs).filter_map(|_| simulate_run(&mut rng, &alarms, &sc)).collect();
+            eprintln!("{style:?}: {} false rollbacks in {runs} healthy runs", false_alarms.len());
+            assert!(
+                (false_alarms.len() as f64) < 0.01 * runs as f64,
+                "{style:?}: {} of {runs} healthy canaries rolled back (at {false_alarms:?} ms)",
+                false_alarms.len()
+            );
+        }
+    }
+
+    fn decision_ms(style: FailureStyle, canary: Worker, seed: u64) -> Vec<Option<u64>> {
+        let alarms = default_alarms();
+        let mut sc = Scenario::reference(style);
+        sc.canary = canary;
+        let mut rng = Rng::new(seed);
+        (0..20).map(|_| simulate_run(&mut rng, &alarms, &sc)).collect()
+    }
+
+    fn assert_decided_within(what: &str, canary: Worker, within_ms: u64) {
+        for style in STYLES {
+            let times = decision_ms(style, canary, 7 + style as u64);
+            let worst = times.iter().map(|t| t.unwrap_or(u64::MAX)).max().unwrap();
+            eprintln!("{what} ({style:?}): decisions at {times:?} ms");
+            assert!(worst <= within_ms, "{what} ({style:?}): decisions at {times:?} ms, goal {within_ms} ms");
+        }
+    }
+
+    #[test]
+    fn failing_every_message_is_decided_within_10_s() {
+        assert_decided_within("fail all", Worker { fail: 1.0, ..Worker::HEALTHY }, 10_000);
+    }
+
+    #[test]
+    fn failing_a_fifth_is_decided_within_60_s() {
+        assert_decided_within("fail 20 %", Worker { fail: 0.2, ..Worker::HEALTHY }, 60_000);
+    }
+
+    #[test]
+    fn failing_one_in_twenty_is_decided_within_180_s() {
+        let alarms = default_alarms();
+        for style in STYLES {
+            let mut sc = Scenario::reference(style);
+            sc.duration_ms = 180_000;
+            sc.canary = Worker { fail: 0.05 + 0.01, ..Worker::HEALTHY };
+            let mut rng = Rng::new(11);
+            let times: Vec<Option<u64>> = (0..20).map(|_| simulate_run(&mut rng, &alarms, &sc)).collect();
+            eprintln!("fail 5 % ({style:?}): decisions at {times:?} ms");
+            assert!(times.iter().all(Option::is_some), "fail 5 % ({style:?}) not always caught in 180 s: {times:?}");
+        }
+    }
+
+    #[test]
+    fn ten_times_slower_is_decided_within_30_s() {
+        assert_decided_within("slow x10", Worker { slow: 10.0, ..Worker::HEALTHY }, 30_000);
+    }
+
+    #[test]
+    fn a_hung_canary_is_decided_within_35_s() {
+        assert_decided_within("hang", Worker { hang: true, ..Worker::HEALTHY }, 35_000);
+    }
 }
