@@ -9,17 +9,36 @@ pub struct EmbeddedQueue {
     pub dlq: String,
 }
 
+/// Timings of a consumer's first deletes in the window that the latency alarm leaves out
+/// (whole seconds of them, at least this many).
+const WARMUP_MESSAGES: u64 = 5;
+
+fn latencies_ms(h: &LatencyHistogram, out: &mut Vec<f64>) {
+    for (i, n) in h.counts.iter().enumerate() {
+        let ms = LatencyHistogram::upper_bound_us(i) / 1000.0;
+        out.extend(std::iter::repeat_n(ms, *n as usize));
+    }
+}
+
 /// Sum a consumer's per-second buckets.
 fn counts(c: ConsumerTelemetry) -> ConsumerCounts {
     let mut out = ConsumerCounts { access_key_id: c.access_key_id, ..Default::default() };
     let mut latency = LatencyHistogram::default();
+    let mut warm = LatencyHistogram::default();
     for b in &c.buckets {
+        if out.deleted >= WARMUP_MESSAGES {
+            warm.merge(&b.latency);
+        }
         out.received += b.received;
         out.deleted += b.deleted;
         out.returned += b.returned;
+        out.released += b.released;
         out.expired += b.expired;
         out.dead_lettered += b.dead_lettered;
         latency.merge(&b.latency);
+        if b.deleted > 0 {
+            out.last_success_ms = Some(b.second * 1000 + 999);
+        }
     }
     // Failures in the trailing seconds that saw no success (per-second resolution).
     for b in c.buckets.iter().rev() {
@@ -28,10 +47,8 @@ fn counts(c: ConsumerTelemetry) -> ConsumerCounts {
         }
         out.failures_since_success += b.returned + b.expired;
     }
-    for (i, n) in latency.counts.iter().enumerate() {
-        let ms = LatencyHistogram::upper_bound_us(i) / 1000.0;
-        out.latencies_ms.extend(std::iter::repeat_n(ms, *n as usize));
-    }
+    latencies_ms(&latency, &mut out.latencies_ms);
+    latencies_ms(&warm, &mut out.warm_latencies_ms);
     out
 }
 

@@ -698,6 +698,8 @@ impl Engine {
                 failed: 0,
                 dead_lettered: 0,
                 released: 0,
+                returned: 0,
+                expired: 0,
                 redriven: 0,
                 lost: 0,
             })?;
@@ -775,30 +777,36 @@ impl Engine {
         let telemetry = self.queue.telemetry(since_ms)?;
         let mut canary = RevisionSample { revision: canary_rev.into(), ..Default::default() };
         let mut primary = RevisionSample { revision: primary_rev.into(), ..Default::default() };
-        let mut canary_keys = Vec::new();
+        let mut keys: HashMap<String, bool> = HashMap::new();
+        let mut last_success = [None::<u64>, None];
         for c in &telemetry {
             let Some(id) = TaskIdentity::parse(&c.access_key_id) else { continue };
-            let sample = if id.service == "canary" && id.revision == canary_rev {
-                canary_keys.push(c.access_key_id.clone());
-                &mut canary
+            let is_canary = if id.service == "canary" && id.revision == canary_rev {
+                true
             } else if id.service == "primary" && id.revision == primary_rev {
-                &mut primary
+                false
             } else {
                 continue;
             };
+            keys.insert(c.access_key_id.clone(), is_canary);
+            let sample = if is_canary { &mut canary } else { &mut primary };
             sample.received += c.received;
             sample.succeeded += c.deleted;
             // A failed attempt is a return or an expiry; dead-lettering is what follows one, not
-            // another failure.
+            // another failure. Messages held too long count too (the analysis censors them).
             sample.failed += c.returned + c.expired;
             sample.dead_lettered += c.dead_lettered;
             sample.failures_since_last_success += c.failures_since_success;
-            sample.latencies_ms.extend_from_slice(&c.latencies_ms);
+            sample.latencies_ms.extend_from_slice(&c.warm_latencies_ms);
+            let ls = &mut last_success[is_canary as usize];
+            *ls = (*ls).max(c.last_success_ms);
         }
+        primary.last_success_ago_ms = last_success[0].map(|t| now.saturating_sub(t));
+        canary.last_success_ago_ms = last_success[1].map(|t| now.saturating_sub(t));
         for m in self.queue.in_flight()? {
-            if canary_keys.contains(&m.access_key_id) {
-                let age = now.saturating_sub(m.received_at_ms);
-                canary.oldest_in_flight_ms = Some(canary.oldest_in_flight_ms.unwrap_or(0).max(age));
+            if let Some(is_canary) = keys.get(&m.access_key_id) {
+                let sample = if *is_canary { &mut canary } else { &mut primary };
+                sample.held_ms.push(now.saturating_sub(m.received_at_ms));
             }
         }
         if let Some(st) = self.runtime.service("canary") {
@@ -882,7 +890,8 @@ impl Engine {
                 .collect();
             // What the bad revision still holds goes back to the queue now, not after the
             // visibility timeout — once its tasks are gone: a task still finishing a message
-            // would otherwise process it while another consumer receives it again.
+            // would otherwise process it while another consumer receives it again. A message
+            // a task held when it ended was not processed by it: a failed attempt.
             if bad_tasks == 0 && !bad_keys.is_empty() {
                 let released = self.queue.release_in_flight(&bad_keys)? as i64;
                 if released > 0 {
@@ -908,18 +917,19 @@ impl Engine {
                     &format!("redrove {moved} message(s) {} dead-lettered back to the queue", rb.revision),
                 )?;
             }
-            let (mut received, mut failed, mut dead) = (0i64, 0i64, 0i64);
+            // A failure counts once, whatever happened to the message next: handed back,
+            // expired, or still held when the tasks were gone (released by coalmine).
+            // Dead-lettering and redriving follow a failure; they are not more of them.
+            let (mut received, mut returned, mut expired, mut dead) = (0i64, 0i64, 0i64, 0i64);
             for c in telemetry.iter().filter(|c| bad_keys.contains(&c.access_key_id)) {
                 received += c.received as i64;
-                failed += (c.returned + c.expired) as i64;
+                returned += c.returned as i64;
+                expired += c.expired as i64;
                 dead += c.dead_lettered as i64;
             }
-            // The queue counts what coalmine released as returned: those were not failures.
-            let failed = (failed - rb.released).max(0);
-            if (received, failed, dead) != (rb.received, rb.failed, rb.dead_lettered) {
-                rb.received = received;
-                rb.failed = failed;
-                rb.dead_lettered = dead;
+            let failed = returned + expired + rb.released;
+            if (received, failed, returned, expired, dead) != (rb.received, rb.failed, rb.returned, rb.expired, rb.dead_lettered) {
+                (rb.received, rb.failed, rb.returned, rb.expired, rb.dead_lettered) = (received, failed, returned, expired, dead);
                 changed = true;
             }
             // Every message the bad revision dead-lettered is either redriven or still waiting
@@ -954,11 +964,12 @@ impl Engine {
     /// Make the runtime's services match the desired state in the store.
     fn reconcile_services(&self) -> Result<(), PipelineError> {
         let store = self.store.lock().unwrap();
-        let rollback_revs: Vec<String> = store
+        // Rollbacks still under way: revision -> whether an alarm decided it.
+        let rollback_revs: HashMap<String, bool> = store
             .rollbacks(None)?
             .into_iter()
             .filter(|r| r.canary_back_ms.is_none())
-            .map(|r| r.revision)
+            .map(|r| (r.revision, r.actor.starts_with("alarm:")))
             .collect();
         for name in ["primary", "canary"] {
             let Some((revision, tasks)) = store.service(name)? else { continue };
@@ -992,8 +1003,13 @@ impl Engine {
             let mut spec = self.service_spec(name, &revision, tasks);
             // Rolling back a canary: stop the bad tasks at once instead of waiting for the
             // replacements to become healthy.
-            if name == "canary" && current.as_ref().is_some_and(|c| rollback_revs.contains(&c.revision.name)) {
+            // When an alarm decided it, the bad tasks get only the short rollback grace.
+            let rolling_back = current.as_ref().and_then(|c| rollback_revs.get(&c.revision.name));
+            if name == "canary" && rolling_back.is_some() {
                 spec.minimum_healthy_percent = 0;
+                if rolling_back == Some(&true) {
+                    spec.stop_timeout = spec.stop_timeout.min(self.spec.run.rollback_stop_timeout);
+                }
             }
             self.runtime.apply(spec)?;
         }

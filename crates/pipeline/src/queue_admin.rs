@@ -15,15 +15,22 @@ pub struct ConsumerCounts {
     pub received: u64,
     /// Deleted: processed successfully.
     pub deleted: u64,
-    /// Handed back with visibility 0.
+    /// Handed back with visibility 0 by the consumer.
     pub returned: u64,
+    /// Made visible again by coalmine (a rolled-back revision's held messages).
+    pub released: u64,
     /// Visibility timeout ran out.
     pub expired: u64,
     pub dead_lettered: u64,
     /// Receive-to-delete times of the deleted messages, in milliseconds.
     pub latencies_ms: Vec<f64>,
+    /// The same, without the consumer's first messages in the window (warm-up: a task's first
+    /// messages pay for its start, connections and caches); what the latency alarm judges.
+    pub warm_latencies_ms: Vec<f64>,
     /// Failures since this consumer's last success.
     pub failures_since_success: u64,
+    /// When this consumer last deleted a message (Unix ms, to the second); `None`: not in the window.
+    pub last_success_ms: Option<u64>,
 }
 
 /// Depths of the app's queue and its DLQ, and conservation counters.

@@ -74,6 +74,8 @@ CREATE TABLE IF NOT EXISTS rollbacks (
   failed INTEGER NOT NULL DEFAULT 0,
   dead_lettered INTEGER NOT NULL DEFAULT 0,
   released INTEGER NOT NULL DEFAULT 0,
+  returned INTEGER NOT NULL DEFAULT 0,
+  expired INTEGER NOT NULL DEFAULT 0,
   redriven INTEGER NOT NULL DEFAULT 0,
   lost INTEGER NOT NULL DEFAULT 0
 );
@@ -169,8 +171,15 @@ pub struct RollbackRow {
     /// Milliseconds from the rollback decision until no canary task ran the bad revision.
     pub canary_back_ms: Option<i64>,
     pub received: i64,
+    /// Failed attempts of the bad revision, each counted once: `returned + expired + released`.
     pub failed: i64,
+    /// Of those: handed back by its tasks (visibility 0).
+    pub returned: i64,
+    /// Of those: left until the visibility timeout lapsed.
+    pub expired: i64,
+    /// Messages the dead-lettering of its receives moved to the DLQ (after a failure).
     pub dead_lettered: i64,
+    /// Of the failures: still held when its tasks were gone, made visible again by coalmine.
     pub released: i64,
     pub redriven: i64,
     pub lost: i64,
@@ -188,6 +197,16 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, PipelineError> {
         let conn = Connection::open(path).map_err(|e| PipelineError::store(path, e))?;
         conn.execute_batch(SCHEMA).map_err(|e| PipelineError::store(path, e))?;
+        // Columns added after the first release of the schema.
+        for column in ["returned", "expired"] {
+            let has: i64 = conn
+                .query_row("SELECT COUNT(*) FROM pragma_table_info('rollbacks') WHERE name = ?1", [column], |r| r.get(0))
+                .map_err(|e| PipelineError::store(path, e))?;
+            if has == 0 {
+                conn.execute_batch(&format!("ALTER TABLE rollbacks ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0"))
+                    .map_err(|e| PipelineError::store(path, e))?;
+            }
+        }
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| PipelineError::store(path, e))?;
         Ok(Store { conn })
     }
@@ -477,8 +496,8 @@ impl Store {
     pub fn update_rollback(&self, r: &RollbackRow) -> Result<(), PipelineError> {
         self.conn.execute(
             "UPDATE rollbacks SET canary_back_ms = ?2, received = ?3, failed = ?4, dead_lettered = ?5, released = ?6,
-             redriven = ?7, lost = ?8 WHERE id = ?1",
-            params![r.id, r.canary_back_ms, r.received, r.failed, r.dead_lettered, r.released, r.redriven, r.lost],
+             redriven = ?7, lost = ?8, returned = ?9, expired = ?10 WHERE id = ?1",
+            params![r.id, r.canary_back_ms, r.received, r.failed, r.dead_lettered, r.released, r.redriven, r.lost, r.returned, r.expired],
         )?;
         Ok(())
     }
@@ -486,7 +505,7 @@ impl Store {
     pub fn rollbacks(&self, execution_id: Option<i64>) -> Result<Vec<RollbackRow>, PipelineError> {
         let mut st = self.conn.prepare(
             "SELECT id, execution_id, revision, to_revision, at_ms, actor, reason, canary_back_ms, received, failed,
-             dead_lettered, released, redriven, lost FROM rollbacks WHERE (?1 IS NULL OR execution_id = ?1) ORDER BY id",
+             dead_lettered, released, redriven, lost, returned, expired FROM rollbacks WHERE (?1 IS NULL OR execution_id = ?1) ORDER BY id",
         )?;
         let rows = st
             .query_map([execution_id], |r| {
@@ -505,6 +524,8 @@ impl Store {
                     released: r.get(11)?,
                     redriven: r.get(12)?,
                     lost: r.get(13)?,
+                    returned: r.get(14)?,
+                    expired: r.get(15)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;

@@ -1603,8 +1603,8 @@ impl Broker {
         Ok(n)
     }
 
-    /// Make the in-flight messages received by these access key ids visible now (counted as
-    /// returned). Returns how many.
+    /// Make the in-flight messages received by these access key ids visible now, undoing
+    /// their receive (counted as released, not returned). Returns how many.
     pub fn release_in_flight(&self, queue: &str, access_key_ids: &[String]) -> Result<usize, SqsError> {
         let now = now_ms();
         let mut ctx = self.admin_ctx();
@@ -1624,7 +1624,12 @@ impl Broker {
         let mut ops = Vec::new();
         for (seq, r) in &seqs {
             q.make_visible(*seq, now);
-            telemetry.record(queue, r, now, Event::Returned);
+            // The holder's receive is undone: the message was taken from a consumer, it did
+            // not fail one more time, and must not reach the DLQ on its next receive for it.
+            if let Some(m) = q.msgs.get_mut(seq) {
+                m.recv_count = m.recv_count.saturating_sub(1);
+            }
+            telemetry.record(queue, r, now, Event::Released);
             ops.push(q.msgs[seq].state_op(*seq));
             q.notify.notify_one();
         }

@@ -76,8 +76,12 @@ pub struct TelemetryBucket {
     pub second: u64,
     pub received: u64,
     pub deleted: u64,
-    /// Visibility set to 0 by the consumer (or released by coalmine).
+    /// Visibility set to 0 by the consumer.
     pub returned: u64,
+    /// Made visible again by the admin API ([`crate::Broker::release_in_flight`]): not the
+    /// consumer's doing.
+    #[serde(default)]
+    pub released: u64,
     /// Visibility timeout ran out.
     pub expired: u64,
     pub dead_lettered: u64,
@@ -96,6 +100,7 @@ pub(crate) enum Event {
     Received,
     Deleted { latency_us: u64 },
     Returned,
+    Released,
     Expired,
     DeadLettered,
 }
@@ -141,6 +146,7 @@ impl Telemetry {
                 b.latency.record_us(latency_us);
             }
             Event::Returned => b.returned += 1,
+            Event::Released => b.released += 1,
             Event::Expired => b.expired += 1,
             Event::DeadLettered => b.dead_lettered += 1,
         }

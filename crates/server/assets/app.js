@@ -277,7 +277,7 @@
         h('div', {}, badge('rolled back', 'RolledBack'), ' ', h('code', { text: short(r.revision) }), ' → ', h('code', { text: short(r.to_revision) }),
           ` · #${r.execution_id} · ${when(r.at_ms)} · by ${r.actor}`),
         h('div', { text: r.reason }),
-        numbers({ received: r.received, failed: r.failed, dead_lettered: r.dead_lettered, released: r.released, redriven: r.redriven, lost: r.lost,
+        numbers({ received: r.received, failed: r.failed, handed_back: r.returned, expired: r.expired, held_when_stopped: r.released, dead_lettered: r.dead_lettered, redriven: r.redriven, lost: r.lost,
           canary_back: r.canary_back_ms === null || r.canary_back_ms === undefined ? 'pending' : r.canary_back_ms + ' ms' })));
     }
   }

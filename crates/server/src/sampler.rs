@@ -139,10 +139,10 @@ pub(crate) fn second_of(wide: &ConsumerCounts, narrow: Option<&ConsumerCounts>) 
         received: wide.received.saturating_sub(n.received),
         deleted: wide.deleted.saturating_sub(n.deleted),
         returned: wide.returned.saturating_sub(n.returned),
+        released: wide.released.saturating_sub(n.released),
         expired: wide.expired.saturating_sub(n.expired),
         dead_lettered: wide.dead_lettered.saturating_sub(n.dead_lettered),
-        latencies_ms: Vec::new(),
-        failures_since_success: 0,
+        ..ConsumerCounts::default()
     };
     (c, lat)
 }

@@ -32,6 +32,9 @@ command = "./{app}"
 env = {}
 # Grace between SIGTERM and SIGKILL when a task is stopped.
 stop_timeout = "30s"
+# The same grace for a bad canary's tasks when an alarm rolls it back: short, so that a hung
+# or misbehaving task stops at once and its messages go back to the queue.
+rollback_stop_timeout = "3s"
 # A command that exits 0 when a task is healthy; without it a task is healthy
 # once it has stayed up for `healthy_after`.
 # health_command = "./healthcheck"

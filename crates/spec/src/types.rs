@@ -77,6 +77,10 @@ pub struct RunSpec {
     /// Grace between SIGTERM and SIGKILL; default 30 s (ECS's default).
     #[serde(with = "serde_str")]
     pub stop_timeout: Duration,
+    /// Grace between SIGTERM and SIGKILL for the bad canary's tasks when an alarm rolls it
+    /// back; default 3 s. What they still hold is handed back to the queue once they are gone.
+    #[serde(with = "serde_str")]
+    pub rollback_stop_timeout: Duration,
     /// A command whose success says a task is healthy; without it a task is healthy once it
     /// has stayed up for `healthy_after`.
     pub health_command: Option<String>,

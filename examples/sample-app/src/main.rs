@@ -12,6 +12,11 @@
 //!   read by `aws_config::load_defaults`, so the same binary runs against Amazon SQS;
 //! - `WORK_MS` (simulated work per message, default 1000), `FAIL_RATE` (0.0 to 1.0, the
 //!   share of messages that fail, default 0), `CRASH_AT_START` (exit 1 at once when set);
+//! - `FAILURE_STYLE`: `return` (default: a failed message goes back to the queue at once,
+//!   ChangeMessageVisibility 0) or `leave` (it is not deleted and comes back, or goes to the
+//!   DLQ, when its visibility timeout lapses — what the guidance's consumer and most workers do);
+//! - `FAIL_WORD` (messages whose body contains it fail), `CRASH_AFTER` (exit 1 after this many
+//!   messages);
 //! - `COALMINE_REVISION`, `COALMINE_TASK`: printed on every line.
 
 use std::collections::hash_map::RandomState;
@@ -33,6 +38,10 @@ const MAX_MESSAGES: i32 = 10;
 struct Settings {
     work: Duration,
     fail_rate: f64,
+    /// Leave failed messages (do not delete them) instead of returning them at once.
+    leave_failures: bool,
+    fail_word: Option<String>,
+    crash_after: u64,
     revision: String,
     task: String,
     random: RandomState,
@@ -60,9 +69,28 @@ impl Settings {
             }
             _ => 0.0,
         };
+        let leave_failures = match std::env::var("FAILURE_STYLE").unwrap_or_default().trim() {
+            "" | "return" => false,
+            "leave" => true,
+            other => {
+                return Err(format!(
+                    "FAILURE_STYLE={other:?} is not a failure style; set `return` (hand failed \
+                     messages back at once) or `leave` (let their visibility timeout lapse)"
+                ))
+            }
+        };
+        let crash_after = match std::env::var("CRASH_AFTER") {
+            Ok(v) if !v.trim().is_empty() => v.trim().parse::<u64>().map_err(|_| {
+                format!("CRASH_AFTER={v:?} is not a whole number of messages; set e.g. CRASH_AFTER=5")
+            })?,
+            _ => 0,
+        };
         Ok(Settings {
             work: Duration::from_millis(work_ms),
             fail_rate,
+            leave_failures,
+            fail_word: std::env::var("FAIL_WORD").ok().filter(|w| !w.is_empty()),
+            crash_after,
             revision: env_or("COALMINE_REVISION", "unknown"),
             task: env_or("COALMINE_TASK", "unknown"),
             random: RandomState::new(),
@@ -70,7 +98,10 @@ impl Settings {
     }
 
     /// Whether this attempt at this message fails, with probability `fail_rate`.
-    fn should_fail(&self, message_id: &str, nonce: u64) -> bool {
+    fn should_fail(&self, message_id: &str, body: &str, nonce: u64) -> bool {
+        if self.fail_word.as_ref().is_some_and(|w| body.contains(w.as_str())) {
+            return true;
+        }
         if self.fail_rate <= 0.0 {
             return false;
         }
@@ -149,7 +180,12 @@ async fn main() -> ExitCode {
 
     let mut stop = stop;
     let mut nonce: u64 = 0;
+    let mut handled: u64 = 0;
     loop {
+        if settings.crash_after > 0 && handled >= settings.crash_after {
+            eprintln!("sample-app: CRASH_AFTER={} messages reached: exiting with status 1", settings.crash_after);
+            return ExitCode::from(1);
+        }
         if *stop.borrow() {
             break;
         }
@@ -180,6 +216,7 @@ async fn main() -> ExitCode {
             continue;
         }
         nonce += 1;
+        handled += messages.len() as u64;
         handle(&client, &queue_url, &settings, messages, nonce).await;
     }
     println!(
@@ -256,7 +293,7 @@ async fn resolve_queue_url(
 }
 
 /// Works on the messages of one receive concurrently, then deletes the successes in one
-/// batch and returns the failures to the queue at once.
+/// batch and returns the failures to the queue at once (or leaves them, `FAILURE_STYLE=leave`).
 async fn handle(
     client: &Client,
     queue_url: &str,
@@ -271,7 +308,7 @@ async fn handle(
             let started = Instant::now();
             tokio::time::sleep(settings.work).await;
             let id = message.message_id().unwrap_or("-");
-            let ok = !settings.should_fail(id, nonce);
+            let ok = !settings.should_fail(id, message.body().unwrap_or(""), nonce);
             (message, ok, started.elapsed())
         });
     }
@@ -305,6 +342,10 @@ async fn handle(
 
     if !succeeded.is_empty() {
         delete(client, queue_url, &succeeded).await;
+    }
+    if settings.leave_failures {
+        // Left in flight: back (or to the DLQ) when the visibility timeout lapses.
+        return;
     }
     for message in &failed {
         let (Some(id), Some(handle)) = (message.message_id(), message.receipt_handle()) else {

@@ -218,7 +218,7 @@ pub fn render_status(v: &Value) -> String {
 
 fn render_rollback(rb: &Value) -> String {
     format!(
-        "Rollback:  {} → {} by {}: {}\n           canary back in {}; received {}, failed {}, dead-lettered {}, released {}, redriven {}, lost {}\n",
+        "Rollback:  {} → {} by {}: {}\n           canary back in {}; received {}, failed {} (handed back {}, expired {}, held when stopped {}), dead-lettered {}, released {}, redriven {}, lost {}\n",
         s(rb, "revision"),
         s(rb, "to_revision"),
         s(rb, "actor"),
@@ -226,6 +226,9 @@ fn render_rollback(rb: &Value) -> String {
         rb["canary_back_ms"].as_i64().map(duration).unwrap_or_else(|| "(in progress)".into()),
         rb["received"],
         rb["failed"],
+        rb["returned"],
+        rb["expired"],
+        rb["released"],
         rb["dead_lettered"],
         rb["released"],
         rb["redriven"],
