@@ -1,9 +1,12 @@
 //! The canary scenarios with their numbers: the real `coalmine up`, the real sample worker
 //! (3 primary tasks failing 1 % of messages as noise, 1 canary task), a steady 50 messages/s
-//! through the AWS SDK, the queue's default 300 s visibility timeout and DLQ after 1 receive.
+//! through the AWS SDK, the queue's default 300 s visibility timeout and DLQ after 1 receive,
+//! in both failure styles: `return` (a failed message is handed back at once) and `leave` (it
+//! is not deleted: it comes back when its visibility timeout lapses).
 //!
 //!     cargo run --release -p coalmine --example canary_bench -- [--runs N] [--minutes M] [--rate R]
-//!         [--scenarios fail-all,fail-20,crash,healthy] [--default-alarms]
+//!         [--scenarios fail-all,fail-20,fail-word,slow,hang,crash,crash-after,healthy]
+//!         [--styles return,leave] [--default-alarms]
 //!
 //! `--default-alarms` runs with coalmine's default alarms (which include the guidance's DLQ
 //! alarm) instead of ours without it.
@@ -34,6 +37,7 @@ struct Args {
     minutes: f64,
     rate: f64,
     scenarios: Vec<String>,
+    styles: Vec<String>,
     default_alarms: bool,
 }
 
@@ -42,7 +46,8 @@ fn args() -> Args {
         runs: 2,
         minutes: 0.5,
         rate: 50.0,
-        scenarios: ["fail-all", "fail-20", "crash", "healthy"].map(String::from).to_vec(),
+        scenarios: KINDS.map(|k| k.key().to_string()).to_vec(),
+        styles: vec!["return".into(), "leave".into()],
         default_alarms: false,
     };
     let mut it = std::env::args().skip(1);
@@ -57,7 +62,8 @@ fn args() -> Args {
             "--minutes" => a.minutes = v.parse().expect("--minutes takes a number"),
             "--rate" => a.rate = v.parse().expect("--rate takes messages per second"),
             "--scenarios" => a.scenarios = v.split(',').map(|s| s.trim().to_string()).collect(),
-            other => panic!("unknown argument {other}; use --runs N --minutes M --rate R --scenarios fail-all,fail-20,crash,healthy --default-alarms"),
+            "--styles" => a.styles = v.split(',').map(|s| s.trim().to_string()).collect(),
+            other => panic!("unknown argument {other}; use --runs N --minutes M --rate R --scenarios {} --styles return,leave --default-alarms", KINDS.map(|k| k.key()).join(",")),
         }
     }
     a
@@ -67,16 +73,27 @@ fn args() -> Args {
 enum Kind {
     FailAll,
     Fail20,
+    FailWord,
+    Slow,
+    Hang,
     CrashAtStart,
+    CrashAfter,
     Healthy,
 }
+
+const KINDS: [Kind; 8] =
+    [Kind::FailAll, Kind::Fail20, Kind::FailWord, Kind::Slow, Kind::Hang, Kind::CrashAtStart, Kind::CrashAfter, Kind::Healthy];
 
 impl Kind {
     fn key(self) -> &'static str {
         match self {
             Kind::FailAll => "fail-all",
             Kind::Fail20 => "fail-20",
+            Kind::FailWord => "fail-word",
+            Kind::Slow => "slow",
+            Kind::Hang => "hang",
             Kind::CrashAtStart => "crash",
+            Kind::CrashAfter => "crash-after",
             Kind::Healthy => "healthy",
         }
     }
@@ -84,16 +101,39 @@ impl Kind {
         match self {
             Kind::FailAll => "canary fails every message",
             Kind::Fail20 => "canary fails 20 % of messages",
+            Kind::FailWord => "canary fails the messages naming a rush order (5 %)",
+            Kind::Slow => "canary ten times slower",
+            Kind::Hang => "canary hangs (never answers)",
             Kind::CrashAtStart => "canary crashes at start-up",
+            Kind::CrashAfter => "canary crashes after 5 messages",
             Kind::Healthy => "healthy canary (primary's 1 % noise)",
         }
     }
-    fn run_sh(self) -> String {
+    /// Goal for the decision, from the first failure (or the canary's start when it logs none).
+    fn goal(self) -> Option<Duration> {
+        Some(Duration::from_secs(match self {
+            Kind::FailAll => 10,
+            Kind::Fail20 => 60,
+            Kind::FailWord => 180,
+            Kind::Slow => 30,
+            Kind::Hang => 35,
+            Kind::CrashAtStart | Kind::CrashAfter => 5,
+            Kind::Healthy => return None,
+        }))
+    }
+    fn run_sh(self, style: &str) -> String {
+        let s = |k: &'static str, v: &str| (k, v.to_string());
+        let style = s("FAILURE_STYLE", style);
+        let noise = s("FAIL_RATE", &NOISE.to_string());
         match self {
-            Kind::FailAll => run_sh(WORK_MS, 1.0, false),
-            Kind::Fail20 => run_sh(WORK_MS, 0.2, false),
-            Kind::CrashAtStart => run_sh(WORK_MS, NOISE, true),
-            Kind::Healthy => run_sh(WORK_MS, NOISE, false),
+            Kind::FailAll => run_sh_with(WORK_MS, &[style, s("FAIL_RATE", "1")]),
+            Kind::Fail20 => run_sh_with(WORK_MS, &[style, s("FAIL_RATE", "0.2")]),
+            Kind::FailWord => run_sh_with(WORK_MS, &[style, noise, s("FAIL_WORD", RUSH_WORD)]),
+            Kind::Slow => run_sh_with(WORK_MS * 10, &[style, noise]),
+            Kind::Hang => run_sh_with(600_000, &[style]),
+            Kind::CrashAtStart => run_sh_with(WORK_MS, &[style, s("CRASH_AT_START", "1")]),
+            Kind::CrashAfter => run_sh_with(WORK_MS, &[style, noise, s("CRASH_AFTER", "5")]),
+            Kind::Healthy => run_sh_with(WORK_MS, &[style, noise]),
         }
     }
 }
@@ -123,7 +163,7 @@ fn canary_first_failure(rig: &Rig, rev: &str) -> Option<()> {
     let needle = format!("revision={rev} ");
     for e in std::fs::read_dir(dir).ok()?.flatten() {
         let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-        if text.lines().any(|l| (l.starts_with("failed ") && l.contains(&needle)) || l.contains("CRASH_AT_START")) {
+        if text.lines().any(|l| (l.starts_with("failed ") && l.contains(&needle)) || l.contains("CRASH_AT_START") || l.contains("CRASH_AFTER=")) {
             return Some(());
         }
     }
@@ -134,22 +174,22 @@ fn redriven(v: &Value) -> u64 {
     v["execution"]["rollbacks"].as_array().map(|a| a.iter().map(|r| r["redriven"].as_u64().unwrap_or(0)).sum()).unwrap_or(0)
 }
 
-fn run(coalmine: &Path, sample_app: &Path, kind: Kind, rate: f64, healthy_for: Duration, alarms: &str) -> Outcome {
+fn run(coalmine: &Path, sample_app: &Path, kind: Kind, style: &str, rate: f64, healthy_for: Duration, alarms: &str) -> Outcome {
     let mut rig = Rig::new(coalmine, sample_app, &coalmine_toml(3, 1, MANUAL_STEPS, alarms));
-    let v1 = rig.bootstrap(&run_sh(WORK_MS, NOISE, false));
+    let v1 = rig.bootstrap(&Kind::Healthy.run_sh(style));
     let traffic = Traffic::start(&rig.endpoint(), &rig.queue_url(APP), rate);
     // Warm up: five seconds of traffic on the primary's revision.
     let warm = (rate * 5.0) as usize;
     wait_for("warm-up traffic", Duration::from_secs(60), || (traffic.sent() >= warm).then_some(()), String::new);
     let commit_ms = now_ms();
-    let v2 = rig.commit(&kind.run_sh(), kind.name());
+    let v2 = rig.commit(&kind.run_sh(style), kind.name());
     let limit = match kind {
-        Kind::FailAll => Duration::from_secs(120),
-        Kind::Fail20 | Kind::CrashAtStart => Duration::from_secs(300),
         Kind::Healthy => healthy_for,
+        _ => Duration::from_secs(300),
     };
     let started = Instant::now();
     let (mut first_failure_ms, mut canary_back_ms, mut decision_ms) = (None, None, None);
+    let mut canary_started_ms = None;
     let mut dlq = Vec::new();
     let mut last: Value = Value::Null;
     loop {
@@ -158,6 +198,9 @@ fn run(coalmine: &Path, sample_app: &Path, kind: Kind, rate: f64, healthy_for: D
         }
         if let Some(v) = rig.status_opt() {
             let t = now_ms();
+            if canary_started_ms.is_none() && service(&v, "canary")["tasks"].as_array().is_some_and(|ts| ts.iter().any(|x| x["revision"] == v2.as_str() && x["state"] == "running")) {
+                canary_started_ms = Some(t);
+            }
             let depth = v["queue"]["dlq_visible"].as_u64().unwrap_or(0) + redriven(&v);
             dlq.push((t, depth));
             let ended = matches!(exec_status(&v), "RolledBack" | "Failed") && exec_id(&v) > 1;
@@ -214,7 +257,7 @@ fn run(coalmine: &Path, sample_app: &Path, kind: Kind, rate: f64, healthy_for: D
         reason: v["execution"]["reason"].as_str().unwrap_or("").to_string(),
         rolled_back: rollback(&v).is_some(),
         commit_ms,
-        first_failure_ms,
+        first_failure_ms: first_failure_ms.or(canary_started_ms),
         decision_ms,
         canary_back_ms,
         report: rollback(&v).cloned(),
@@ -239,15 +282,19 @@ fn print(o: &Outcome, kind: Kind) {
         None => println!("  first failure    none seen in the canary's log"),
     }
     if let (Some(f), Some(d)) = (o.first_failure_ms, o.decision_ms) {
-        println!("  decision         {} after the first failure", secs(f, d));
+        let goal = kind.goal().map(|g| {
+            let met = d.saturating_sub(f) <= g.as_millis() as u64;
+            format!(" (goal {} s: {})", g.as_secs(), if met { "met" } else { "MISSED" })
+        });
+        println!("  decision         {} after the first failure (or the canary's start){}", secs(f, d), goal.unwrap_or_default());
     }
     if let (Some(f), Some(b)) = (o.first_failure_ms, o.canary_back_ms) {
         println!("  canary back      {} after the first failure (every canary task RUNNING the primary's revision)", secs(f, b));
     }
     if let Some(r) = &o.report {
         println!(
-            "  rollback report  received {} failed {} dead-lettered {} released {} redriven {} lost {} (decision → no bad task: {} ms)",
-            r["received"], r["failed"], r["dead_lettered"], r["released"], r["redriven"], r["lost"], r["canary_back_ms"]
+            "  rollback report  received {} failed {} (handed back {}, expired {}, held when stopped {}) dead-lettered {} redriven {} lost {} (decision → no bad task: {} ms)",
+            r["received"], r["failed"], r["returned"], r["expired"], r["released"], r["dead_lettered"], r["redriven"], r["lost"], r["canary_back_ms"]
         );
     } else {
         println!("  rollback report  no rollback");
@@ -289,42 +336,45 @@ fn main() {
         a.rate
     );
     let alarms = if a.default_alarms {
-        println!("alarms: coalmine's defaults: dlq-depth (> 10, 300 s), failure-ratio, crashes, latency, hung\n");
+        println!("alarms: coalmine's defaults (failure-ratio, crashes, latency, hung; the guidance's dlq-depth is opt-in)\n");
         ""
     } else {
-        println!("alarms: failure-ratio (min sample 20, confidence 0.99, 3 in a row), crashes (1), latency (p95 x2), hung (x10, 30 s)\n");
+        println!("alarms: failure-ratio (min sample 20, confidence 0.99, 3 in a row), crashes (1), latency (p95 x2, Mann-Whitney), hung (x10, 30 s)\n");
         OUR_ALARMS
     };
-    for kind in [Kind::FailAll, Kind::Fail20, Kind::CrashAtStart] {
-        if !a.scenarios.iter().any(|s| s == kind.key()) {
+    for style in &a.styles {
+        println!("#### failure style: {style}\n");
+        for kind in KINDS.into_iter().filter(|k| *k != Kind::Healthy) {
+            if !a.scenarios.iter().any(|s| s == kind.key()) {
+                continue;
+            }
+            println!("== {} ({style})", kind.name());
+            let o = run(&coalmine, &sample_app, kind, style, a.rate, Duration::ZERO, alarms);
+            print(&o, kind);
+            if std::env::var_os("CANARY_BENCH_EVENTS").is_some() {
+                for e in &o.events {
+                    println!("    event {e}");
+                }
+            }
+            println!();
+        }
+        if !a.scenarios.iter().any(|s| s == "healthy") {
             continue;
         }
-        println!("== {}", kind.name());
-        let o = run(&coalmine, &sample_app, kind, a.rate, Duration::ZERO, alarms);
-        print(&o, kind);
-        if std::env::var_os("CANARY_BENCH_EVENTS").is_some() {
-            for e in &o.events {
-                println!("    event {e}");
-            }
+        let healthy_for = Duration::from_secs_f64(a.minutes * 60.0);
+        println!("== {} ({style}) — {} run(s) of {:.1} min", Kind::Healthy.name(), a.runs, a.minutes);
+        let mut rollbacks = 0;
+        let mut guidance_fired = 0;
+        for i in 1..=a.runs {
+            let o = run(&coalmine, &sample_app, Kind::Healthy, style, a.rate, healthy_for, alarms);
+            println!("-- run {i}");
+            print(&o, Kind::Healthy);
+            rollbacks += o.rolled_back as u32;
+            guidance_fired += o.dlq.iter().any(|(_, d)| *d > GUIDANCE_THRESHOLD) as u32;
         }
-        println!();
+        println!(
+            "healthy ({style}): rolled back in {rollbacks} of {} run(s) by ours; the guidance's alarm would have fired in {guidance_fired} of {}\n",
+            a.runs, a.runs
+        );
     }
-    if !a.scenarios.iter().any(|s| s == "healthy") {
-        return;
-    }
-    let healthy_for = Duration::from_secs_f64(a.minutes * 60.0);
-    println!("== {} — {} run(s) of {:.1} min", Kind::Healthy.name(), a.runs, a.minutes);
-    let mut rollbacks = 0;
-    let mut guidance_fired = 0;
-    for i in 1..=a.runs {
-        let o = run(&coalmine, &sample_app, Kind::Healthy, a.rate, healthy_for, alarms);
-        println!("-- run {i}");
-        print(&o, Kind::Healthy);
-        rollbacks += o.rolled_back as u32;
-        guidance_fired += o.dlq.iter().any(|(_, d)| *d > GUIDANCE_THRESHOLD) as u32;
-    }
-    println!(
-        "healthy: rolled back in {rollbacks} of {} run(s) by ours; the guidance's alarm would have fired in {guidance_fired} of {}",
-        a.runs, a.runs
-    );
 }

@@ -56,10 +56,22 @@ pub fn build_sample_app(profile_dir: &Path, also_coalmine: bool) -> PathBuf {
 /// A revision's `run.sh`: the sample worker with `WORK_MS`, `FAIL_RATE` and, when `crash`,
 /// `CRASH_AT_START` set.
 pub fn run_sh(work_ms: u64, fail_rate: f64, crash: bool) -> String {
-    format!(
-        "#!/bin/sh\nexport WORK_MS={work_ms}\nexport FAIL_RATE={fail_rate}\n{}exec ./sample-app\n",
-        if crash { "export CRASH_AT_START=1\n" } else { "" }
-    )
+    let mut settings = vec![("FAIL_RATE", fail_rate.to_string())];
+    if crash {
+        settings.push(("CRASH_AT_START", "1".to_string()));
+    }
+    run_sh_with(work_ms, &settings)
+}
+
+/// A revision's `run.sh`: the sample worker with `WORK_MS` and any other settings
+/// (`FAILURE_STYLE`, `FAIL_WORD`, `CRASH_AFTER` ...).
+pub fn run_sh_with(work_ms: u64, settings: &[(&str, String)]) -> String {
+    let mut s = format!("#!/bin/sh\nexport WORK_MS={work_ms}\n");
+    for (k, v) in settings {
+        s.push_str(&format!("export {k}='{v}'\n"));
+    }
+    s.push_str("exec ./sample-app\n");
+    s
 }
 
 /// The alarms of the tests and the benchmark: ours, without the guidance's DLQ alarm (it
@@ -226,6 +238,23 @@ impl Rig {
         self.up_info().and_then(|v| v["queue"].as_str().map(String::from)).expect("up.json names the queue endpoint")
     }
 
+    /// GET a route of the running `up`'s API (`/api/v1` + `path`) with the app's token.
+    pub fn api_get(&self, path: &str) -> Value {
+        let api = self.up_info().and_then(|v| v["api"].as_str().map(String::from)).expect("up.json names the API");
+        let token = std::fs::read_to_string(self.path().join(".coalmine/token")).expect("the API token");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let res = reqwest::Client::new()
+                .get(format!("{}/api/v1{path}", api.trim_end_matches('/')))
+                .bearer_auth(token.trim())
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+            assert!(res.status().is_success(), "GET {path}: {}", res.status());
+            res.json().await.unwrap_or_else(|e| panic!("GET {path}: {e}"))
+        })
+    }
+
     pub fn queue_url(&self, name: &str) -> String {
         format!("{}/000000000000/{name}", self.endpoint())
     }
@@ -381,6 +410,18 @@ pub fn sqs_client(endpoint: &str) -> Client {
 
 /// Steady traffic: `rate` messages a second in batches every 100 ms, from its own thread,
 /// until stopped. Keeps the id of every message the queue acknowledged.
+/// One message in twenty (5 %) names a rush order: a release that mishandles the word fails
+/// only those.
+pub const RUSH_WORD: &str = "rush";
+
+fn order_body(n: u64) -> String {
+    if n % 20 == 7 {
+        format!("order {n} at {} {RUSH_WORD}", now_ms())
+    } else {
+        format!("order {n} at {}", now_ms())
+    }
+}
+
 pub struct Traffic {
     stop: Arc<AtomicBool>,
     ids: Arc<Mutex<Vec<String>>>,
@@ -411,7 +452,7 @@ impl Traffic {
                             .map(|k| {
                                 SendMessageBatchRequestEntry::builder()
                                     .id(format!("m{}", n + k))
-                                    .message_body(format!("order {} at {}", n + k, now_ms()))
+                                    .message_body(order_body(n + k))
                                     .build()
                                     .unwrap()
                             })
