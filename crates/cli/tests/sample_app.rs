@@ -338,7 +338,8 @@ async fn the_messages_of_one_receive_are_worked_on_concurrently() {
     assert!(done, "{}", app.describe());
     let took = started.elapsed();
     assert!(
-        took < Duration::from_secs(6),
+        // One after the other they take 10 s or more, however idle the machine.
+        took < Duration::from_secs(9),
         "10 messages of 1 s took {took:?}: not worked on concurrently; {}",
         app.describe()
     );

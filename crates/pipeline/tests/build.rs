@@ -113,7 +113,7 @@ fn timeout_kills_the_build() {
     let t = Instant::now();
     let err = BuildspecBuilder.build(&req, &Cancel::default()).unwrap_err().to_string();
     assert!(err.contains("timed out"), "{err}");
-    assert!(t.elapsed() < Duration::from_secs(10), "killed promptly, took {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(25), "killed well before the 30 s command ended, took {:?}", t.elapsed());
 }
 
 #[test]

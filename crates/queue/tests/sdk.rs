@@ -266,14 +266,15 @@ async fn long_poll_answers_as_soon_as_a_message_arrives() {
     let started = Instant::now();
     let poll = tokio::spawn(async move { c2.receive_message().queue_url(&url2).wait_time_seconds(20).send().await.unwrap() });
     // wait until the poll is parked in the broker
-    eventually(Duration::from_secs(5), "the long poll to wait", || async { (s.long_polls_waiting().await == 1).then_some(()) }).await;
+    eventually(Duration::from_secs(30), "the long poll to wait", || async { (s.long_polls_waiting().await == 1).then_some(()) }).await;
     let sent_at = Instant::now();
     c.send_message().queue_url(&url).message_body("wake").send().await.unwrap();
     let out = poll.await.unwrap();
     let latency = sent_at.elapsed();
     assert_eq!(out.messages().len(), 1);
-    assert!(latency < Duration::from_millis(500), "long poll answered {latency:?} after the send");
-    assert!(started.elapsed() < Duration::from_secs(10));
+    // Woken by the send, not by its 20 s wait running out (a loaded machine may take seconds).
+    assert!(latency < Duration::from_secs(10), "long poll answered {latency:?} after the send");
+    assert!(started.elapsed() < Duration::from_secs(19));
 
     // a long poll with nothing to receive waits its time (1 s) and answers empty
     let t = Instant::now();
@@ -463,7 +464,7 @@ async fn dead_letter_after_max_receives_and_redrive() {
     c.change_message_visibility().queue_url(&dlq).receipt_handle(r.messages()[0].receipt_handle().unwrap()).visibility_timeout(0).send().await.unwrap();
     let task = c.start_message_move_task().source_arn(&dlq_arn).send().await.unwrap();
     assert!(task.task_handle().is_some());
-    eventually(Duration::from_secs(10), "the move task to finish", || {
+    eventually(Duration::from_secs(30), "the move task to finish", || {
         let c = c.clone();
         let dlq_arn = dlq_arn.clone();
         async move {

@@ -39,13 +39,13 @@ fn hundreds_of_restarts_leak_no_fds_and_leave_no_zombies() {
     let restarts = || rt.service("primary").map(|s| s.tasks.iter().map(|t| t.restarts).sum::<u32>()).unwrap_or(0);
     let drained = || rt.service("primary").filter(|s| s.tasks.is_empty()).map(|_| ());
     // Warm up (runtime threads, first pipes), stop everything, then take the baseline.
-    wait_for("first restarts", Duration::from_secs(10), || (restarts() >= 20).then_some(()));
+    wait_for("first restarts", Duration::from_secs(30), || (restarts() >= 20).then_some(()));
     rt.scale("primary", 0).unwrap();
-    wait_for("no tasks", Duration::from_secs(10), drained);
-    wait_for("no zombies", Duration::from_secs(5), || zombie_children().is_empty().then_some(()));
+    wait_for("no tasks", Duration::from_secs(30), drained);
+    wait_for("no zombies", Duration::from_secs(30), || zombie_children().is_empty().then_some(()));
     // The log pumps of the last processes end just after them: wait for the count to settle.
     let mut last = usize::MAX;
-    let baseline = wait_for("descriptor count to settle", Duration::from_secs(5), || {
+    let baseline = wait_for("descriptor count to settle", Duration::from_secs(30), || {
         let n = fd_count();
         let settled = (n == last).then_some(n);
         last = n;
@@ -69,7 +69,7 @@ fn hundreds_of_restarts_leak_no_fds_and_leave_no_zombies() {
     assert!(s.exits_by_revision["rev1"] >= 440);
     assert!(s.tasks.iter().any(|t| t.last_exit.as_deref() == Some("exit 0")));
     rt.scale("primary", 0).unwrap();
-    wait_for("no tasks", Duration::from_secs(10), drained);
-    wait_for("no zombies", Duration::from_secs(5), || zombie_children().is_empty().then_some(()));
-    wait_for("descriptors back to the baseline", Duration::from_secs(5), || (fd_count() <= baseline).then_some(()));
+    wait_for("no tasks", Duration::from_secs(30), drained);
+    wait_for("no zombies", Duration::from_secs(30), || zombie_children().is_empty().then_some(()));
+    wait_for("descriptors back to the baseline", Duration::from_secs(30), || (fd_count() <= baseline).then_some(()));
 }
