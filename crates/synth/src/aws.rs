@@ -588,8 +588,10 @@ impl Builder<'_> {
             json!({
                 "Effect": "Allow",
                 "Action": actions(policy::CONTROLLER_FILE_SYSTEM),
-                "Resource": get_att("ControllerFileSystem", "Arn"),
-                "Condition": { "StringEquals": { "elasticfilesystem:AccessPointArn": get_att("ControllerAccessPoint", "Arn") } },
+                // The ARNs spelled out from the ids (`Ref`), which is what `Fn::GetAtt ... Arn`
+                // gives too; moto's CloudFormation has no `Arn` attribute for these two types.
+                "Resource": sub("arn:${AWS::Partition}:elasticfilesystem:${AWS::Region}:${AWS::AccountId}:file-system/${ControllerFileSystem}"),
+                "Condition": { "StringEquals": { "elasticfilesystem:AccessPointArn": sub("arn:${AWS::Partition}:elasticfilesystem:${AWS::Region}:${AWS::AccountId}:access-point/${ControllerAccessPoint}") } },
             }),
         ];
         statements.extend(push);

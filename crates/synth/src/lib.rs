@@ -92,6 +92,30 @@ pub struct Output {
     pub value: Value,
 }
 
+/// Quote the values that YAML 1.1 readers take for dates (`Version: 2012-10-17`). They are
+/// strings in YAML 1.2, which the serializer writes; PyYAML (cfn-lint, moto, the AWS CLI) reads
+/// 1.1, and CloudFormation's own examples quote them.
+fn quote_dates(yaml: &str) -> String {
+    let is_date = |v: &str| {
+        let b = v.as_bytes();
+        b.len() == 10 && b[4] == b'-' && b[7] == b'-' && b.iter().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
+    };
+    let mut out = String::with_capacity(yaml.len() + 64);
+    for line in yaml.lines() {
+        match line.rsplit_once(": ") {
+            Some((key, value)) if is_date(value) => {
+                out.push_str(key);
+                out.push_str(": '");
+                out.push_str(value);
+                out.push('\'');
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
 impl Template {
     /// The template as YAML (CloudFormation's long-form intrinsics: `Ref`, `Fn::GetAtt`,
     /// `Fn::Sub`), after the header's comment lines.
@@ -102,7 +126,7 @@ impl Template {
             out.push_str(line);
             out.push('\n');
         }
-        out.push_str(&serde_yaml_ng::to_string(self)?);
+        out.push_str(&quote_dates(&serde_yaml_ng::to_string(self)?));
         Ok(out)
     }
 
