@@ -935,7 +935,7 @@ fn convert_ecs(cx: &mut Ctx, r: &RawRuntime, app: &str, queue_region: &str, queu
 
     let retention = cx.duration(&r.log_retention, "runtime.log_retention", Duration::from_secs(7 * 86_400));
     let days = retention.as_secs() / 86_400;
-    let log_retention_days = if retention.as_secs() % 86_400 == 0 && LOG_RETENTION_DAYS.contains(&(days as u32)) {
+    let log_retention_days = if retention.as_secs().is_multiple_of(86_400) && LOG_RETENTION_DAYS.contains(&(days as u32)) {
         days as u32
     } else {
         cx.err(
