@@ -335,6 +335,7 @@ fn init_aws_writes_a_file_that_validates_and_a_buildspec_for_images() {
     assert!(toml.contains("endpoint = \"https://sqs.us-east-1.amazonaws.com\""), "{toml}");
     let out = ok(coalmine(&["validate"], &dir), "coalmine validate");
     assert!(out.contains("coalmine.toml: valid") && out.contains("buildspec.yml: valid"), "{out}");
+    assert!(out.contains("runtime ecs: cluster `sample-app`, services `sample-app` and `sample-app-canary`"), "{out}");
     let buildspec = std::fs::read_to_string(dir.join("buildspec.yml")).unwrap();
     for needle in ["docker build", "docker push", "imagedefinitions.json", "CONTAINER_NAME: \"sample-app\"", "aws ecr get-login-password"] {
         assert!(buildspec.contains(needle), "no {needle:?} in\n{buildspec}");
