@@ -328,6 +328,23 @@ fn every_option_with_the_controller_on_moto() {
 }
 
 #[test]
+fn controller_in_a_new_vpc_on_moto() {
+    let dir = full_app("moto-controller-new-vpc");
+    let template = synth(&dir, &["--controller"]);
+    let r = stack_on_moto(&template, "billing", &[]);
+    check_common(&r, "billing", "worker", 4000, (6, 2), ("billing-main", "billing-small"));
+    assert_eq!(r["services"]["billing-coalmine"]["desiredCount"], 1);
+    // The file system is reachable from both new subnets.
+    let mut mounted: Vec<&str> = r["file_system"]["mount_targets"].as_array().unwrap().iter().map(|m| m["SubnetId"].as_str().unwrap()).collect();
+    let mut made: Vec<&str> = ["PublicSubnet1", "PublicSubnet2"].iter().map(|k| r["resources"][k]["id"].as_str().unwrap()).collect();
+    mounted.sort();
+    made.sort();
+    assert_eq!(mounted, made);
+    let error = r["delete_error"].as_str().unwrap_or("");
+    assert!(error.is_empty() || error.contains("DependencyViolation"), "{error}");
+}
+
+#[test]
 fn init_aws_writes_a_file_that_validates_and_a_buildspec_for_images() {
     let dir = init_aws("init");
     let toml = std::fs::read_to_string(dir.join("coalmine.toml")).unwrap();
