@@ -78,7 +78,7 @@ fn synth(dir: &Path, args: &[&str]) -> PathBuf {
     let out = coalmine(&all, dir);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     ok(out, &format!("coalmine {}", all.join(" ")));
-    assert!(stderr.contains("aws cloudformation deploy --template-file stack.yml"), "{stderr}");
+    assert!(stderr.contains("aws cloudformation deploy --region ") && stderr.contains("--template-file stack.yml"), "{stderr}");
     dir.join("stack.yml")
 }
 
@@ -363,6 +363,10 @@ fn init_aws_writes_a_file_that_validates_and_a_buildspec_for_images() {
     ok(coalmine(&["init", "--aws", "--region", "eu-west-1"], &other), "init --aws --region");
     let toml = std::fs::read_to_string(other.join("coalmine.toml")).unwrap();
     assert!(toml.contains("region = \"eu-west-1\"") && toml.contains("sqs.eu-west-1.amazonaws.com"), "{toml}");
+    let out = coalmine(&["synth", "aws", "--output", "stack.yml"], &other);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    ok(out, "synth in eu-west-1");
+    assert!(stderr.contains("aws cloudformation deploy --region eu-west-1 "), "{stderr}");
     let again = ok(coalmine(&["init", "--aws"], &other), "init --aws again");
     assert!(again.contains("exists; left as it is"), "{again}");
     let out = coalmine(&["init", "--aws", "--region", "EU WEST"], &scratch("init-bad"));

@@ -120,7 +120,7 @@ pub fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
         println!("next:");
         println!("  1. a Dockerfile for the app; add `.coalmine/` to .gitignore, commit");
         println!("  2. coalmine synth aws --output stack.yml     # the infrastructure as CloudFormation");
-        println!("  3. aws cloudformation deploy --template-file stack.yml --stack-name {app} \\");
+        println!("  3. aws cloudformation deploy --region {region} --template-file stack.yml --stack-name {app} \\");
         println!("       --capabilities CAPABILITY_IAM --parameter-overrides PrimaryTaskCount=0 CanaryTaskCount=0");
         println!("  4. push the first image (the buildspec's commands), then deploy again without the overrides");
         println!("  see \"From nothing to a canary on AWS\" in coalmine's README");

@@ -97,12 +97,14 @@ fn aws(args: AwsArgs) -> anyhow::Result<ExitCode> {
             } else {
                 String::new()
             };
+            // The stack's region is where the queue is: the file's.
+            let region = spec.runtime.ecs().map(|e| e.region.as_str()).unwrap_or(spec.queue.region.as_str());
             eprintln!(
-                "  aws cloudformation deploy --template-file {} --stack-name {} --capabilities CAPABILITY_IAM \\\n    --parameter-overrides PrimaryTaskCount=0 CanaryTaskCount=0{existing}",
+                "  aws cloudformation deploy --region {region} --template-file {} --stack-name {} --capabilities CAPABILITY_IAM \\\n    --parameter-overrides PrimaryTaskCount=0 CanaryTaskCount=0{existing}",
                 file.display(),
                 spec.app
             );
-            eprintln!("  aws cloudformation describe-stacks --stack-name {} --query 'Stacks[0].Outputs'", spec.app);
+            eprintln!("  aws cloudformation describe-stacks --region {region} --stack-name {} --query 'Stacks[0].Outputs'", spec.app);
         }
     }
     Ok(ExitCode::SUCCESS)
