@@ -209,8 +209,11 @@ fn check_common(r: &Value, app: &str, container: &str, proxy_port: u16, tasks: (
     assert_eq!(env["QUEUE_URL"], outputs["QueueUrl"]);
     assert_eq!(env["AWS_REGION"], moto::REGION);
     let penv = env_map(proxy);
-    assert_eq!(penv["COALMINE_PROXY_LISTEN"], format!("127.0.0.1:{proxy_port}"));
-    assert_eq!(penv["COALMINE_TELEMETRY_QUEUE_URL"], outputs["TelemetryQueueUrl"]);
+    assert_eq!(
+        proxy["command"],
+        json!(["proxy", "--port", proxy_port.to_string(), "--telemetry-queue", outputs["TelemetryQueueUrl"]])
+    );
+    assert_eq!(penv["COALMINE_APP"], app);
     assert_eq!(penv["COALMINE_PROXY_UPSTREAM"], format!("https://sqs.{}.amazonaws.com", moto::REGION));
     assert_eq!(worker["image"], format!("{}:latest", outputs["RepositoryUri"].as_str().unwrap()));
     for c in containers {
@@ -252,7 +255,7 @@ fn default_stack_on_moto() {
     let dir = init_aws("moto-default");
     let template = synth(&dir, &[]);
     let r = stack_on_moto(&template, "sample-app", &[]);
-    check_common(&r, "sample-app", "sample-app", 9324, (3, 1), ("sample-app", "sample-app-canary"));
+    check_common(&r, "sample-app", "sample-app", 9325, (3, 1), ("sample-app", "sample-app-canary"));
     // The guidance's queue settings.
     assert_eq!(r["queues"]["QueueUrl"]["VisibilityTimeout"], "300");
     let redrive: Value = serde_json::from_str(r["queues"]["QueueUrl"]["RedrivePolicy"].as_str().unwrap()).unwrap();
@@ -264,7 +267,6 @@ fn default_stack_on_moto() {
     // The proxy's image: the `coalmine` tag of the app's repository.
     let proxy = &r["task_definitions"]["sample-app"]["containerDefinitions"][0];
     assert_eq!(proxy["image"], format!("{}:coalmine", r["outputs"]["RepositoryUri"].as_str().unwrap()));
-    assert_eq!(proxy["command"], json!(["proxy"]));
     // Two public subnets of a new VPC.
     let subnets: Vec<&Value> = r["resources"].as_object().unwrap().values().filter(|x| x["type"] == "AWS::EC2::Subnet").collect();
     assert_eq!(subnets.len(), 2);

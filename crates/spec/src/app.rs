@@ -903,9 +903,9 @@ fn convert_ecs(cx: &mut Ctx, r: &RawRuntime, app: &str, queue_region: &str, queu
             cx.err(Some(i.span()), "runtime.proxy_image", format!("`{}` is not an image reference", i.get_ref()), "write e.g. \"123456789012.dkr.ecr.us-east-1.amazonaws.com/coalmine:1\", or leave it out for the `coalmine` tag of the app's repository".to_string());
         }
     }
-    let proxy_port = r.proxy_port.as_ref().map(|s| *s.get_ref()).unwrap_or(9324);
+    let proxy_port = r.proxy_port.as_ref().map(|s| *s.get_ref()).unwrap_or(9325);
     if proxy_port == 0 {
-        cx.err(r.proxy_port.as_ref().map(|s| s.span()), "runtime.proxy_port", "the proxy needs a fixed port: the app is told it in AWS_ENDPOINT_URL_SQS", "use a port the app does not use, e.g. 9324 (the default)".to_string());
+        cx.err(r.proxy_port.as_ref().map(|s| s.span()), "runtime.proxy_port", "the proxy needs a fixed port: the app is told it in AWS_ENDPOINT_URL_SQS", "use a port the app does not use, e.g. 9325 (the default)".to_string());
     }
 
     let cpu = r.cpu.as_ref().map(|s| *s.get_ref()).unwrap_or(256);

@@ -54,7 +54,7 @@ container = "{app}"
 # default: the tag "coalmine" of the app's ECR repository.
 # proxy_image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/coalmine:latest"
 # The loopback port of the proxy: the app's AWS_ENDPOINT_URL_SQS.
-proxy_port = 9324
+proxy_port = 9325
 # Fargate task size: CPU units (1024 = 1 vCPU) and MiB.
 cpu = 256
 memory = 512

@@ -163,7 +163,7 @@ pub struct EcsSpec {
     /// default: the `coalmine` tag of the app's own ECR repository.
     pub proxy_image: Option<String>,
     /// The loopback port the proxy listens on, which the app reaches as `AWS_ENDPOINT_URL_SQS`;
-    /// default 9324.
+    /// default 9325 (`coalmine proxy`'s).
     pub proxy_port: u16,
     /// Fargate task size: CPU units (256 = 1/4 vCPU); default 256.
     pub cpu: u32,
@@ -184,7 +184,7 @@ impl EcsSpec {
             canary_service: format!("{app}-canary"),
             container: app.to_string(),
             proxy_image: None,
-            proxy_port: 9324,
+            proxy_port: 9325,
             cpu: 256,
             memory: 512,
             log_retention_days: 7,

@@ -35,7 +35,7 @@ fn ecs_defaults_are_the_guidance_names() {
     assert_eq!(ecs.canary_service, "sample-app-canary");
     assert_eq!(ecs.container, "sample-app");
     assert_eq!(ecs.cluster, "sample-app");
-    assert_eq!((ecs.cpu, ecs.memory, ecs.log_retention_days, ecs.proxy_port), (256, 512, 7, 9324));
+    assert_eq!((ecs.cpu, ecs.memory, ecs.log_retention_days, ecs.proxy_port), (256, 512, 7, 9325));
     // On ECS the image says how a task starts: no [run] needed.
     assert_eq!(s.run.command, "");
 }

@@ -45,11 +45,10 @@ pub fn log_group_name(app: &str) -> String {
     format!("/ecs/{app}")
 }
 
-/// The environment the proxy sidecar gets besides `AWS_REGION` (and the task metadata
-/// endpoint ECS sets itself): where it listens, where it forwards to, where it reports.
-pub const PROXY_ENV_LISTEN: &str = "COALMINE_PROXY_LISTEN";
+/// The environment `coalmine proxy` reads besides `AWS_REGION` (and the task metadata endpoint
+/// ECS sets itself, for its identity): where it forwards to, and the app it reports for.
 pub const PROXY_ENV_UPSTREAM: &str = "COALMINE_PROXY_UPSTREAM";
-pub const PROXY_ENV_TELEMETRY: &str = "COALMINE_TELEMETRY_QUEUE_URL";
+pub const PROXY_ENV_APP: &str = "COALMINE_APP";
 /// Where the controller's container keeps coalmine.toml and `.coalmine/` (the EFS volume).
 pub const CONTROLLER_DIR: &str = "/srv/coalmine";
 
@@ -312,16 +311,16 @@ impl Builder<'_> {
             "Name": PROXY_CONTAINER,
             "Image": self.proxy_image(),
             "Essential": true,
+            // `coalmine proxy` listens on 127.0.0.1:<port> and reports to the telemetry queue.
             "EntryPoint": ["coalmine"],
-            "Command": ["proxy"],
+            "Command": ["proxy", "--port", port.to_string(), "--telemetry-queue", reference("TelemetryQueue")],
             "Environment": env(vec![
-                (PROXY_ENV_LISTEN.into(), json!(format!("127.0.0.1:{port}"))),
                 (PROXY_ENV_UPSTREAM.into(), sub("https://sqs.${AWS::Region}.${AWS::URLSuffix}")),
-                (PROXY_ENV_TELEMETRY.into(), reference("TelemetryQueue")),
+                (PROXY_ENV_APP.into(), json!(self.app())),
                 ("AWS_REGION".into(), reference("AWS::Region")),
             ]),
-            // It stops after the app (which depends on it) and then releases what its task
-            // still holds.
+            // It stops after the app (which depends on it), then hands back what its task still
+            // holds (its own grace is 25 s).
             "StopTimeout": 30,
             "LogConfiguration": log_configuration(PROXY_CONTAINER),
         });

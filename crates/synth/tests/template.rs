@@ -119,7 +119,8 @@ fn the_task_definition_puts_the_proxy_in_front_of_the_app() {
     assert!(env.contains(&("AWS_ENDPOINT_URL_SQS".into(), json!("http://127.0.0.1:4000"))), "{env:?}");
     assert!(env.contains(&("WORK_MS".into(), json!("250"))), "{env:?}");
     assert!(env.contains(&("QUEUE".into(), json!("billing-jobs"))), "{env:?}");
-    assert!(env_of(proxy).contains(&("COALMINE_PROXY_LISTEN".into(), json!("127.0.0.1:4000"))));
+    assert_eq!(proxy["Command"], json!(["proxy", "--port", "4000", "--telemetry-queue", {"Ref": "TelemetryQueue"}]));
+    assert!(env_of(proxy).contains(&("COALMINE_APP".into(), json!("billing"))));
     assert_eq!(app["Command"], json!(["/app/worker", "--concurrency", "8"]));
     assert_eq!(app["StopTimeout"], 90);
     assert_eq!(app["HealthCheck"]["Command"], json!(["CMD-SHELL", "test -f /tmp/healthy"]));
