@@ -67,6 +67,9 @@ enum Command {
     Queue(cmd::queue::QueueCommand),
     /// Send messages to the app's queue, like the guidance's send-sqs-message.sh.
     Send(cmd::send::SendArgs),
+    /// Infrastructure from coalmine.toml: `synth aws` prints a CloudFormation template.
+    #[command(subcommand)]
+    Synth(cmd::synth::SynthCommand),
     /// Run services described by a JSON file on the local runtime (for testing the runtime).
     #[command(hide = true)]
     Supervise(cmd::supervise::SuperviseArgs),
@@ -93,6 +96,7 @@ fn main() -> std::process::ExitCode {
         Command::Validate(a) => cmd::validate::run(a),
         Command::Queue(c) => cmd::queue::run(c),
         Command::Send(a) => cmd::send::run(a),
+        Command::Synth(c) => cmd::synth::run(c),
         Command::Supervise(a) => cmd::supervise::run(a),
     };
     match result {

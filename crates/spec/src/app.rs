@@ -26,6 +26,7 @@ struct RawApp {
     queue: Option<RawQueue>,
     services: Option<RawServices>,
     server: Option<RawServer>,
+    runtime: S<RawRuntime>,
     steps: S<Vec<Spanned<RawStep>>>,
     alarms: Option<Vec<Spanned<RawAlarm>>>,
 }
@@ -93,6 +94,23 @@ struct RawServer {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawRuntime {
+    kind: S<String>,
+    cluster: S<String>,
+    region: S<String>,
+    endpoint: S<String>,
+    primary_service: S<String>,
+    canary_service: S<String>,
+    container: S<String>,
+    proxy_image: S<String>,
+    proxy_port: S<u16>,
+    cpu: S<u32>,
+    memory: S<u32>,
+    log_retention: S<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawStep {
     deploy: S<String>,
     approval: S<String>,
@@ -118,7 +136,22 @@ struct RawAlarm {
     min_ms: S<u64>,
 }
 
-const TOP_LEVEL: &[&str] = &["app", "source", "build", "run", "queue", "services", "server", "steps", "alarms"];
+const TOP_LEVEL: &[&str] = &["app", "source", "build", "run", "queue", "services", "server", "runtime", "steps", "alarms"];
+
+/// The keys of `[runtime]` that only `kind = "ecs"` takes.
+const ECS_KEYS: &[&str] = &[
+    "cluster",
+    "region",
+    "endpoint",
+    "primary_service",
+    "canary_service",
+    "container",
+    "proxy_image",
+    "proxy_port",
+    "cpu",
+    "memory",
+    "log_retention",
+];
 
 /// Fields whose value is a duration string, for hints on type errors.
 const DURATION_FIELDS: &[&str] = &[
@@ -132,6 +165,7 @@ const DURATION_FIELDS: &[&str] = &[
     "pause",
     "analysis",
     "period",
+    "log_retention",
 ];
 
 struct Ctx<'a> {
@@ -282,6 +316,20 @@ fn known_keys(path: &[&str]) -> Option<&'static [&'static str]> {
         ["services"] => &["primary", "canary"],
         ["services", _] => &["tasks"],
         ["server"] => &["port", "bind"],
+        ["runtime"] => &[
+            "kind",
+            "cluster",
+            "region",
+            "endpoint",
+            "primary_service",
+            "canary_service",
+            "container",
+            "proxy_image",
+            "proxy_port",
+            "cpu",
+            "memory",
+            "log_retention",
+        ],
         ["steps", "*"] => &["deploy", "approval", "pause", "scale", "analysis", "timeout", "tasks", "promote"],
         ["alarms", "*"] => &[
             "kind",
@@ -525,8 +573,12 @@ fn convert(cx: &mut Ctx, raw: RawApp, root: PathBuf) -> AppSpec {
         timeout: cx.positive_duration(&b.timeout, "build.timeout", Duration::from_secs(3600)),
     };
 
+    // On ECS the image says how a task starts, so `[run] command` is optional there.
+    let on_ecs = raw.runtime.as_ref().and_then(|r| r.get_ref().kind.as_ref()).is_some_and(|k| k.get_ref() == "ecs");
+
     // run
     let run = match &raw.run {
+        None if on_ecs => default_run(String::new()),
         None => {
             cx.err(
                 Some(0..0),
@@ -540,6 +592,11 @@ fn convert(cx: &mut Ctx, raw: RawApp, root: PathBuf) -> AppSpec {
             let span = r.span();
             let r = r.get_ref();
             let command = match &r.command {
+                None if on_ecs => String::new(),
+                Some(c) if on_ecs && c.get_ref().contains(['"', '\'', '\\', '$']) => {
+                    cx.err(Some(c.span()), "run.command", "on ECS the command becomes the container's command, split at spaces; quotes, `\\` and `$` are not interpreted", "leave `command` out to use the image's CMD, or write it without quotes and variables".to_string());
+                    c.get_ref().clone()
+                }
                 None => {
                     cx.err(Some(span.start..span.start), "run.command", "`[run]` has no `command`", "add `command = \"./my-app\"` (run in the revision's artifact folder)".to_string());
                     String::new()
@@ -577,10 +634,16 @@ fn convert(cx: &mut Ctx, raw: RawApp, root: PathBuf) -> AppSpec {
                     cx.err(Some(h.span()), "run.health_command", "the health command is empty", "remove it, or give a command that exits 0 when a task is healthy".to_string());
                 }
             }
+            let stop_timeout = cx.duration(&r.stop_timeout, "run.stop_timeout", Duration::from_secs(30));
+            if on_ecs && stop_timeout > Duration::from_secs(120) {
+                cx.err(r.stop_timeout.as_ref().map(|s| s.span()), "run.stop_timeout", format!("a stop timeout of {} is longer than Fargate's maximum of 120s", duration::format(stop_timeout)), "use at most \"120s\"".to_string());
+            } else if on_ecs && stop_timeout.subsec_millis() != 0 {
+                cx.err(r.stop_timeout.as_ref().map(|s| s.span()), "run.stop_timeout", "ECS counts stop timeouts in whole seconds", "use a whole number of seconds, e.g. \"30s\"".to_string());
+            }
             RunSpec {
                 command,
                 env,
-                stop_timeout: cx.duration(&r.stop_timeout, "run.stop_timeout", Duration::from_secs(30)),
+                stop_timeout,
                 rollback_stop_timeout: cx.duration(&r.rollback_stop_timeout, "run.rollback_stop_timeout", Duration::from_secs(3)),
                 health_command,
                 healthy_after: cx.duration(&r.healthy_after, "run.healthy_after", Duration::from_secs(2)),
@@ -635,7 +698,9 @@ fn convert(cx: &mut Ctx, raw: RawApp, root: PathBuf) -> AppSpec {
             cx.err(Some(e.span()), "queue.endpoint", format!("`{v}` is not an http(s) URL"), "write e.g. \"https://sqs.us-east-1.amazonaws.com\", or leave it out to run the embedded queue".to_string());
         }
     }
-    let region = string_or(&q.region, "us-east-1");
+    // On ECS the queue lives in the runtime's region unless the file says otherwise.
+    let ecs_region = raw.runtime.as_ref().filter(|_| on_ecs).and_then(|r| r.get_ref().region.clone());
+    let region = string_or(&q.region, ecs_region.as_ref().map(|r| r.get_ref().clone()).unwrap_or_else(|| "us-east-1".into()));
     if region.trim().is_empty() || region.contains(char::is_whitespace) {
         cx.err(q.region.as_ref().map(|s| s.span()), "queue.region", format!("`{region}` is not a region"), "write e.g. \"us-east-1\"".to_string());
     }
@@ -687,6 +752,11 @@ fn convert(cx: &mut Ctx, raw: RawApp, root: PathBuf) -> AppSpec {
         bind,
     };
 
+    let runtime = match raw.runtime {
+        None => RuntimeSpec::Local,
+        Some(r) => convert_runtime(cx, r, &app, &queue.region, q.region.is_some()),
+    };
+
     let steps = match raw.steps {
         None => default_steps(),
         Some(steps) => convert_steps(cx, steps, primary_tasks),
@@ -705,8 +775,194 @@ fn convert(cx: &mut Ctx, raw: RawApp, root: PathBuf) -> AppSpec {
         queue,
         services,
         server,
+        runtime,
         steps,
         alarms,
+    }
+}
+
+/// ECS's rule for cluster, service and container names.
+fn is_ecs_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 255 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// The task sizes Fargate accepts: CPU units and the memory (MiB) each allows.
+fn fargate_memory(cpu: u32) -> Option<Vec<u32>> {
+    let gib = |from: u32, to: u32, step: u32| (from..=to).step_by(step as usize).map(|g| g * 1024).collect::<Vec<_>>();
+    Some(match cpu {
+        256 => vec![512, 1024, 2048],
+        512 => gib(1, 4, 1),
+        1024 => gib(2, 8, 1),
+        2048 => gib(4, 16, 1),
+        4096 => gib(8, 30, 1),
+        8192 => gib(16, 60, 4),
+        16384 => gib(32, 120, 8),
+        _ => return None,
+    })
+}
+
+/// The retention periods CloudWatch Logs accepts, in days.
+const LOG_RETENTION_DAYS: &[u32] =
+    &[1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653];
+
+fn convert_runtime(cx: &mut Ctx, raw: Spanned<RawRuntime>, app: &str, queue_region: &str, queue_region_given: bool) -> RuntimeSpec {
+    let header = raw.span().start..raw.span().start;
+    let r = raw.into_inner();
+    let kind = match &r.kind {
+        None => {
+            cx.err(Some(header), "runtime.kind", "`[runtime]` has no `kind`", "add `kind = \"local\"` (processes on this machine) or `kind = \"ecs\"`".to_string());
+            return RuntimeSpec::Local;
+        }
+        Some(k) => k,
+    };
+    let given: [(&str, Option<Range<usize>>); 11] = [
+        ("cluster", r.cluster.as_ref().map(|s| s.span())),
+        ("region", r.region.as_ref().map(|s| s.span())),
+        ("endpoint", r.endpoint.as_ref().map(|s| s.span())),
+        ("primary_service", r.primary_service.as_ref().map(|s| s.span())),
+        ("canary_service", r.canary_service.as_ref().map(|s| s.span())),
+        ("container", r.container.as_ref().map(|s| s.span())),
+        ("proxy_image", r.proxy_image.as_ref().map(|s| s.span())),
+        ("proxy_port", r.proxy_port.as_ref().map(|s| s.span())),
+        ("cpu", r.cpu.as_ref().map(|s| s.span())),
+        ("memory", r.memory.as_ref().map(|s| s.span())),
+        ("log_retention", r.log_retention.as_ref().map(|s| s.span())),
+    ];
+    debug_assert_eq!(given.len(), ECS_KEYS.len());
+    match kind.get_ref().as_str() {
+        "local" => {
+            for (key, span) in given {
+                if let Some(span) = span {
+                    cx.err(Some(span), format!("runtime.{key}"), format!("`{key}` applies to `kind = \"ecs\"`, but this runtime is local"), "remove it, or set `kind = \"ecs\"`".to_string());
+                }
+            }
+            RuntimeSpec::Local
+        }
+        "ecs" => RuntimeSpec::Ecs(convert_ecs(cx, &r, app, queue_region, queue_region_given)),
+        other => {
+            let hint = match did_you_mean(other, ["local", "ecs"]) {
+                Some(s) => format!("did you mean \"{s}\"?"),
+                None => "write \"local\" (processes on this machine, the default) or \"ecs\" (Amazon ECS on Fargate)".to_string(),
+            };
+            cx.err(Some(kind.span()), "runtime.kind", format!("`{other}` is not a runtime"), hint);
+            RuntimeSpec::Local
+        }
+    }
+}
+
+fn convert_ecs(cx: &mut Ctx, r: &RawRuntime, app: &str, queue_region: &str, queue_region_given: bool) -> EcsSpec {
+    fn name(cx: &mut Ctx, v: &S<String>, key: &str, default: String) -> String {
+        let value = string_or(v, default);
+        if !is_ecs_name(&value) {
+            if let Some(s) = v {
+                cx.err(Some(s.span()), format!("runtime.{key}"), format!("`{value}` is not a valid ECS name"), "use 1 to 255 letters, digits, `-` and `_` (ECS's rule)".to_string());
+            }
+        }
+        value
+    }
+    let cluster = name(cx, &r.cluster, "cluster", app.to_string());
+    let primary_service = name(cx, &r.primary_service, "primary_service", app.to_string());
+    let canary_service = name(cx, &r.canary_service, "canary_service", format!("{app}-canary"));
+    let container = name(cx, &r.container, "container", app.to_string());
+    if primary_service == canary_service {
+        cx.err(
+            r.canary_service.as_ref().or(r.primary_service.as_ref()).map(|s| s.span()),
+            "runtime.canary_service",
+            format!("the canary and the primary are both the service `{canary_service}`"),
+            format!("give the canary its own service, e.g. \"{primary_service}-canary\""),
+        );
+    }
+    if container == crate::PROXY_CONTAINER {
+        cx.err(
+            r.container.as_ref().map(|s| s.span()),
+            "runtime.container",
+            format!("`{container}` is the name of coalmine's proxy sidecar in the task definition"),
+            "name the app's container differently, e.g. after the app".to_string(),
+        );
+    }
+
+    let region = string_or(&r.region, queue_region);
+    if let Some(given) = &r.region {
+        if region.is_empty() || !region.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
+            cx.err(Some(given.span()), "runtime.region", format!("`{region}` is not a region"), "write e.g. \"us-east-1\"".to_string());
+        } else if queue_region_given && region != queue_region {
+            cx.err(
+                Some(given.span()),
+                "runtime.region",
+                format!("the services are in `{region}` but the queue is in `{queue_region}`"),
+                "keep the queue and the services in one region: remove one of the two `region` settings".to_string(),
+            );
+        }
+    }
+    let endpoint = r.endpoint.as_ref().map(|s| s.get_ref().clone());
+    if let Some(e) = &r.endpoint {
+        let v = e.get_ref();
+        if !(v.starts_with("http://") || v.starts_with("https://")) || v.len() <= "https://".len() {
+            cx.err(Some(e.span()), "runtime.endpoint", format!("`{v}` is not an http(s) URL"), "leave it out for the region's ECS endpoint, or write e.g. \"http://127.0.0.1:5000\" for a local emulator".to_string());
+        }
+    }
+    let proxy_image = r.proxy_image.as_ref().map(|s| s.get_ref().clone());
+    if let Some(i) = &r.proxy_image {
+        if i.get_ref().trim().is_empty() || i.get_ref().contains(char::is_whitespace) {
+            cx.err(Some(i.span()), "runtime.proxy_image", format!("`{}` is not an image reference", i.get_ref()), "write e.g. \"123456789012.dkr.ecr.us-east-1.amazonaws.com/coalmine:1\", or leave it out for the `coalmine` tag of the app's repository".to_string());
+        }
+    }
+    let proxy_port = r.proxy_port.as_ref().map(|s| *s.get_ref()).unwrap_or(9325);
+    if proxy_port == 0 {
+        cx.err(r.proxy_port.as_ref().map(|s| s.span()), "runtime.proxy_port", "the proxy needs a fixed port: the app is told it in AWS_ENDPOINT_URL_SQS", "use a port the app does not use, e.g. 9325 (the default)".to_string());
+    }
+
+    let cpu = r.cpu.as_ref().map(|s| *s.get_ref()).unwrap_or(256);
+    let memory = r.memory.as_ref().map(|s| *s.get_ref()).unwrap_or(512);
+    match fargate_memory(cpu) {
+        None => cx.err(
+            r.cpu.as_ref().map(|s| s.span()),
+            "runtime.cpu",
+            format!("Fargate has no task size of {cpu} CPU units"),
+            "use 256, 512, 1024, 2048, 4096, 8192 or 16384 (1024 = 1 vCPU)".to_string(),
+        ),
+        Some(allowed) if !allowed.contains(&memory) => {
+            let shown = if allowed.len() <= 4 {
+                allowed.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+            } else {
+                format!("{} to {} in steps of {}", allowed[0], allowed[allowed.len() - 1], allowed[1] - allowed[0])
+            };
+            cx.err(
+                r.memory.as_ref().or(r.cpu.as_ref()).map(|s| s.span()),
+                "runtime.memory",
+                format!("Fargate does not run {cpu} CPU units with {memory} MiB"),
+                format!("with cpu = {cpu}, use memory = {shown} (MiB)"),
+            );
+        }
+        Some(_) => {}
+    }
+
+    let retention = cx.duration(&r.log_retention, "runtime.log_retention", Duration::from_secs(7 * 86_400));
+    let days = retention.as_secs() / 86_400;
+    let log_retention_days = if retention.as_secs().is_multiple_of(86_400) && LOG_RETENTION_DAYS.contains(&(days as u32)) {
+        days as u32
+    } else {
+        cx.err(
+            r.log_retention.as_ref().map(|s| s.span()),
+            "runtime.log_retention",
+            format!("CloudWatch Logs cannot keep logs for {}", duration::format(retention)),
+            format!("use one of {} days, e.g. \"7d\"", LOG_RETENTION_DAYS.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")),
+        );
+        7
+    };
+
+    EcsSpec {
+        cluster,
+        region,
+        endpoint,
+        primary_service,
+        canary_service,
+        container,
+        proxy_image,
+        proxy_port,
+        cpu,
+        memory,
+        log_retention_days,
     }
 }
 

@@ -4,8 +4,62 @@
 /// "Canary deployments for backend ECS workloads" guidance). It parses back to the defaults,
 /// with `run.command = "./<app>"`.
 pub fn default_toml(app: &str) -> String {
-    TEMPLATE.replace("{app}", app)
+    TEMPLATE
+        .replace("{run_command}", RUN_LOCAL)
+        .replace("{queue_endpoint}", QUEUE_EMBEDDED)
+        .replace("{runtime}", RUNTIME_LOCAL)
+        .replace("{app}", app)
 }
+
+/// The `coalmine.toml` of `coalmine init --aws`: the same, with the tasks on ECS (Fargate) in
+/// `region` and the queue in Amazon SQS, matching the template of `coalmine synth aws`.
+pub fn default_toml_aws(app: &str, region: &str) -> String {
+    TEMPLATE
+        .replace("{run_command}", RUN_ECS)
+        .replace("{queue_endpoint}", QUEUE_SQS)
+        .replace("{runtime}", RUNTIME_ECS)
+        .replace("{region}", region)
+        .replace("region = \"us-east-1\"", &format!("region = \"{region}\""))
+        .replace("{app}", app)
+}
+
+const RUN_LOCAL: &str = r#"# Starts one task; run in the revision's artifact folder.
+command = "./{app}""#;
+
+const RUN_ECS: &str = r#"# On ECS the image's CMD starts a task; `command` (split at spaces) overrides it.
+# command = "./{app}""#;
+
+const QUEUE_EMBEDDED: &str = r#"# Use Amazon SQS instead of the embedded queue:
+# endpoint = "https://sqs.us-east-1.amazonaws.com""#;
+
+const QUEUE_SQS: &str = r#"# Amazon SQS (the queues are made by `coalmine synth aws`).
+endpoint = "https://sqs.{region}.amazonaws.com""#;
+
+const RUNTIME_LOCAL: &str = r#"[runtime]
+# Where tasks run: "local" (processes on this machine, supervised by `coalmine up`)
+# or "ecs" (Fargate services; `coalmine init --aws` and `coalmine synth aws`).
+kind = "local""#;
+
+const RUNTIME_ECS: &str = r#"[runtime]
+# Where tasks run: "ecs" (two Fargate services on one task definition, made by
+# `coalmine synth aws`) or "local" (processes on this machine).
+kind = "ecs"
+cluster = "{app}"
+# The region is [queue] region.
+primary_service = "{app}"
+canary_service = "{app}-canary"
+# The app's container in the task definition (imagedefinitions.json names it).
+container = "{app}"
+# The coalmine proxy sidecar's image (an image holding the coalmine binary);
+# default: the tag "coalmine" of the app's ECR repository.
+# proxy_image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/coalmine:latest"
+# The loopback port of the proxy: the app's AWS_ENDPOINT_URL_SQS.
+proxy_port = 9325
+# Fargate task size: CPU units (1024 = 1 vCPU) and MiB.
+cpu = 256
+memory = 512
+# How long CloudWatch Logs keeps the tasks' output.
+log_retention = "7d""#;
 
 const TEMPLATE: &str = r#"# coalmine.toml: how coalmine builds, runs and releases this app.
 # Durations are written "500ms", "10s", "5m", "2h" or "7d".
@@ -26,8 +80,7 @@ buildspec = "buildspec.yml"
 timeout = "60m"
 
 [run]
-# Starts one task; run in the revision's artifact folder.
-command = "./{app}"
+{run_command}
 # Extra environment of every task, e.g. { WORK_MS = "1000" }.
 env = {}
 # Grace between SIGTERM and SIGKILL when a task is stopped.
@@ -52,8 +105,7 @@ dlq = "{app}-dlq"
 # A message goes to the DLQ after this many receives.
 max_receive_count = 1
 dlq_retention = "60m"
-# Use Amazon SQS instead of the embedded queue:
-# endpoint = "https://sqs.us-east-1.amazonaws.com"
+{queue_endpoint}
 # The embedded queue's port.
 port = 9324
 region = "us-east-1"
@@ -69,6 +121,8 @@ tasks = 1
 # The control plane's HTTP API and dashboard.
 port = 7070
 bind = "127.0.0.1"
+
+{runtime}
 
 # The release steps, in order. Other steps:
 #   pause = "30s"

@@ -23,6 +23,9 @@ pub struct AppSpec {
     pub queue: QueueSpec,
     pub services: ServicesSpec,
     pub server: ServerSpec,
+    /// Where the tasks run; default: local processes.
+    #[serde(default)]
+    pub runtime: RuntimeSpec,
     pub steps: Vec<Step>,
     pub alarms: Vec<AlarmSpec>,
 }
@@ -114,6 +117,83 @@ pub struct QueueSpec {
     pub port: u16,
     /// Default `us-east-1`.
     pub region: String,
+}
+
+/// Where the two services' tasks run: `[runtime]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum RuntimeSpec {
+    /// Local processes, supervised by `coalmine up` (the default).
+    #[default]
+    Local,
+    /// Two ECS services on Fargate, as in the guidance. `coalmine synth aws` creates them;
+    /// `coalmine up` does not release on ECS yet.
+    Ecs(EcsSpec),
+}
+
+impl RuntimeSpec {
+    /// `local` or `ecs`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RuntimeSpec::Local => "local",
+            RuntimeSpec::Ecs(_) => "ecs",
+        }
+    }
+
+    pub fn ecs(&self) -> Option<&EcsSpec> {
+        match self {
+            RuntimeSpec::Ecs(e) => Some(e),
+            RuntimeSpec::Local => None,
+        }
+    }
+}
+
+/// The ECS side of `[runtime] kind = "ecs"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EcsSpec {
+    /// The ECS cluster; default: the app's name.
+    pub cluster: String,
+    /// Default: `[queue] region`.
+    pub region: String,
+    /// An ECS API endpoint other than the region's (moto, LocalStack); default none.
+    pub endpoint: Option<String>,
+    /// Default: the app's name (the guidance's high-capacity service).
+    pub primary_service: String,
+    /// Default: `<app>-canary` (the guidance's low-capacity service).
+    pub canary_service: String,
+    /// The app's container in the task definition; default: the app's name.
+    pub container: String,
+    /// The image of the coalmine proxy sidecar (an image holding the `coalmine` binary);
+    /// default: the `coalmine` tag of the app's own ECR repository.
+    pub proxy_image: Option<String>,
+    /// The loopback port the proxy listens on, which the app reaches as `AWS_ENDPOINT_URL_SQS`;
+    /// default 9325 (`coalmine proxy`'s).
+    pub proxy_port: u16,
+    /// Fargate task size: CPU units (256 = 1/4 vCPU); default 256.
+    pub cpu: u32,
+    /// Fargate task size: MiB; default 512.
+    pub memory: u32,
+    /// How long CloudWatch Logs keeps the tasks' logs, in days; default 7.
+    pub log_retention_days: u32,
+}
+
+impl EcsSpec {
+    /// The defaults for `app`, with the services in `region`.
+    pub fn default_for(app: &str, region: &str) -> EcsSpec {
+        EcsSpec {
+            cluster: app.to_string(),
+            region: region.to_string(),
+            endpoint: None,
+            primary_service: app.to_string(),
+            canary_service: format!("{app}-canary"),
+            container: app.to_string(),
+            proxy_image: None,
+            proxy_port: 9325,
+            cpu: 256,
+            memory: 512,
+            log_retention_days: 7,
+        }
+    }
 }
 
 /// The two services.

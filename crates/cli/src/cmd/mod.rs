@@ -7,5 +7,6 @@ pub mod init;
 pub mod queue;
 pub mod send;
 pub mod supervise;
+pub mod synth;
 pub mod up;
 pub mod validate;

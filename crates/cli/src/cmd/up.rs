@@ -78,6 +78,12 @@ pub async fn start(args: &UpArgs) -> anyhow::Result<Running> {
             }
         }
     }
+    if let coalmine_spec::RuntimeSpec::Ecs(ecs) = &spec.runtime {
+        anyhow::bail!(
+            "[runtime] kind = \"ecs\" (cluster `{}`): `coalmine up` cannot release on ECS yet; it runs tasks as local processes only.\n  = help: `coalmine synth aws` makes the ECS infrastructure for this file; to run here, set `kind = \"local\"` in [runtime] (or remove the section)",
+            ecs.cluster
+        );
+    }
     if spec.queue.endpoint.is_some() {
         anyhow::bail!(
             "[queue] endpoint (an external SQS) is set, but `coalmine up` runs the embedded queue only; remove `endpoint` from coalmine.toml"

@@ -15,7 +15,11 @@ pub fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     let mut ok = true;
     match coalmine_spec::load(&path) {
         Ok(spec) => {
-            println!("{}: valid (app `{}`, {} step(s), {} alarm(s))", path.display(), spec.app, spec.steps.len(), spec.alarms.len());
+            let runtime = match spec.runtime.ecs() {
+                Some(ecs) => format!("runtime ecs: cluster `{}`, services `{}` and `{}`", ecs.cluster, ecs.primary_service, ecs.canary_service),
+                None => "runtime local".to_string(),
+            };
+            println!("{}: valid (app `{}`, {} step(s), {} alarm(s), {runtime})", path.display(), spec.app, spec.steps.len(), spec.alarms.len());
             let buildspec = spec.root.join(&spec.build.buildspec);
             if buildspec.exists() {
                 match coalmine_spec::load_buildspec(&buildspec) {
