@@ -47,11 +47,13 @@ pub struct BrokerConfig {
     pub public_host: Option<String>,
     /// When set, every request must carry a valid SigV4 signature by one of these keys.
     pub credentials: Option<crate::sigv4::Credentials>,
+    /// Connection, size and time limits of the HTTP server.
+    pub limits: crate::http::Limits,
 }
 
 impl BrokerConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
-        BrokerConfig { data_dir: data_dir.into(), durability: Durability::Commit, region: "us-east-1".into(), public_host: None, credentials: None }
+        BrokerConfig { data_dir: data_dir.into(), durability: Durability::Commit, region: "us-east-1".into(), public_host: None, credentials: None, limits: Default::default() }
     }
 }
 
@@ -123,7 +125,6 @@ pub(crate) struct State {
     pub next_seq: u64,
     pub telemetry: Telemetry,
     pub tasks: Vec<MoveTask>,
-    pub keys: HashMap<String, Arc<str>>,
 }
 
 pub(crate) struct Inner {
@@ -306,14 +307,6 @@ impl State {
         self.queues.get_mut(name).ok_or_else(SqsError::queue_does_not_exist)
     }
 
-    fn key(&mut self, k: &str) -> Arc<str> {
-        if let Some(a) = self.keys.get(k) {
-            return a.clone();
-        }
-        let a: Arc<str> = Arc::from(k);
-        self.keys.insert(k.to_string(), a.clone());
-        a
-    }
 }
 
 fn queue_row(q: &Queue) -> QueueRow {
@@ -333,7 +326,7 @@ impl Broker {
         let (store, loaded) = Store::open(&cfg.data_dir)?;
         let path = cfg.data_dir.join("queue.db");
         let now = now_ms();
-        let mut st = State { queues: HashMap::new(), next_seq: 1, telemetry: Telemetry::default(), tasks: Vec::new(), keys: HashMap::new() };
+        let mut st = State { queues: HashMap::new(), next_seq: 1, telemetry: Telemetry::default(), tasks: Vec::new() };
         for r in loaded.queues {
             let attrs: BTreeMap<String, String> = serde_json::from_str(&r.attrs)
                 .map_err(|e| QueueError::Corrupt { path: path.clone(), message: format!("queue {}: attributes: {e}", r.name) })?;
@@ -1160,8 +1153,8 @@ impl Broker {
 
     fn receive_once(&self, st: &mut State, name: &str, p: &RecvParams, ctx: &mut Ctx) -> Result<Vec<Value>, SqsError> {
         let now = ctx.now_ms;
-        let key = st.key(&ctx.access_key);
         let kid = KeyId::intern(&ctx.access_key);
+        let key = kid.get().unwrap_or_else(|| ctx.access_key.clone());
         let State { queues, telemetry, .. } = st;
         let q = queues.get_mut(name).ok_or_else(SqsError::queue_does_not_exist)?;
         q.promote(now, telemetry);
@@ -1216,7 +1209,7 @@ impl Broker {
                     break n;
                 }
             };
-            m.receiver = kid;
+            m.receiver = kid.clone();
             m.received_at = now;
             m.visible_at = now + vis * 1000;
             let m = &q.msgs[&seq];
@@ -1657,6 +1650,7 @@ impl Broker {
 
     pub(crate) fn flush_telemetry(&self) {
         let mut st = self.lock();
+        st.telemetry.forget_stale(now_ms() / 1000);
         let rows = st.telemetry.take_dirty();
         if !rows.is_empty() {
             let cutoff = now_ms() / 1000 - crate::telemetry::KEEP_SECONDS;

@@ -14,8 +14,37 @@ use crate::engine::{Broker, Ctx};
 use crate::error::SqsError;
 use crate::protocol::query;
 
-/// Largest request body accepted (a 256 KiB batch in JSON, escaped, fits).
-pub const BODY_LIMIT: usize = 2 * 1024 * 1024;
+/// What one client may hold of the server, and for how long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Time for a request's headers to arrive; an idle keep-alive connection is closed after
+    /// it too.
+    pub header_timeout: std::time::Duration,
+    /// Time for a request's body to arrive once its headers have.
+    pub body_timeout: std::time::Duration,
+    /// Longest request line plus headers (hyper answers 431 beyond it).
+    pub max_header_bytes: usize,
+    /// Largest request body: 413 `RequestEntityTooLarge`, at once when `Content-Length` says
+    /// so. The default fits a 1 MiB batch of messages form-encoded (every byte as `%XX`).
+    pub max_body_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 4096,
+            header_timeout: std::time::Duration::from_secs(30),
+            body_timeout: std::time::Duration::from_secs(30),
+            max_header_bytes: 64 * 1024,
+            max_body_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// Longest access key id AWS issues (IAM's `AccessKeyId`: 16 to 128 characters).
+pub const MAX_ACCESS_KEY_ID: usize = 128;
 
 pub const METRICS_PATH: &str = "/_coalmine/metrics";
 
@@ -28,7 +57,8 @@ fn request_id() -> String {
 }
 
 /// The access key id of a SigV4-signed request: `Credential=AKID/...` in the Authorization
-/// header, or the `X-Amz-Credential` query parameter of a presigned one.
+/// header, or the `X-Amz-Credential` query parameter of a presigned one. Not checked: see
+/// [`check_access_key_id`].
 pub fn access_key_id(headers: &HeaderMap, params: Option<&[(String, String)]>) -> Option<String> {
     if let Some(auth) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
         if let Some(i) = auth.find("Credential=") {
@@ -40,6 +70,27 @@ pub fn access_key_id(headers: &HeaderMap, params: Option<&[(String, String)]>) -
         }
     }
     params?.iter().find(|(k, _)| k == "X-Amz-Credential").and_then(|(_, v)| v.split('/').next().map(String::from)).filter(|s| !s.is_empty())
+}
+
+/// Refuse an access key id longer than AWS's longest, or with characters no access key id
+/// has (letters, digits, `.`, `_` and `-` are accepted; coalmine's own ids contain dots).
+pub fn check_access_key_id(akid: &str) -> Result<(), SqsError> {
+    let ok_chars = akid.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if akid.len() > MAX_ACCESS_KEY_ID || !ok_chars {
+        let shown: String = akid.chars().take(40).collect();
+        return Err(SqsError {
+            code: "InvalidClientTokenId",
+            query_code: "InvalidClientTokenId",
+            status: 403,
+            sender_fault: true,
+            message: format!(
+                "The security token included in the request is invalid: the access key id \"{shown}{}\" ({} characters) must be at most {MAX_ACCESS_KEY_ID} letters, digits, '.', '_' or '-'.",
+                if shown.len() < akid.len() { "..." } else { "" },
+                akid.chars().count()
+            ),
+        });
+    }
+    Ok(())
 }
 
 pub(crate) fn router(broker: Broker) -> Router {
@@ -102,13 +153,37 @@ async fn entry(State(b): State<Broker>, method: Method, uri: Uri, headers: Heade
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
         .unwrap_or_else(|| b.queue_url("x").trim_start_matches("http://").split('/').next().unwrap_or("").to_string());
-    let bytes = match axum::body::to_bytes(body, BODY_LIMIT).await {
-        Ok(b) => b,
-        Err(_) => {
-            let e = SqsError::request_too_large(BODY_LIMIT);
+    let limits = &b.config().limits;
+    let declared = headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_body_bytes as u64) {
+        // Answer before the body arrives, and close the connection rather than read it.
+        let e = SqsError::request_too_large(limits.max_body_bytes);
+        tracing::warn!(code = e.code, declared, "client error: {}", e.message);
+        b.inner.metrics.count("unknown", e.code);
+        let mut r = error_response(&proto, &e, &rid);
+        r.headers_mut().insert("connection", HeaderValue::from_static("close"));
+        return r;
+    }
+    let bytes = match tokio::time::timeout(limits.body_timeout, axum::body::to_bytes(body, limits.max_body_bytes)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => {
+            let e = SqsError::request_too_large(limits.max_body_bytes);
             tracing::warn!(code = e.code, "client error: {}", e.message);
             b.inner.metrics.count("unknown", e.code);
-            return error_response(&proto, &e, &rid);
+            let mut r = error_response(&proto, &e, &rid);
+            r.headers_mut().insert("connection", HeaderValue::from_static("close"));
+            return r;
+        }
+        Err(_) => {
+            let e = SqsError::client(
+                "RequestTimeout",
+                format!("The request body did not arrive within {} s; send it at once after the headers.", limits.body_timeout.as_secs()),
+            );
+            tracing::warn!(code = e.code, "client error: {}", e.message);
+            b.inner.metrics.count("unknown", e.code);
+            let mut r = error_response(&proto, &e, &rid);
+            r.headers_mut().insert("connection", HeaderValue::from_static("close"));
+            return r;
         }
     };
     let (action, req, params) = match &proto {
@@ -181,8 +256,16 @@ async fn entry(State(b): State<Broker>, method: Method, uri: Uri, headers: Heade
                 return error_response(&proto, &e, &rid);
             }
         },
-        None => access_key_id(&headers, params.as_deref()).unwrap_or_else(|| "anonymous".into()),
+        None => match access_key_id(&headers, params.as_deref()) {
+            Some(k) => k,
+            None => "anonymous".into(),
+        },
     };
+    if let Err(e) = check_access_key_id(&akid) {
+        tracing::warn!(action = %action, code = e.code, "client error: {}", e.message);
+        b.inner.metrics.count(&action, e.code);
+        return error_response(&proto, &e, &rid);
+    }
     let mut ctx = Ctx::new(&akid, &host);
     let result = b.dispatch(&action, &req, &mut ctx).await;
     match result {

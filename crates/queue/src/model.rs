@@ -12,41 +12,52 @@ use crate::telemetry::{Event, Telemetry};
 pub const ACCOUNT: &str = "000000000000";
 pub const MAX_MESSAGE_BYTES: usize = 262_144;
 
-/// An interned access key id (0: none). Interned process-wide: there are few of them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub(crate) struct KeyId(u32);
+/// An access key id, shared by every message and telemetry series that names it. Equal ids
+/// share one allocation through a process-wide table; ids nothing refers to any more are
+/// dropped from the table as it grows, so a client cycling through fresh ids cannot grow it
+/// beyond about twice the ids in use (see [`interned_access_keys`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub(crate) struct KeyId(Option<Arc<str>>);
 
-type KeyTable = (Vec<Arc<str>>, HashMap<Arc<str>, u32>);
-static KEYS: std::sync::OnceLock<std::sync::RwLock<KeyTable>> = std::sync::OnceLock::new();
+struct KeyTable {
+    set: std::collections::HashSet<Arc<str>>,
+    /// Prune when the table grows past this (twice its size after the last prune).
+    prune_at: usize,
+}
+
+const KEY_TABLE_MIN_PRUNE: usize = 1024;
+static KEYS: std::sync::Mutex<Option<KeyTable>> = std::sync::Mutex::new(None);
+
+/// How many distinct access key ids the process holds interned now.
+pub fn interned_access_keys() -> usize {
+    KEYS.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|t| t.set.len()).unwrap_or(0)
+}
 
 impl KeyId {
-    pub const NONE: KeyId = KeyId(0);
+    pub const NONE: KeyId = KeyId(None);
 
     pub fn intern(name: &str) -> KeyId {
-        let t = KEYS.get_or_init(Default::default);
-        if let Some(i) = t.read().unwrap_or_else(|e| e.into_inner()).1.get(name) {
-            return KeyId(*i);
+        let mut g = KEYS.lock().unwrap_or_else(|e| e.into_inner());
+        let t = g.get_or_insert_with(|| KeyTable { set: Default::default(), prune_at: KEY_TABLE_MIN_PRUNE });
+        if let Some(a) = t.set.get(name) {
+            return KeyId(Some(a.clone()));
         }
-        let mut w = t.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = w.1.get(name) {
-            return KeyId(*i);
+        if t.set.len() >= t.prune_at {
+            // Only the table holds these: nobody names them any more.
+            t.set.retain(|a| Arc::strong_count(a) > 1);
+            t.prune_at = (t.set.len() * 2).max(KEY_TABLE_MIN_PRUNE);
         }
         let a: Arc<str> = Arc::from(name);
-        w.0.push(a.clone());
-        let i = w.0.len() as u32;
-        w.1.insert(a, i);
-        KeyId(i)
+        t.set.insert(a.clone());
+        KeyId(Some(a))
     }
 
-    pub fn get(self) -> Option<Arc<str>> {
-        if self.0 == 0 {
-            return None;
-        }
-        KEYS.get().and_then(|t| t.read().unwrap_or_else(|e| e.into_inner()).0.get(self.0 as usize - 1).cloned())
+    pub fn get(&self) -> Option<Arc<str>> {
+        self.0.clone()
     }
 
-    pub fn name(self) -> String {
-        self.get().map(|a| a.to_string()).unwrap_or_default()
+    pub fn name(&self) -> String {
+        self.0.as_deref().unwrap_or_default().to_string()
     }
 }
 

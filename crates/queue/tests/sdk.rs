@@ -564,7 +564,7 @@ async fn raw_http_errors_and_metrics() {
     let r = http
         .post(&s.url)
         .header("x-amz-target", "AmazonSQS.ListQueues")
-        .body(vec![b' '; 3 * 1024 * 1024])
+        .body(vec![b' '; 5 * 1024 * 1024])
         .send()
         .await
         .unwrap();

@@ -34,6 +34,14 @@ pub struct ServeArgs {
     /// or one `ACCESS_KEY_ID SECRET` per line); unsigned or badly signed requests get 403.
     #[arg(long, value_name = "CREDENTIALS_FILE")]
     pub verify_signatures: Option<PathBuf>,
+    /// Connections served at once; more wait in the listen backlog until one closes. The
+    /// open-file soft limit is raised to the hard limit at start.
+    #[arg(long, default_value_t = 4096, value_name = "N", env = "COALMINE_QUEUE_MAX_CONNECTIONS")]
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers (idle keep-alive connections are
+    /// closed after it too) and, separately, its body; slower clients are disconnected.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub read_timeout: u64,
 }
 
 pub fn run(cmd: QueueCommand) -> anyhow::Result<ExitCode> {
@@ -47,6 +55,12 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = BrokerConfig::new(&a.data_dir);
     cfg.durability = durability;
     cfg.region = a.region.clone();
+    if a.max_connections == 0 {
+        anyhow::bail!("--max-connections must be at least 1");
+    }
+    cfg.limits.max_connections = a.max_connections;
+    cfg.limits.header_timeout = std::time::Duration::from_secs(a.read_timeout);
+    cfg.limits.body_timeout = std::time::Duration::from_secs(a.read_timeout);
     if let Some(path) = &a.verify_signatures {
         let creds = coalmine_queue::load_credentials(path).with_context(|| format!("reading the credentials in {}", path.display()))?;
         tracing::info!(keys = creds.len(), "checking request signatures");

@@ -345,6 +345,27 @@ impl<'a> Node<'a> {
     }
 }
 
+/// Most dot-separated parts of a parameter name: the deepest the SQS model has is 7
+/// (`SendMessageBatchRequestEntry.1.MessageAttribute.1.Value.StringListValue.1`).
+pub const MAX_KEY_PARTS: usize = 8;
+/// Longest parameter name.
+pub const MAX_KEY_LEN: usize = 256;
+
+/// Refuse a parameter name no action has: too long or too deeply dotted. This keeps the key
+/// tree shallow whatever a client sends.
+fn check_key(key: &str) -> Result<(), SqsError> {
+    let parts = key.bytes().filter(|b| *b == b'.').count() + 1;
+    if key.len() <= MAX_KEY_LEN && parts <= MAX_KEY_PARTS {
+        return Ok(());
+    }
+    let shown: String = key.chars().take(60).collect();
+    Err(SqsError::invalid_parameter(format!(
+        "The parameter {shown}{} is not valid: it is {} bytes long with {parts} dot-separated parts; SQS parameter names have at most {MAX_KEY_PARTS} parts and {MAX_KEY_LEN} bytes.",
+        if shown.len() < key.len() { "..." } else { "" },
+        key.len()
+    )))
+}
+
 /// Parse a query-protocol request (form parameters, from the body or the URL) into its action
 /// name and the request as the JSON protocol would have sent it.
 ///
@@ -369,6 +390,7 @@ pub fn parse_request(params: &[(String, String)]) -> Result<(String, Value), Sqs
     let mut root = Node::default();
     for (key, value) in params {
         if key != "Action" {
+            check_key(key)?;
             root.insert(key.as_str(), value.as_str());
         }
     }
