@@ -320,78 +320,88 @@ fn queue_row(q: &Queue) -> QueueRow {
     }
 }
 
+/// The queues and messages of the store, in memory; and the next sequence number.
+fn build_queues(queues: Vec<QueueRow>, messages: Vec<crate::store::MsgRow>, path: &std::path::Path) -> Result<(HashMap<String, Queue>, u64), QueueError> {
+    let now = now_ms();
+    let mut out: HashMap<String, Queue> = HashMap::new();
+    let mut next_seq = 1u64;
+        for r in queues {
+        let attrs: BTreeMap<String, String> = serde_json::from_str(&r.attrs)
+            .map_err(|e| QueueError::Corrupt { path: path.to_path_buf(), message: format!("queue {}: attributes: {e}", r.name) })?;
+        let tags: BTreeMap<String, String> = serde_json::from_str(&r.tags).unwrap_or_default();
+        let mut q = Queue::new(&r.name, attrs, tags, r.created_s);
+        q.modified_s = r.modified_s;
+        q.last_purge_ms = r.last_purge_ms;
+        out.insert(r.name.clone(), q);
+    }
+    let mut orphans = 0usize;
+    for r in messages {
+        next_seq = next_seq.max(r.seq + 1);
+        let sender = KeyId::intern(&r.sender);
+        let receiver = r.receiver.as_deref().map(KeyId::intern).unwrap_or_default();
+        let Some(q) = out.get_mut(&r.queue) else {
+            orphans += 1;
+            continue;
+        };
+        let parse = |s: &Option<String>| s.as_deref().and_then(|s| serde_json::from_str::<Map<String, Value>>(s).ok());
+        let attrs = parse(&r.attrs);
+        let sys_attrs = parse(&r.sys_attrs);
+        let extra = if attrs.is_some() || sys_attrs.is_some() || r.group_id.is_some() || r.dedup_id.is_some() || r.dl_source.is_some() {
+            Some(Box::new(Extra {
+                attrs,
+                sys_attrs,
+                group: r.group_id.as_deref().map(Arc::from),
+                dedup_id: r.dedup_id.clone(),
+                seqnum: r.seqnum,
+                dl_source: r.dl_source.clone(),
+                dl_moved_at: r.dl_moved_at,
+            }))
+        } else {
+            None
+        };
+        q.next_seqnum = q.next_seqnum.max(r.seqnum);
+        let in_flight = r.recv_count > 0 && r.visible_at > now && r.nonce != 0;
+        let m = Msg {
+            id: uuid::Uuid::parse_str(&r.id).map(|u| *u.as_bytes()).unwrap_or_else(|_| rand::random()),
+            body: r.body.into_boxed_str(),
+            extra,
+            sent_ms: r.sent_ms,
+            visible_at: r.visible_at,
+            first_recv_ms: r.first_recv_ms,
+            recv_count: r.recv_count,
+            nonce: if in_flight { r.nonce } else { 0 },
+            sender,
+            receiver,
+            received_at: r.received_at,
+        };
+        if let (true, Some(d)) = (q.fifo, r.dedup_id.as_ref()) {
+            let key = match (&r.group_id, q.dedup_by_group()) {
+                (Some(g), true) => format!("{g}\u{0}{d}"),
+                _ => d.clone(),
+            };
+            let exp = r.sent_ms + 300_000;
+            if exp > now {
+                q.dedup.insert(key.clone(), (exp, m.id, r.seqnum));
+                q.dedup_order.push_back((exp, key));
+            }
+        }
+        q.insert(r.seq, m, now);
+    }
+    if orphans > 0 {
+        tracing::warn!(count = orphans, "queue store held messages of deleted queues; ignored");
+    }
+    Ok((out, next_seq))
+}
+
 impl Broker {
     /// Open (or create) the broker's store in `cfg.data_dir` and load its state.
     pub fn open(cfg: BrokerConfig) -> Result<Broker, QueueError> {
         let (store, loaded) = Store::open(&cfg.data_dir)?;
         let path = cfg.data_dir.join("queue.db");
-        let now = now_ms();
         let mut st = State { queues: HashMap::new(), next_seq: 1, telemetry: Telemetry::default(), tasks: Vec::new() };
-        for r in loaded.queues {
-            let attrs: BTreeMap<String, String> = serde_json::from_str(&r.attrs)
-                .map_err(|e| QueueError::Corrupt { path: path.clone(), message: format!("queue {}: attributes: {e}", r.name) })?;
-            let tags: BTreeMap<String, String> = serde_json::from_str(&r.tags).unwrap_or_default();
-            let mut q = Queue::new(&r.name, attrs, tags, r.created_s);
-            q.modified_s = r.modified_s;
-            q.last_purge_ms = r.last_purge_ms;
-            st.queues.insert(r.name.clone(), q);
-        }
-        let mut orphans = 0usize;
-        for r in loaded.messages {
-            st.next_seq = st.next_seq.max(r.seq + 1);
-            let sender = KeyId::intern(&r.sender);
-            let receiver = r.receiver.as_deref().map(KeyId::intern).unwrap_or_default();
-            let Some(q) = st.queues.get_mut(&r.queue) else {
-                orphans += 1;
-                continue;
-            };
-            let parse = |s: &Option<String>| s.as_deref().and_then(|s| serde_json::from_str::<Map<String, Value>>(s).ok());
-            let attrs = parse(&r.attrs);
-            let sys_attrs = parse(&r.sys_attrs);
-            let extra = if attrs.is_some() || sys_attrs.is_some() || r.group_id.is_some() || r.dedup_id.is_some() || r.dl_source.is_some() {
-                Some(Box::new(Extra {
-                    attrs,
-                    sys_attrs,
-                    group: r.group_id.as_deref().map(Arc::from),
-                    dedup_id: r.dedup_id.clone(),
-                    seqnum: r.seqnum,
-                    dl_source: r.dl_source.clone(),
-                    dl_moved_at: r.dl_moved_at,
-                }))
-            } else {
-                None
-            };
-            q.next_seqnum = q.next_seqnum.max(r.seqnum);
-            let in_flight = r.recv_count > 0 && r.visible_at > now && r.nonce != 0;
-            let m = Msg {
-                id: uuid::Uuid::parse_str(&r.id).map(|u| *u.as_bytes()).unwrap_or_else(|_| rand::random()),
-                body: r.body.into_boxed_str(),
-                extra,
-                sent_ms: r.sent_ms,
-                visible_at: r.visible_at,
-                first_recv_ms: r.first_recv_ms,
-                recv_count: r.recv_count,
-                nonce: if in_flight { r.nonce } else { 0 },
-                sender,
-                receiver,
-                received_at: r.received_at,
-            };
-            if let (true, Some(d)) = (q.fifo, r.dedup_id.as_ref()) {
-                let key = match (&r.group_id, q.dedup_by_group()) {
-                    (Some(g), true) => format!("{g}\u{0}{d}"),
-                    _ => d.clone(),
-                };
-                let exp = r.sent_ms + 300_000;
-                if exp > now {
-                    q.dedup.insert(key.clone(), (exp, m.id, r.seqnum));
-                    q.dedup_order.push_back((exp, key));
-                }
-            }
-            q.insert(r.seq, m, now);
-        }
-        if orphans > 0 {
-            tracing::warn!(count = orphans, "queue store held messages of deleted queues; ignored");
-        }
+        let (queues, next_seq) = build_queues(loaded.queues, loaded.messages, &path)?;
+        st.queues = queues;
+        st.next_seq = next_seq;
         st.telemetry.restore(loaded.telemetry);
         let host = cfg.public_host.clone().unwrap_or_else(|| "127.0.0.1:9324".into());
         tracing::debug!(queues = st.queues.len(), "queue store loaded");
@@ -1627,8 +1637,49 @@ impl Broker {
         Ok(seqs.len())
     }
 
+    /// After a failed write, make the in-memory state what the store holds again (dropping
+    /// every change that was refused), and accept changes again. Does nothing while the store
+    /// is well; when the store still cannot be read, tries again at the next tick.
+    pub(crate) fn recover_store(&self) {
+        if !self.inner.store.is_broken() {
+            return;
+        }
+        let mut st = self.lock();
+        let path = self.inner.cfg.data_dir.join("queue.db");
+        let loaded = match self.inner.store.reload() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "queue store still failing; trying again shortly");
+                return;
+            }
+        };
+        match build_queues(loaded.queues, loaded.messages, &path) {
+            Ok((mut queues, next_seq)) => {
+                for (name, q) in queues.iter_mut() {
+                    if let Some(old) = st.queues.get(name) {
+                        // long polls in progress wait on these
+                        q.notify = old.notify.clone();
+                    }
+                }
+                let refused: usize = st.queues.values().map(|q| q.msgs.len()).sum::<usize>().abs_diff(queues.values().map(|q| q.msgs.len()).sum());
+                st.queues = queues;
+                st.next_seq = st.next_seq.max(next_seq);
+                tracing::warn!(message_count_change = refused, "queue state reloaded from the store after a failed write; refused changes are gone");
+            }
+            Err(e) => tracing::error!(error = %e, "queue store reopened but its data could not be read"),
+        }
+    }
+
+    /// Make the store's next `n` commits fail as a full disk would: the changes are refused
+    /// (answered with a server error) and the broker recovers by itself. For tests.
+    #[doc(hidden)]
+    pub fn fail_next_store_commits(&self, n: u32) {
+        self.inner.store.fail_next_commits(n);
+    }
+
     /// Periodic upkeep: visibility expiry, retention, telemetry persistence.
     pub(crate) fn tick(&self) {
+        self.recover_store();
         let now = now_ms();
         let mut st = self.lock();
         let State { queues, telemetry, .. } = &mut *st;
