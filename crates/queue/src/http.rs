@@ -93,6 +93,54 @@ pub fn check_access_key_id(akid: &str) -> Result<(), SqsError> {
     Ok(())
 }
 
+/// Decode `application/x-www-form-urlencoded` pairs, refusing text that is not UTF-8 once
+/// percent-decoded (SQS refuses it; a lossy decoding would change the message).
+fn parse_form(input: &[u8], out: &mut Vec<(String, String)>) -> Result<(), SqsError> {
+    fn decode(part: &[u8]) -> Vec<u8> {
+        let mut v = Vec::with_capacity(part.len());
+        let mut i = 0;
+        while i < part.len() {
+            match part[i] {
+                b'+' => v.push(b' '),
+                b'%' if i + 2 < part.len() => {
+                    let hex = |c: u8| (c as char).to_digit(16);
+                    match (hex(part[i + 1]), hex(part[i + 2])) {
+                        (Some(h), Some(l)) => {
+                            v.push((h * 16 + l) as u8);
+                            i += 3;
+                            continue;
+                        }
+                        _ => v.push(b'%'),
+                    }
+                }
+                c => v.push(c),
+            }
+            i += 1;
+        }
+        v
+    }
+    for pair in input.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
+        let (k, v) = match pair.iter().position(|b| *b == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, &[][..]),
+        };
+        let key = String::from_utf8(decode(k))
+            .map_err(|_| SqsError::malformed("A parameter name is not valid UTF-8 once percent-decoded; encode text as UTF-8."))?;
+        let value = String::from_utf8(decode(v)).map_err(|_| {
+            let shown: String = key.chars().take(60).collect();
+            if key.ends_with("MessageBody") {
+                SqsError::invalid_message_contents(format!(
+                    "The parameter {shown} is not valid UTF-8 once percent-decoded; SQS messages are Unicode text: encode the body as UTF-8 (base64 for binary data)."
+                ))
+            } else {
+                SqsError::invalid_parameter(format!("The parameter {shown} is not valid UTF-8 once percent-decoded; encode text as UTF-8."))
+            }
+        })?;
+        out.push((key, value));
+    }
+    Ok(())
+}
+
 pub(crate) fn router(broker: Broker) -> Router {
     Router::new().route(METRICS_PATH, get(metrics)).fallback(entry).with_state(broker)
 }
@@ -223,11 +271,16 @@ async fn entry(State(b): State<Broker>, method: Method, uri: Uri, headers: Heade
         }
         Proto::Query => {
             let mut params: Vec<(String, String)> = Vec::new();
-            if let Some(q) = uri.query() {
-                params.extend(form_urlencoded::parse(q.as_bytes()).into_owned());
-            }
-            if method == Method::POST {
-                params.extend(form_urlencoded::parse(&bytes).into_owned());
+            let parsed = uri
+                .query()
+                .map(|q| parse_form(q.as_bytes(), &mut params))
+                .unwrap_or(Ok(()))
+                .and_then(|_| if method == Method::POST { parse_form(&bytes, &mut params) } else { Ok(()) });
+            if let Err(e) = parsed {
+                let action = params.iter().find(|(k, _)| k == "Action").map(|(_, v)| v.clone()).unwrap_or_default();
+                tracing::warn!(action = %action, code = e.code, "client error: {}", e.message);
+                b.inner.metrics.count(&action, e.code);
+                return xml_error(&e, &rid);
             }
             let (action, mut req) = match query::parse_request(&params) {
                 Ok(x) => x,

@@ -18,7 +18,7 @@ pub mod telemetry;
 pub use engine::{queue_name_from_url, Broker, BrokerConfig, Ctx, DeadLetter, Durability, InFlightMessage, QueueStats};
 pub use error::{QueueError, SqsError};
 pub use http::{access_key_id, Limits, METRICS_PATH};
-pub use model::{arn, interned_access_keys, ACCOUNT};
+pub use model::{arn, arn_of, interned_access_keys, ACCOUNT, MAX_IN_FLIGHT, MAX_MESSAGE_BYTES};
 pub use sigv4::{load_credentials, Credentials};
 pub use telemetry::{ConsumerTelemetry, LatencyHistogram, TelemetryBucket};
 

@@ -10,7 +10,12 @@ use crate::error::SqsError;
 use crate::telemetry::{Event, Telemetry};
 
 pub const ACCOUNT: &str = "000000000000";
-pub const MAX_MESSAGE_BYTES: usize = 262_144;
+/// SQS's largest message (and batch): 1 MiB.
+pub const MAX_MESSAGE_BYTES: usize = 1_048_576;
+/// Longest a message may stay in flight from its receipt (12 hours).
+pub const MAX_VISIBILITY_MS: u64 = 43_200_000;
+/// Messages in flight per queue before ReceiveMessage answers `OverLimit`.
+pub const MAX_IN_FLIGHT: usize = 120_000;
 
 /// An access key id, shared by every message and telemetry series that names it. Equal ids
 /// share one allocation through a process-wide table; ids nothing refers to any more are
@@ -81,6 +86,9 @@ pub(crate) struct Msg {
     pub recv_count: u32,
     /// Nonce of the current receipt handle; 0 when not in flight.
     pub nonce: u32,
+    /// Nonce of the last receipt handle once its visibility ran out (or was ended), while
+    /// nobody received the message again: that handle still deletes it, as on SQS.
+    pub last_nonce: u32,
     pub sender: KeyId,
     /// The last receiver (access key id).
     pub receiver: KeyId,
@@ -246,12 +254,15 @@ pub(crate) struct Queue {
     pub max_size: usize,
     pub wait_s: u64,
     pub redrive: Option<(String, u32)>,
+    /// FIFO `ReceiveRequestAttemptId`s of the last 5 minutes: expiry (ms) and what they
+    /// received (sequence number, receipt nonce).
+    pub attempts: HashMap<String, (u64, Vec<(u64, u32)>)>,
 }
 
 pub fn default_attr(name: &str) -> Option<&'static str> {
     Some(match name {
         "DelaySeconds" => "0",
-        "MaximumMessageSize" => "262144",
+        "MaximumMessageSize" => "1048576",
         "MessageRetentionPeriod" => "345600",
         "ReceiveMessageWaitTimeSeconds" => "0",
         "VisibilityTimeout" => "30",
@@ -287,8 +298,14 @@ pub const READ_ONLY: &[&str] = &[
     "QueueArn",
 ];
 
+/// A queue's ARN in the default account ([`ACCOUNT`]).
 pub fn arn(region: &str, name: &str) -> String {
-    format!("arn:aws:sqs:{region}:{ACCOUNT}:{name}")
+    arn_of(region, ACCOUNT, name)
+}
+
+/// A queue's ARN.
+pub fn arn_of(region: &str, account: &str, name: &str) -> String {
+    format!("arn:aws:sqs:{region}:{account}:{name}")
 }
 
 pub fn name_from_arn(arn: &str) -> Option<&str> {
@@ -314,7 +331,7 @@ pub fn validate_attr(name: &str, value: &str, fifo: bool, creating: bool) -> Res
     let bad = |why: &str| SqsError::invalid_attribute_value(format!("Invalid value for the parameter {name}: {why}"));
     match name {
         "DelaySeconds" => int_in(name, value, 0, 900),
-        "MaximumMessageSize" => int_in(name, value, 1024, 262_144),
+        "MaximumMessageSize" => int_in(name, value, 1024, MAX_MESSAGE_BYTES as u64),
         "MessageRetentionPeriod" => int_in(name, value, 60, 1_209_600),
         "ReceiveMessageWaitTimeSeconds" => int_in(name, value, 0, 20),
         "VisibilityTimeout" => int_in(name, value, 0, 43_200),
@@ -414,6 +431,7 @@ impl Queue {
             max_size: MAX_MESSAGE_BYTES,
             wait_s: 0,
             redrive: None,
+            attempts: HashMap::new(),
         };
         q.reparse();
         q
@@ -497,6 +515,7 @@ impl Queue {
             return false;
         }
         self.pending.remove(&(m.visible_at, seq));
+        m.last_nonce = m.nonce;
         m.nonce = 0;
         m.visible_at = now;
         let g = m.group().cloned();
@@ -517,6 +536,7 @@ impl Queue {
             self.pending.pop_first();
             let Some(m) = self.msgs.get_mut(&seq) else { continue };
             if m.nonce != 0 {
+                m.last_nonce = m.nonce;
                 m.nonce = 0;
                 let g = m.group().cloned();
                 if let Some(r) = m.receiver.get() {

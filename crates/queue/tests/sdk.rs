@@ -86,7 +86,7 @@ async fn queue_lifecycle_listing_attributes_and_tags() {
     assert_eq!(a[&QueueAttributeName::VisibilityTimeout], "45");
     assert_eq!(a[&QueueAttributeName::QueueArn], "arn:aws:sqs:us-east-1:000000000000:orders");
     assert_eq!(a[&QueueAttributeName::ApproximateNumberOfMessages], "0");
-    assert_eq!(a[&QueueAttributeName::MaximumMessageSize], "262144");
+    assert_eq!(a[&QueueAttributeName::MaximumMessageSize], "1048576");
     c.set_queue_attributes().queue_url(&url).attributes(QueueAttributeName::DelaySeconds, "3").send().await.unwrap();
     assert_eq!(attr(&c, &url, QueueAttributeName::DelaySeconds).await, "3");
     let e = c.set_queue_attributes().queue_url(&url).attributes(QueueAttributeName::VisibilityTimeout, "43201").send().await.unwrap_err();
@@ -370,8 +370,8 @@ async fn limits_and_errors() {
     let e = c
         .send_message_batch()
         .queue_url(&url)
-        .entries(SendMessageBatchRequestEntry::builder().id("a").message_body("x".repeat(200_000)).build().unwrap())
-        .entries(SendMessageBatchRequestEntry::builder().id("b").message_body("x".repeat(100_000)).build().unwrap())
+        .entries(SendMessageBatchRequestEntry::builder().id("a").message_body("x".repeat(700_000)).build().unwrap())
+        .entries(SendMessageBatchRequestEntry::builder().id("b").message_body("x".repeat(400_000)).build().unwrap())
         .send()
         .await
         .unwrap_err();

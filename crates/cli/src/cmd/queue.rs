@@ -42,6 +42,10 @@ pub struct ServeArgs {
     /// closed after it too) and, separately, its body; slower clients are disconnected.
     #[arg(long, default_value_t = 30, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub read_timeout: u64,
+    /// The 12-digit account id in queue URLs and ARNs; requests naming another account's
+    /// queue are refused with AccessDenied.
+    #[arg(long, default_value = coalmine_queue::ACCOUNT, value_name = "ID", env = "COALMINE_QUEUE_ACCOUNT_ID")]
+    pub account_id: String,
 }
 
 pub fn run(cmd: QueueCommand) -> anyhow::Result<ExitCode> {
@@ -59,6 +63,10 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--max-connections must be at least 1");
     }
     cfg.limits.max_connections = a.max_connections;
+    if a.account_id.len() != 12 || !a.account_id.bytes().all(|b| b.is_ascii_digit()) {
+        anyhow::bail!("--account-id must be 12 digits (like 000000000000), not `{}`", a.account_id);
+    }
+    cfg.account_id = a.account_id.clone();
     cfg.limits.header_timeout = std::time::Duration::from_secs(a.read_timeout);
     cfg.limits.body_timeout = std::time::Duration::from_secs(a.read_timeout);
     if let Some(path) = &a.verify_signatures {

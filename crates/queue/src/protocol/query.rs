@@ -173,6 +173,13 @@ static LIST_MESSAGE_MOVE_TASKS_REQ: &[Field] =
 static CANCEL_MESSAGE_MOVE_TASK_REQ: &[Field] = &[f("TaskHandle", &["TaskHandle"], &STR)];
 static TAG_QUEUE_REQ: &[Field] =
     &[f("QueueUrl", &["QueueUrl"], &STR), f("Tags", &["Tags", "Tag"], &TAG_MAP)];
+static ADD_PERMISSION_REQ: &[Field] = &[
+    f("QueueUrl", &["QueueUrl"], &STR),
+    f("Label", &["Label"], &STR),
+    f("AWSAccountIds", &["AWSAccountId", "AWSAccountIds"], &STR_LIST),
+    f("Actions", &["ActionName", "Actions"], &STR_LIST),
+];
+static REMOVE_PERMISSION_REQ: &[Field] = &[f("QueueUrl", &["QueueUrl"], &STR), f("Label", &["Label"], &STR)];
 static UNTAG_QUEUE_REQ: &[Field] =
     &[f("QueueUrl", &["QueueUrl"], &STR), f("TagKeys", &["TagKey", "TagKeys"], &STR_LIST)];
 
@@ -309,6 +316,8 @@ static ACTIONS: &[Action] = &[
     Action { name: "TagQueue", request: TAG_QUEUE_REQ, result: None },
     Action { name: "UntagQueue", request: UNTAG_QUEUE_REQ, result: None },
     Action { name: "ListQueueTags", request: QUEUE_URL_ONLY, result: Some(TAGS_RESULT) },
+    Action { name: "AddPermission", request: ADD_PERMISSION_REQ, result: None },
+    Action { name: "RemovePermission", request: REMOVE_PERMISSION_REQ, result: None },
 ];
 
 fn find_action(name: &str) -> Option<&'static Action> {
@@ -886,7 +895,7 @@ mod tests {
     #[test]
     fn every_action_of_the_queue_is_known() {
         let names: Vec<&str> = action_names().collect();
-        assert_eq!(names.len(), 21);
+        assert_eq!(names.len(), 23);
         for name in names {
             let (action, _) = parse(&[("Action", name)]);
             assert_eq!(action, name);
@@ -913,9 +922,9 @@ mod tests {
         assert!(err.message.contains("Action"), "{}", err.message);
         let err = parse_err(&[("Action", "")]);
         assert_eq!(err.code, "MissingAction");
-        let err = parse_err(&[("Action", "AddPermission"), ("QueueUrl", URL)]);
+        let err = parse_err(&[("Action", "SummonQueue"), ("QueueUrl", URL)]);
         assert_eq!((err.code, err.query_code, err.status), ("InvalidAction", "InvalidAction", 400));
-        assert!(err.message.contains("AddPermission"), "{}", err.message);
+        assert!(err.message.contains("SummonQueue"), "{}", err.message);
     }
 
     #[test]
