@@ -134,7 +134,9 @@ impl Msg {
             visible_at: self.visible_at,
             recv_count: self.recv_count,
             first_recv_ms: self.first_recv_ms,
-            nonce: self.nonce,
+            // not in flight: the last receipt's nonce, which still deletes the message (a
+            // stored message is in flight only while its visibility lasts)
+            nonce: if self.nonce != 0 { self.nonce } else { self.last_nonce },
             receiver: self.receiver.get(),
             received_at: self.received_at,
         }
