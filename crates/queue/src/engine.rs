@@ -51,6 +51,9 @@ pub struct BrokerConfig {
     pub limits: crate::http::Limits,
     /// The account id in queue URLs and ARNs (12 digits); URLs naming another are refused.
     pub account_id: String,
+    /// Web origins (`https://host:port`, or `*`) whose pages may call the queue from a
+    /// browser; requests from any other origin are refused. Empty by default.
+    pub allowed_origins: Vec<String>,
     /// Messages in flight per queue before ReceiveMessage answers `OverLimit` (SQS: 120,000;
     /// lower only to test clients against the limit).
     pub max_in_flight: usize,
@@ -58,7 +61,7 @@ pub struct BrokerConfig {
 
 impl BrokerConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
-        BrokerConfig { data_dir: data_dir.into(), durability: Durability::Commit, region: "us-east-1".into(), public_host: None, credentials: None, limits: Default::default(), max_in_flight: MAX_IN_FLIGHT, account_id: ACCOUNT.to_string() }
+        BrokerConfig { data_dir: data_dir.into(), durability: Durability::Commit, region: "us-east-1".into(), public_host: None, credentials: None, limits: Default::default(), max_in_flight: MAX_IN_FLIGHT, account_id: ACCOUNT.to_string(), allowed_origins: Vec::new() }
     }
 }
 

@@ -141,6 +141,44 @@ fn parse_form(input: &[u8], out: &mut Vec<(String, String)>) -> Result<(), SqsEr
     Ok(())
 }
 
+/// Whether the request carries a SigV4 signature: an `Authorization: AWS4-HMAC-SHA256 ...`
+/// header, or the `X-Amz-Credential` and `X-Amz-Signature` query parameters of a presigned URL.
+/// Whether the signature is right is checked only with `--verify-signatures`.
+fn signed(headers: &HeaderMap, query: Option<&str>) -> bool {
+    if headers.get("authorization").and_then(|v| v.to_str().ok()).is_some_and(|a| a.trim_start().starts_with("AWS4-HMAC-SHA256 ")) {
+        return true;
+    }
+    let q = query.unwrap_or("");
+    let has = |name: &str| q.split('&').any(|p| p.split('=').next() == Some(name));
+    has("X-Amz-Credential") && has("X-Amz-Signature")
+}
+
+/// Refuse what a web page makes a browser send: a request with an `Origin` that is not in
+/// `BrokerConfig::allowed_origins`, or one a browser marks as coming from another site
+/// (`Sec-Fetch-Site`, which browsers send and SDKs do not).
+fn browser_check(b: &Broker, headers: &HeaderMap) -> Result<(), SqsError> {
+    let allowed = &b.config().allowed_origins;
+    let denied = |message: String| SqsError { code: "AccessDenied", query_code: "AccessDenied", status: 403, sender_fault: true, message };
+    if let Some(origin) = headers.get("origin") {
+        let origin = origin.to_str().unwrap_or("");
+        if !allowed.iter().any(|o| o == origin || o == "*") {
+            let shown: String = origin.chars().take(100).collect();
+            return Err(denied(format!(
+                "Requests from the web origin {shown} are refused; to let a page there use the queue, start it with --allow-origin {shown}."
+            )));
+        }
+        return Ok(());
+    }
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        if site != "same-origin" && site != "none" && !allowed.iter().any(|o| o == "*") {
+            return Err(denied(format!(
+                "A browser sent this request from another site (Sec-Fetch-Site: {site}); web pages may not use the queue unless it runs with --allow-origin."
+            )));
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn router(broker: Broker) -> Router {
     Router::new().route(METRICS_PATH, get(metrics)).fallback(entry).with_state(broker)
 }
@@ -201,6 +239,23 @@ async fn entry(State(b): State<Broker>, method: Method, uri: Uri, headers: Heade
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
         .unwrap_or_else(|| b.queue_url("x").trim_start_matches("http://").split('/').next().unwrap_or("").to_string());
+    if let Err(e) = browser_check(&b, &headers) {
+        tracing::warn!(code = e.code, "client error: {}", e.message);
+        b.inner.metrics.count("unknown", e.code);
+        return error_response(&proto, &e, &rid);
+    }
+    if !signed(&headers, uri.query()) {
+        let e = SqsError {
+            code: "MissingAuthenticationToken",
+            query_code: "MissingAuthenticationToken",
+            status: 403,
+            sender_fault: true,
+            message: "The request must contain a valid (registered) AWS access key ID: sign it with AWS Signature Version 4 (any SDK or the AWS CLI does, with any credentials unless the queue runs with --verify-signatures).".into(),
+        };
+        tracing::warn!(code = e.code, "client error: {}", e.message);
+        b.inner.metrics.count("unknown", e.code);
+        return error_response(&proto, &e, &rid);
+    }
     let limits = &b.config().limits;
     let declared = headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > limits.max_body_bytes as u64) {
@@ -311,7 +366,17 @@ async fn entry(State(b): State<Broker>, method: Method, uri: Uri, headers: Heade
         },
         None => match access_key_id(&headers, params.as_deref()) {
             Some(k) => k,
-            None => "anonymous".into(),
+            None => {
+                let e = SqsError {
+                    code: "IncompleteSignature",
+                    query_code: "IncompleteSignature",
+                    status: 403,
+                    sender_fault: true,
+                    message: "The request signature names no access key id (Credential=ACCESS_KEY_ID/DATE/REGION/sqs/aws4_request).".into(),
+                };
+                b.inner.metrics.count(&action, e.code);
+                return error_response(&proto, &e, &rid);
+            }
         },
     };
     if let Err(e) = check_access_key_id(&akid) {

@@ -537,6 +537,7 @@ async fn raw_http_errors_and_metrics() {
     let r = http
         .post(&s.url)
         .header("x-amz-target", "AmazonSQS.Frobnicate")
+        .header("authorization", common::AUTH)
         .header("content-type", "application/x-amz-json-1.0")
         .body("{}")
         .send()
@@ -547,12 +548,13 @@ async fn raw_http_errors_and_metrics() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert!(body["__type"].as_str().unwrap().ends_with("UnknownOperationException"));
     // malformed JSON body
-    let r = http.post(&s.url).header("x-amz-target", "AmazonSQS.ListQueues").body("{nope").send().await.unwrap();
+    let r = http.post(&s.url).header("x-amz-target", "AmazonSQS.ListQueues").header("authorization", common::AUTH).body("{nope").send().await.unwrap();
     assert_eq!(r.status(), 400);
     // nonexistent queue: the query-compatible header
     let r = http
         .post(&s.url)
         .header("x-amz-target", "AmazonSQS.SendMessage")
+        .header("authorization", common::AUTH)
         .body(r#"{"QueueUrl":"http://x/000000000000/none","MessageBody":"x"}"#)
         .send()
         .await
@@ -564,6 +566,7 @@ async fn raw_http_errors_and_metrics() {
     let r = http
         .post(&s.url)
         .header("x-amz-target", "AmazonSQS.ListQueues")
+        .header("authorization", common::AUTH)
         .body(vec![b' '; 5 * 1024 * 1024])
         .send()
         .await

@@ -46,6 +46,12 @@ pub struct ServeArgs {
     /// queue are refused with AccessDenied.
     #[arg(long, default_value = coalmine_queue::ACCOUNT, value_name = "ID", env = "COALMINE_QUEUE_ACCOUNT_ID")]
     pub account_id: String,
+    /// Let web pages of this origin (e.g. `http://localhost:3000`) call the queue from a
+    /// browser; repeat for more. Without it, requests a browser makes for another site are
+    /// refused (403), so that no web page can drive the queue. Requests must be SigV4-signed
+    /// (any SDK or the AWS CLI signs them) or get 403 MissingAuthenticationToken.
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    pub allow_origins: Vec<String>,
 }
 
 pub fn run(cmd: QueueCommand) -> anyhow::Result<ExitCode> {
@@ -67,6 +73,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--account-id must be 12 digits (like 000000000000), not `{}`", a.account_id);
     }
     cfg.account_id = a.account_id.clone();
+    cfg.allowed_origins = a.allow_origins.clone();
     cfg.limits.header_timeout = std::time::Duration::from_secs(a.read_timeout);
     cfg.limits.body_timeout = std::time::Duration::from_secs(a.read_timeout);
     if let Some(path) = &a.verify_signatures {
