@@ -117,9 +117,9 @@ pub fn raise_fd_limit() -> u64 {
             let want = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
                 tracing::debug!(from = lim.rlim_cur, to = lim.rlim_max, "raised the open-file soft limit");
-                return want.rlim_cur as u64;
+                return want.rlim_cur;
             }
         }
     }
-    lim.rlim_cur as u64
+    lim.rlim_cur
 }
