@@ -1443,7 +1443,8 @@ impl Broker {
             received.push((seq, m.nonce));
             out.push(render_message(m, seq, p, self.region(), self.account(), q.fifo));
         }
-        if let (true, Some(attempt)) = (q.fifo, &p.attempt) {
+        if let (true, Some(attempt), false) = (q.fifo, &p.attempt, received.is_empty()) {
+            // (an attempt that received nothing is not remembered: its retry may receive)
             q.attempts.insert(attempt.clone(), (now + 300_000, received));
         }
         if let Some((dlq_name, _)) = redrive {

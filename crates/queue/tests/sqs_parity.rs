@@ -178,6 +178,15 @@ async fn d06_receive_request_attempt_id() {
             r.messages().iter().map(|m| (m.body().unwrap().to_string(), m.receipt_handle().unwrap().to_string())).collect::<Vec<_>>()
         }
     };
+    // an attempt that finds nothing does not stop its retry from receiving (a long poll
+    // retries within one request, too)
+    let empty = create(&c, "r2.fifo", &[(QueueAttributeName::FifoQueue, "true"), (QueueAttributeName::ContentBasedDeduplication, "true")]).await;
+    let r = c.receive_message().queue_url(&empty).receive_request_attempt_id("e").send().await.unwrap();
+    assert!(r.messages().is_empty());
+    c.send_message().queue_url(&empty).message_body("late").message_group_id("g").send().await.unwrap();
+    let r = c.receive_message().queue_url(&empty).receive_request_attempt_id("e").send().await.unwrap();
+    assert_eq!(r.messages().len(), 1);
+
     let first = recv("try-1").await;
     assert_eq!(first.len(), 2);
     assert_eq!(recv("try-1").await, first, "the retry gets the same messages and receipt handles");
