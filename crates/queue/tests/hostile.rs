@@ -293,3 +293,25 @@ async fn access_key_ids_are_bounded_and_not_kept() {
     assert!(n <= 2 * 1025 + 64, "{n} access key ids interned after 3,000 distinct ones came and went");
     still_serves(&s.url).await;
 }
+
+#[tokio::test]
+async fn made_up_action_names_do_not_grow_the_metrics() {
+    let s = start_with(tempfile::tempdir().unwrap(), fast_limits).await;
+    let http = reqwest::Client::new();
+    for i in 0..2000 {
+        let r = http
+            .post(&s.url)
+            .header("x-amz-target", format!("AmazonSQS.Made{i}Up"))
+            .header("authorization", auth("AKIDHOSTILE00005"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+    }
+    let m = http.get(format!("{}/_coalmine/metrics", s.url)).send().await.unwrap().text().await.unwrap();
+    let series = m.lines().filter(|l| l.starts_with("coalmine_queue_requests_total{")).count();
+    assert!(series < 10, "{series} request series:\n{m}");
+    assert!(m.contains("coalmine_queue_requests_total{action=\"invalid\",outcome=\"UnknownOperationException\"} 2000"), "{m}");
+    still_serves(&s.url).await;
+}
