@@ -1559,6 +1559,25 @@ impl Broker {
         let to_move = st.queues[&src].msgs.len() as u64;
         let handle = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{}:{src}", rand::random::<u64>()));
         st.tasks.push(MoveTask { handle: handle.clone(), source: src, dest, rate, status: "RUNNING", moved: 0, to_move, started_ms: ctx.now_ms });
+        // ListMessageMoveTasks shows at most the 10 most recent tasks of a source: older
+        // finished ones are forgotten rather than kept without end
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut keep: Vec<bool> = st
+            .tasks
+            .iter()
+            .rev()
+            .map(|t| {
+                let n = seen.entry(t.source.clone()).or_insert(0);
+                *n += 1;
+                t.status == "RUNNING" || *n <= 10
+            })
+            .collect();
+        keep.reverse();
+        let mut i = 0;
+        st.tasks.retain(|_| {
+            i += 1;
+            keep[i - 1]
+        });
         Ok(json!({"TaskHandle": handle}))
     }
 
