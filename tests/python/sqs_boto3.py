@@ -375,6 +375,30 @@ def test_binary_attribute_is_sent_as_base64():
     sqs.delete_queue(QueueUrl=url)
 
 
+
+def test_permissions_and_lapsed_receipts():
+    """AddPermission/RemovePermission write the Policy (the query protocol spells the lists
+    AWSAccountId.N and ActionName.N); a receipt handle whose visibility ran out still deletes."""
+    url = create("perm", Attributes={"VisibilityTimeout": "1"})
+    sqs.add_permission(QueueUrl=url, Label="from-b", AWSAccountIds=["111122223333", "444455556666"],
+                       Actions=["SendMessage", "ReceiveMessage"])
+    policy = json.loads(sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["Policy"])["Attributes"]["Policy"])
+    [statement] = policy["Statement"]
+    check_eq(statement["Sid"], "from-b", "statement id")
+    check_eq(sorted(statement["Principal"]["AWS"]),
+             ["arn:aws:iam::111122223333:root", "arn:aws:iam::444455556666:root"], "principals")
+    check_eq(statement["Action"], ["SQS:SendMessage", "SQS:ReceiveMessage"], "actions")
+    sqs.remove_permission(QueueUrl=url, Label="from-b")
+    check("Policy" not in sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"],
+          "no Policy once its last statement is removed")
+    sqs.send_message(QueueUrl=url, MessageBody="slow")
+    [message] = receive(url, 1)
+    wait_for("the visibility to run out", lambda: counts(url)[0] == 1)
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    check_eq(counts(url), (0, 0, 0), "deleted by its lapsed receipt handle")
+    sqs.delete_queue(QueueUrl=url)
+
+
 if __name__ == "__main__":
     run([
         test_protocol_is_the_expected_one,
@@ -389,4 +413,5 @@ if __name__ == "__main__":
         test_purge,
         test_errors,
         test_binary_attribute_is_sent_as_base64,
+        test_permissions_and_lapsed_receipts,
     ], LABEL)

@@ -47,11 +47,21 @@ pub struct BrokerConfig {
     pub public_host: Option<String>,
     /// When set, every request must carry a valid SigV4 signature by one of these keys.
     pub credentials: Option<crate::sigv4::Credentials>,
+    /// Connection, size and time limits of the HTTP server.
+    pub limits: crate::http::Limits,
+    /// The account id in queue URLs and ARNs (12 digits); URLs naming another are refused.
+    pub account_id: String,
+    /// Web origins (`https://host:port`, or `*`) whose pages may call the queue from a
+    /// browser; requests from any other origin are refused. Empty by default.
+    pub allowed_origins: Vec<String>,
+    /// Messages in flight per queue before ReceiveMessage answers `OverLimit` (SQS: 120,000;
+    /// lower only to test clients against the limit).
+    pub max_in_flight: usize,
 }
 
 impl BrokerConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
-        BrokerConfig { data_dir: data_dir.into(), durability: Durability::Commit, region: "us-east-1".into(), public_host: None, credentials: None }
+        BrokerConfig { data_dir: data_dir.into(), durability: Durability::Commit, region: "us-east-1".into(), public_host: None, credentials: None, limits: Default::default(), max_in_flight: MAX_IN_FLIGHT, account_id: ACCOUNT.to_string(), allowed_origins: Vec::new() }
     }
 }
 
@@ -119,11 +129,12 @@ pub(crate) struct MoveTask {
 }
 
 pub(crate) struct State {
+    /// Queues deleted in the last 60 s (name -> when, ms): their names are not free yet.
+    pub deleted: HashMap<String, u64>,
     pub queues: HashMap<String, Queue>,
     pub next_seq: u64,
     pub telemetry: Telemetry,
     pub tasks: Vec<MoveTask>,
-    pub keys: HashMap<String, Arc<str>>,
 }
 
 pub(crate) struct Inner {
@@ -262,6 +273,29 @@ fn failed(id: &str, e: &SqsError) -> Value {
     json!({"Id": id, "SenderFault": e.sender_fault, "Code": e.code, "Message": e.message})
 }
 
+/// Tag keys of 1 to 128 characters not starting with the reserved `aws:`, values of at most 256.
+fn check_tags(tags: &BTreeMap<String, String>) -> Result<(), SqsError> {
+    for (k, v) in tags {
+        let n = k.chars().count();
+        if n == 0 || n > 128 {
+            return Err(SqsError::invalid_parameter(format!("Tag key \"{k}\" is invalid: a tag key is 1 to 128 characters long.")));
+        }
+        if k.len() >= 4 && k[..4].eq_ignore_ascii_case("aws:") {
+            return Err(SqsError::invalid_parameter(format!("Tag key \"{k}\" is invalid: the prefix aws: is reserved for AWS; choose another key.")));
+        }
+        if v.chars().count() > 256 {
+            return Err(SqsError::invalid_parameter(format!("The value of tag \"{k}\" is invalid: a tag value is at most 256 characters long.")));
+        }
+    }
+    Ok(())
+}
+
+fn visibility_beyond_limit(t: i64) -> SqsError {
+    SqsError::invalid_parameter(format!(
+        "Value {t} for parameter VisibilityTimeout is invalid. Reason: Total VisibilityTimeout for the message is beyond the limit [43200 seconds]."
+    ))
+}
+
 fn bad_receipt_visibility(h: &str) -> SqsError {
     SqsError::invalid_parameter(format!(
         "Value {h} for parameter ReceiptHandle is invalid. Reason: Message does not exist or is not available for visibility timeout change."
@@ -269,6 +303,7 @@ fn bad_receipt_visibility(h: &str) -> SqsError {
 }
 
 struct RecvParams {
+    attempt: Option<String>,
     max: usize,
     visibility: Option<u64>,
     wait: Option<u64>,
@@ -285,7 +320,16 @@ fn parse_receive(req: &Value) -> Result<RecvParams, SqsError> {
     if let Some(bad) = sys_names.iter().find(|n| !SYS_ATTRS.contains(&n.as_str())) {
         return Err(SqsError::invalid_attribute_name(bad));
     }
-    Ok(RecvParams { max, visibility, wait, sys_names, attr_names: str_list(req, "MessageAttributeNames") })
+    let attempt = s(req, "ReceiveRequestAttemptId").map(str::to_string);
+    if let Some(a) = &attempt {
+        let ok = !a.is_empty() && a.len() <= 128 && a.bytes().all(|b| b.is_ascii_graphic());
+        if !ok {
+            return Err(SqsError::invalid_parameter(format!(
+                "Value {a} for parameter ReceiveRequestAttemptId is invalid. Reason: use 1 to 128 printable ASCII characters."
+            )));
+        }
+    }
+    Ok(RecvParams { attempt, max, visibility, wait, sys_names, attr_names: str_list(req, "MessageAttributeNames") })
 }
 
 const SYS_ATTRS: &[&str] = &[
@@ -306,14 +350,6 @@ impl State {
         self.queues.get_mut(name).ok_or_else(SqsError::queue_does_not_exist)
     }
 
-    fn key(&mut self, k: &str) -> Arc<str> {
-        if let Some(a) = self.keys.get(k) {
-            return a.clone();
-        }
-        let a: Arc<str> = Arc::from(k);
-        self.keys.insert(k.to_string(), a.clone());
-        a
-    }
 }
 
 fn queue_row(q: &Queue) -> QueueRow {
@@ -327,78 +363,89 @@ fn queue_row(q: &Queue) -> QueueRow {
     }
 }
 
+/// The queues and messages of the store, in memory; and the next sequence number.
+fn build_queues(queues: Vec<QueueRow>, messages: Vec<crate::store::MsgRow>, path: &std::path::Path) -> Result<(HashMap<String, Queue>, u64), QueueError> {
+    let now = now_ms();
+    let mut out: HashMap<String, Queue> = HashMap::new();
+    let mut next_seq = 1u64;
+        for r in queues {
+        let attrs: BTreeMap<String, String> = serde_json::from_str(&r.attrs)
+            .map_err(|e| QueueError::Corrupt { path: path.to_path_buf(), message: format!("queue {}: attributes: {e}", r.name) })?;
+        let tags: BTreeMap<String, String> = serde_json::from_str(&r.tags).unwrap_or_default();
+        let mut q = Queue::new(&r.name, attrs, tags, r.created_s);
+        q.modified_s = r.modified_s;
+        q.last_purge_ms = r.last_purge_ms;
+        out.insert(r.name.clone(), q);
+    }
+    let mut orphans = 0usize;
+    for r in messages {
+        next_seq = next_seq.max(r.seq + 1);
+        let sender = KeyId::intern(&r.sender);
+        let receiver = r.receiver.as_deref().map(KeyId::intern).unwrap_or_default();
+        let Some(q) = out.get_mut(&r.queue) else {
+            orphans += 1;
+            continue;
+        };
+        let parse = |s: &Option<String>| s.as_deref().and_then(|s| serde_json::from_str::<Map<String, Value>>(s).ok());
+        let attrs = parse(&r.attrs);
+        let sys_attrs = parse(&r.sys_attrs);
+        let extra = if attrs.is_some() || sys_attrs.is_some() || r.group_id.is_some() || r.dedup_id.is_some() || r.dl_source.is_some() {
+            Some(Box::new(Extra {
+                attrs,
+                sys_attrs,
+                group: r.group_id.as_deref().map(Arc::from),
+                dedup_id: r.dedup_id.clone(),
+                seqnum: r.seqnum,
+                dl_source: r.dl_source.clone(),
+                dl_moved_at: r.dl_moved_at,
+            }))
+        } else {
+            None
+        };
+        q.next_seqnum = q.next_seqnum.max(r.seqnum);
+        let in_flight = r.recv_count > 0 && r.visible_at > now && r.nonce != 0;
+        let m = Msg {
+            id: uuid::Uuid::parse_str(&r.id).map(|u| *u.as_bytes()).unwrap_or_else(|_| rand::random()),
+            body: r.body.into_boxed_str(),
+            extra,
+            sent_ms: r.sent_ms,
+            visible_at: r.visible_at,
+            first_recv_ms: r.first_recv_ms,
+            recv_count: r.recv_count,
+            nonce: if in_flight { r.nonce } else { 0 },
+            last_nonce: if in_flight { 0 } else { r.nonce },
+            sender,
+            receiver,
+            received_at: r.received_at,
+        };
+        if let (true, Some(d)) = (q.fifo, r.dedup_id.as_ref()) {
+            let key = match (&r.group_id, q.dedup_by_group()) {
+                (Some(g), true) => format!("{g}\u{0}{d}"),
+                _ => d.clone(),
+            };
+            let exp = r.sent_ms + 300_000;
+            if exp > now {
+                q.dedup.insert(key.clone(), (exp, m.id, r.seqnum));
+                q.dedup_order.push_back((exp, key));
+            }
+        }
+        q.insert(r.seq, m, now);
+    }
+    if orphans > 0 {
+        tracing::warn!(count = orphans, "queue store held messages of deleted queues; ignored");
+    }
+    Ok((out, next_seq))
+}
+
 impl Broker {
     /// Open (or create) the broker's store in `cfg.data_dir` and load its state.
     pub fn open(cfg: BrokerConfig) -> Result<Broker, QueueError> {
         let (store, loaded) = Store::open(&cfg.data_dir)?;
         let path = cfg.data_dir.join("queue.db");
-        let now = now_ms();
-        let mut st = State { queues: HashMap::new(), next_seq: 1, telemetry: Telemetry::default(), tasks: Vec::new(), keys: HashMap::new() };
-        for r in loaded.queues {
-            let attrs: BTreeMap<String, String> = serde_json::from_str(&r.attrs)
-                .map_err(|e| QueueError::Corrupt { path: path.clone(), message: format!("queue {}: attributes: {e}", r.name) })?;
-            let tags: BTreeMap<String, String> = serde_json::from_str(&r.tags).unwrap_or_default();
-            let mut q = Queue::new(&r.name, attrs, tags, r.created_s);
-            q.modified_s = r.modified_s;
-            q.last_purge_ms = r.last_purge_ms;
-            st.queues.insert(r.name.clone(), q);
-        }
-        let mut orphans = 0usize;
-        for r in loaded.messages {
-            st.next_seq = st.next_seq.max(r.seq + 1);
-            let sender = KeyId::intern(&r.sender);
-            let receiver = r.receiver.as_deref().map(KeyId::intern).unwrap_or_default();
-            let Some(q) = st.queues.get_mut(&r.queue) else {
-                orphans += 1;
-                continue;
-            };
-            let parse = |s: &Option<String>| s.as_deref().and_then(|s| serde_json::from_str::<Map<String, Value>>(s).ok());
-            let attrs = parse(&r.attrs);
-            let sys_attrs = parse(&r.sys_attrs);
-            let extra = if attrs.is_some() || sys_attrs.is_some() || r.group_id.is_some() || r.dedup_id.is_some() || r.dl_source.is_some() {
-                Some(Box::new(Extra {
-                    attrs,
-                    sys_attrs,
-                    group: r.group_id.as_deref().map(Arc::from),
-                    dedup_id: r.dedup_id.clone(),
-                    seqnum: r.seqnum,
-                    dl_source: r.dl_source.clone(),
-                    dl_moved_at: r.dl_moved_at,
-                }))
-            } else {
-                None
-            };
-            q.next_seqnum = q.next_seqnum.max(r.seqnum);
-            let in_flight = r.recv_count > 0 && r.visible_at > now && r.nonce != 0;
-            let m = Msg {
-                id: uuid::Uuid::parse_str(&r.id).map(|u| *u.as_bytes()).unwrap_or_else(|_| rand::random()),
-                body: r.body.into_boxed_str(),
-                extra,
-                sent_ms: r.sent_ms,
-                visible_at: r.visible_at,
-                first_recv_ms: r.first_recv_ms,
-                recv_count: r.recv_count,
-                nonce: if in_flight { r.nonce } else { 0 },
-                sender,
-                receiver,
-                received_at: r.received_at,
-            };
-            if let (true, Some(d)) = (q.fifo, r.dedup_id.as_ref()) {
-                let key = match (&r.group_id, q.dedup_by_group()) {
-                    (Some(g), true) => format!("{g}\u{0}{d}"),
-                    _ => d.clone(),
-                };
-                let exp = r.sent_ms + 300_000;
-                if exp > now {
-                    q.dedup.insert(key.clone(), (exp, m.id, r.seqnum));
-                    q.dedup_order.push_back((exp, key));
-                }
-            }
-            q.insert(r.seq, m, now);
-        }
-        if orphans > 0 {
-            tracing::warn!(count = orphans, "queue store held messages of deleted queues; ignored");
-        }
+        let mut st = State { deleted: HashMap::new(), queues: HashMap::new(), next_seq: 1, telemetry: Telemetry::default(), tasks: Vec::new() };
+        let (queues, next_seq) = build_queues(loaded.queues, loaded.messages, &path)?;
+        st.queues = queues;
+        st.next_seq = next_seq;
         st.telemetry.restore(loaded.telemetry);
         let host = cfg.public_host.clone().unwrap_or_else(|| "127.0.0.1:9324".into());
         tracing::debug!(queues = st.queues.len(), "queue store loaded");
@@ -434,11 +481,20 @@ impl Broker {
 
     /// URL of queue `name` as clients outside a request see it.
     pub fn queue_url(&self, name: &str) -> String {
-        format!("http://{}/{ACCOUNT}/{name}", self.inner.public_host.lock().unwrap())
+        format!("http://{}/{}/{name}", self.inner.public_host.lock().unwrap(), self.account())
     }
 
-    fn url(host: &str, name: &str) -> String {
-        format!("http://{host}/{ACCOUNT}/{name}")
+    fn url(&self, host: &str, name: &str) -> String {
+        format!("http://{host}/{}/{name}", self.account())
+    }
+
+    /// The account id in queue URLs and ARNs.
+    pub fn account(&self) -> &str {
+        &self.inner.cfg.account_id
+    }
+
+    fn arn(&self, name: &str) -> String {
+        arn_of(self.region(), self.account(), name)
     }
 
     fn region(&self) -> &str {
@@ -483,9 +539,12 @@ impl Broker {
             "CreateQueue" => self.create_queue(req, ctx),
             "GetQueueUrl" => {
                 let name = req_str(req, "QueueName")?;
+                if s(req, "QueueOwnerAWSAccountId").is_some_and(|owner| owner != self.account()) {
+                    return Err(SqsError::queue_does_not_exist());
+                }
                 let st = self.lock();
                 if st.queues.contains_key(name) {
-                    Ok(json!({"QueueUrl": Self::url(&ctx.host, name)}))
+                    Ok(json!({"QueueUrl": self.url(&ctx.host, name)}))
                 } else {
                     Err(SqsError::queue_does_not_exist())
                 }
@@ -496,6 +555,9 @@ impl Broker {
                 let mut st = self.lock();
                 st.queues.remove(&name).ok_or_else(SqsError::queue_does_not_exist)?;
                 st.telemetry.series.remove(&name);
+                let now = ctx.now_ms;
+                st.deleted.retain(|_, at| *at + 60_000 > now);
+                st.deleted.insert(name.clone(), now);
                 tracing::info!(queue = %name, "queue deleted");
                 self.submit(ctx, vec![Op::DropQueue(name)]);
                 Ok(json!({}))
@@ -610,7 +672,7 @@ impl Broker {
                 let mut names: Vec<&String> =
                     st.queues.values().filter(|q| q.redrive.as_ref().is_some_and(|r| r.0 == name)).map(|q| &q.name).collect();
                 names.sort();
-                Ok(Self::paged(names, max, s(req, "NextToken"), &ctx.host, "queueUrls"))
+                Ok(self.paged(names, max, s(req, "NextToken"), &ctx.host, "queueUrls"))
             }
             "TagQueue" => {
                 let name = self.queue_of(req)?;
@@ -618,6 +680,7 @@ impl Broker {
                 if tags.is_empty() {
                     return Err(SqsError::missing_parameter("Tags"));
                 }
+                check_tags(&tags)?;
                 let mut st = self.lock();
                 let q = st.queue(&name)?;
                 if q.tags.len() + tags.keys().filter(|k| !q.tags.contains_key(*k)).count() > 50 {
@@ -666,7 +729,7 @@ impl Broker {
                     .map(|t| {
                         let mut v = json!({
                             "Status": t.status,
-                            "SourceArn": arn(self.region(), &t.source),
+                            "SourceArn": self.arn(&t.source),
                             "ApproximateNumberOfMessagesMoved": t.moved,
                             "ApproximateNumberOfMessagesToMove": t.to_move,
                             "StartedTimestamp": t.started_ms,
@@ -675,7 +738,7 @@ impl Broker {
                             v["TaskHandle"] = json!(t.handle);
                         }
                         if let Some(d) = &t.dest {
-                            v["DestinationArn"] = json!(arn(self.region(), d));
+                            v["DestinationArn"] = json!(self.arn(d));
                         }
                         if let Some(r) = t.rate {
                             v["MaxNumberOfMessagesPerSecond"] = json!(r);
@@ -702,11 +765,7 @@ impl Broker {
                 t.status = "CANCELLED";
                 Ok(json!({"ApproximateNumberOfMessagesMoved": t.moved}))
             }
-            "AddPermission" | "RemovePermission" => {
-                let name = self.queue_of(req)?;
-                self.lock().queue(&name)?;
-                Ok(json!({}))
-            }
+            "AddPermission" | "RemovePermission" => self.permission(action, req, ctx),
             other => Err(SqsError::client_legacy(
                 "UnknownOperationException",
                 "InvalidAction",
@@ -715,16 +774,95 @@ impl Broker {
         }
     }
 
+    /// AddPermission / RemovePermission: a statement per label in the queue's `Policy`.
+    fn permission(&self, action: &str, req: &Value, ctx: &mut Ctx) -> Result<Value, SqsError> {
+        let name = self.queue_of(req)?;
+        let label = req_str(req, "Label")?;
+        if label.is_empty() || label.len() > 80 || !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(SqsError::invalid_parameter(format!(
+                "Value {label} for parameter Label is invalid. Reason: use up to 80 letters, digits, hyphens and underscores."
+            )));
+        }
+        let add = action == "AddPermission";
+        let (accounts, actions) = (str_list(req, "AWSAccountIds"), str_list(req, "Actions"));
+        if add {
+            if accounts.is_empty() {
+                return Err(SqsError::missing_parameter("AWSAccountIds"));
+            }
+            if actions.is_empty() {
+                return Err(SqsError::missing_parameter("Actions"));
+            }
+            const ALLOWED: &[&str] = &[
+                "*", "SendMessage", "ReceiveMessage", "DeleteMessage", "ChangeMessageVisibility", "GetQueueAttributes",
+                "GetQueueUrl", "ListDeadLetterSourceQueues", "PurgeQueue", "ListQueueTags",
+            ];
+            if let Some(bad) = actions.iter().find(|a| !ALLOWED.contains(&a.as_str())) {
+                return Err(SqsError::invalid_parameter(format!(
+                    "Value {bad} for parameter ActionName is invalid. Reason: Please refer to the appropriate WSDL for a list of valid actions."
+                )));
+            }
+        }
+        let mut st = self.lock();
+        let q = st.queue(&name)?;
+        let queue_arn = self.arn(&name);
+        let mut policy: Value = q
+            .attrs
+            .get("Policy")
+            .filter(|p| !p.is_empty())
+            .and_then(|p| serde_json::from_str(p).ok())
+            .unwrap_or_else(|| json!({"Version": "2012-10-17", "Id": format!("{queue_arn}/SQSDefaultPolicy"), "Statement": []}));
+        if !policy["Statement"].is_array() {
+            policy["Statement"] = json!([]);
+        }
+        let statements = policy["Statement"].as_array_mut().expect("an array");
+        let at = statements.iter().position(|st| st["Sid"].as_str() == Some(label));
+        if add {
+            if at.is_some() {
+                return Err(SqsError::invalid_parameter(format!("Value {label} for parameter Label is invalid. Reason: Already exists.")));
+            }
+            let principals: Vec<String> = accounts.iter().map(|a| format!("arn:aws:iam::{a}:root")).collect();
+            statements.push(json!({
+                "Sid": label,
+                "Effect": "Allow",
+                "Principal": {"AWS": if principals.len() == 1 { json!(principals[0]) } else { json!(principals) }},
+                "Action": actions.iter().map(|a| format!("SQS:{a}")).collect::<Vec<_>>(),
+                "Resource": queue_arn,
+            }));
+        } else {
+            let Some(i) = at else {
+                return Err(SqsError::invalid_parameter(format!("Value {label} for parameter Label is invalid. Reason: can't find label.")));
+            };
+            statements.remove(i);
+        }
+        if statements.is_empty() {
+            q.attrs.remove("Policy");
+        } else {
+            q.attrs.insert("Policy".into(), policy.to_string());
+        }
+        q.modified_s = ctx.now_ms / 1000;
+        let row = queue_row(q);
+        self.submit(ctx, vec![Op::Queue(row)]);
+        Ok(json!({}))
+    }
+
     fn queue_of(&self, req: &Value) -> Result<String, SqsError> {
         let url = req_str(req, "QueueUrl")?;
         let name = queue_name_from_url(url);
         if name.is_empty() {
             return Err(SqsError::queue_does_not_exist());
         }
+        // `.../<account>/<name>`: another account's queue is not ours to touch
+        let mut parts = url.trim_end_matches('/').rsplit('/');
+        parts.next();
+        if let Some(account) = parts.next().filter(|a| a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit())) {
+            if account != self.account() {
+                return Err(SqsError::access_denied(url));
+            }
+        }
         Ok(name.to_string())
     }
 
-    fn paged(names: Vec<&String>, max: Option<i64>, token: Option<&str>, host: &str, field: &str) -> Value {
+    fn paged(&self, names: Vec<&String>, max: Option<i64>, token: Option<&str>, host: &str, field: &str) -> Value {
         let start = token
             .and_then(|t| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(t).ok())
             .and_then(|b| String::from_utf8(b).ok());
@@ -734,7 +872,7 @@ impl Broker {
         it.truncate(limit);
         let mut out = Map::new();
         if !it.is_empty() {
-            out.insert(field.into(), json!(it.iter().map(|n| Self::url(host, n)).collect::<Vec<_>>()));
+            out.insert(field.into(), json!(it.iter().map(|n| self.url(host, n)).collect::<Vec<_>>()));
         }
         if more && max.is_some() {
             let last = it.last().map(|s| s.as_str()).unwrap_or("");
@@ -749,11 +887,11 @@ impl Broker {
         let st = self.lock();
         let mut names: Vec<&String> = st.queues.keys().filter(|n| n.starts_with(prefix)).collect();
         names.sort();
-        Ok(Self::paged(names, max, s(req, "NextToken"), &ctx.host, "QueueUrls"))
+        Ok(self.paged(names, max, s(req, "NextToken"), &ctx.host, "QueueUrls"))
     }
 
     /// Check attributes that need the other queues (the dead-letter target).
-    fn check_redrive(st: &State, source: &str, fifo: bool, attrs: &BTreeMap<String, String>, region: &str) -> Result<(), SqsError> {
+    fn check_redrive(st: &State, source: &str, fifo: bool, attrs: &BTreeMap<String, String>, source_arn: &str) -> Result<(), SqsError> {
         let Some(p) = attrs.get("RedrivePolicy").filter(|p| !p.is_empty()) else { return Ok(()) };
         let v: Value = serde_json::from_str(p).unwrap_or_default();
         let target = v.get("deadLetterTargetArn").and_then(Value::as_str).unwrap_or("");
@@ -770,7 +908,7 @@ impl Broker {
         }
         if let Some(allow) = dlq.attr("RedriveAllowPolicy").and_then(|a| serde_json::from_str::<Value>(a).ok()) {
             let perm = allow.get("redrivePermission").and_then(Value::as_str).unwrap_or("allowAll");
-            let src_arn = arn(region, source);
+            let src_arn = source_arn.to_string();
             let allowed = match perm {
                 "denyAll" => false,
                 "byQueue" => allow
@@ -823,9 +961,9 @@ impl Broker {
         let fifo = name.ends_with(".fifo");
         let mut norm = Self::normalize_attrs(name, fifo, attrs, true)?;
         norm.remove("FifoQueue");
-        let url = Self::url(&ctx.host, name);
+        let url = self.url(&ctx.host, name);
         let mut st = self.lock();
-        Self::check_redrive(&st, name, fifo, &norm, self.region())?;
+        Self::check_redrive(&st, name, fifo, &norm, &self.arn(name))?;
         if let Some(q) = st.queues.get_mut(name) {
             let differs = norm.iter().any(|(k, v)| q.attr(k).unwrap_or("") != v);
             if differs {
@@ -840,6 +978,10 @@ impl Broker {
             }
             return Ok(json!({"QueueUrl": url}));
         }
+        if !update && st.deleted.get(name).is_some_and(|at| at + 60_000 > ctx.now_ms) {
+            return Err(SqsError::queue_deleted_recently(name));
+        }
+        check_tags(&tags)?;
         let q = Queue::new(name, norm, tags, ctx.now_ms / 1000);
         let row = queue_row(&q);
         st.queues.insert(name.to_string(), q);
@@ -852,7 +994,7 @@ impl Broker {
         let mut st = self.lock();
         let fifo = st.queue(name)?.fifo;
         let norm = Self::normalize_attrs(name, fifo, attrs, false)?;
-        Self::check_redrive(&st, name, fifo, &norm, self.region())?;
+        Self::check_redrive(&st, name, fifo, &norm, &self.arn(name))?;
         let q = st.queue(name)?;
         q.attrs.extend(norm);
         q.modified_s = ctx.now_ms / 1000;
@@ -881,7 +1023,7 @@ impl Broker {
                 out.insert(k.to_string(), Value::String(v));
             }
         };
-        put("QueueArn", arn(self.region(), &q.name));
+        put("QueueArn", self.arn(&q.name));
         put("ApproximateNumberOfMessages", q.ready.len().to_string());
         put("ApproximateNumberOfMessagesNotVisible", q.inflight.to_string());
         put("ApproximateNumberOfMessagesDelayed", q.delayed().to_string());
@@ -1005,11 +1147,19 @@ impl Broker {
                     "Value for parameter MessageDeduplicationId is invalid. Reason: The request includes a parameter that is not valid for this queue type.",
                 ));
             }
-            if attrs.is_some() || sys_attrs.is_some() {
+            // A MessageGroupId on a standard queue (fair queues) is kept and returned.
+            if let Some(g) = group {
+                if g.is_empty() || g.len() > 128 || !g.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(SqsError::invalid_parameter(format!(
+                        "Value {g} for parameter MessageGroupId is invalid: use 1 to 128 printable ASCII characters."
+                    )));
+                }
+            }
+            if attrs.is_some() || sys_attrs.is_some() || group.is_some() {
                 extra = Some(Box::new(Extra {
                     attrs: attrs.clone(),
                     sys_attrs: sys_attrs.clone(),
-                    group: None,
+                    group: group.map(Arc::from),
                     dedup_id: None,
                     seqnum: 0,
                     dl_source: None,
@@ -1030,6 +1180,7 @@ impl Broker {
             first_recv_ms: 0,
             recv_count: 0,
             nonce: 0,
+            last_nonce: 0,
             sender,
             receiver: KeyId::NONE,
             received_at: 0,
@@ -1079,7 +1230,21 @@ impl Broker {
             return Err(SqsError::batch_too_long(total, MAX_MESSAGE_BYTES));
         }
         let mut st = self.lock();
-        st.queue(&name)?;
+        let q = st.queue(&name)?;
+        if q.fifo {
+            // SQS fails the whole request, not the entry (not documented; the SDK models' errors).
+            let content_dedup = q.content_dedup();
+            for e in entries {
+                if s(e, "MessageGroupId").is_none() {
+                    return Err(SqsError::missing_parameter("MessageGroupId"));
+                }
+                if s(e, "MessageDeduplicationId").is_none() && !content_dedup {
+                    return Err(SqsError::invalid_parameter(
+                        "The queue should either have ContentBasedDeduplication enabled or MessageDeduplicationId provided explicitly",
+                    ));
+                }
+            }
+        }
         let (mut ok, mut bad, mut ops) = (Vec::new(), Vec::new(), Vec::with_capacity(entries.len()));
         for e in entries {
             let id = s(e, "Id").unwrap_or("");
@@ -1107,13 +1272,22 @@ impl Broker {
     }
 
     fn delete_one(st: &mut State, name: &str, h: &str, ctx: &Ctx, ops: &mut Vec<Op>) -> Result<(), SqsError> {
-        let (seq, nonce) = parse_receipt(h)?;
         let State { queues, telemetry, .. } = st;
         let q = queues.get_mut(name).ok_or_else(SqsError::queue_does_not_exist)?;
+        let (seq, nonce) = parse_receipt(h)?;
+        q.promote(ctx.now_ms, telemetry);
         let Some(m) = q.msgs.get(&seq) else { return Ok(()) };
         if m.nonce != nonce {
-            // a stale receipt handle: the message was received again since (or returned)
-            return Ok(());
+            // Not the current receipt. Its visibility ran out and nobody received the message
+            // since: SQS deletes it all the same (a standard queue), or says the handle has
+            // expired (FIFO). Received again since: the old handle deletes nothing.
+            if m.nonce == 0 && m.last_nonce == nonce {
+                if q.fifo {
+                    return Err(SqsError::receipt_handle_expired());
+                }
+            } else {
+                return Ok(());
+            }
         }
         let m = q.take(seq).expect("message present");
         if let Some(r) = m.receiver.get() {
@@ -1125,6 +1299,8 @@ impl Broker {
     }
 
     fn change_visibility(st: &mut State, name: &str, h: &str, t: i64, ctx: &Ctx, ops: &mut Vec<Op>) -> Result<(), SqsError> {
+        let State { queues, telemetry, .. } = st;
+        let q = queues.get_mut(name).ok_or_else(SqsError::queue_does_not_exist)?;
         if !(0..=43_200).contains(&t) {
             return Err(SqsError::invalid_parameter(format!(
                 "Value {t} for parameter VisibilityTimeout is invalid. Reason: Must be between 0 and 43200, if provided."
@@ -1132,12 +1308,30 @@ impl Broker {
         }
         let (seq, nonce) = parse_receipt(h)?;
         let now = ctx.now_ms;
-        let State { queues, telemetry, .. } = st;
-        let q = queues.get_mut(name).ok_or_else(SqsError::queue_does_not_exist)?;
         q.promote(now, telemetry);
         let Some(m) = q.msgs.get_mut(&seq) else { return Err(bad_receipt_visibility(h)) };
         if m.nonce == 0 {
-            return Err(SqsError::message_not_inflight());
+            if m.last_nonce != nonce || m.last_nonce == 0 {
+                return Err(SqsError::message_not_inflight());
+            }
+            // The latest receipt, whose visibility ran out with nobody receiving the message
+            // since. SQS answers 200 (FIFO: the handle has expired); the SQS API reference does
+            // not say what happens to the message: here a timeout above 0 hands it back to the
+            // holder of the handle, as if its visibility had not run out.
+            if q.fifo {
+                return Err(SqsError::receipt_handle_expired());
+            }
+            if t > 0 {
+                if now + t as u64 * 1000 > m.received_at + MAX_VISIBILITY_MS {
+                    return Err(visibility_beyond_limit(t));
+                }
+                let mut m = q.take(seq).expect("message present");
+                m.nonce = m.last_nonce;
+                m.visible_at = now + t as u64 * 1000;
+                q.insert(seq, m, now);
+                ops.push(q.msgs[&seq].state_op(seq));
+            }
+            return Ok(());
         }
         if m.nonce != nonce {
             return Err(bad_receipt_visibility(h));
@@ -1150,6 +1344,9 @@ impl Broker {
             }
             q.notify.notify_one();
         } else {
+            if now + t as u64 * 1000 > m.received_at + MAX_VISIBILITY_MS {
+                return Err(visibility_beyond_limit(t));
+            }
             q.pending.remove(&(m.visible_at, seq));
             m.visible_at = now + t as u64 * 1000;
             q.pending.insert((m.visible_at, seq));
@@ -1160,8 +1357,8 @@ impl Broker {
 
     fn receive_once(&self, st: &mut State, name: &str, p: &RecvParams, ctx: &mut Ctx) -> Result<Vec<Value>, SqsError> {
         let now = ctx.now_ms;
-        let key = st.key(&ctx.access_key);
         let kid = KeyId::intern(&ctx.access_key);
+        let key = kid.get().unwrap_or_else(|| ctx.access_key.clone());
         let State { queues, telemetry, .. } = st;
         let q = queues.get_mut(name).ok_or_else(SqsError::queue_does_not_exist)?;
         q.promote(now, telemetry);
@@ -1182,9 +1379,25 @@ impl Broker {
         } else {
             q.ready.iter().copied().take(p.max + 64).collect()
         };
-        let want_all_sys = p.sys_names.iter().any(|n| n == "All");
-        let want = |n: &str| want_all_sys || p.sys_names.iter().any(|x| x == n);
+        // A retried FIFO receive (same ReceiveRequestAttemptId within 5 minutes) gets the same
+        // messages and receipt handles, as long as they are still in flight with them.
+        if let (true, Some(attempt)) = (q.fifo, &p.attempt) {
+            q.attempts.retain(|_, (exp, _)| *exp > now);
+            if let Some((_, got)) = q.attempts.get(attempt) {
+                let same = got.iter().all(|(seq, nonce)| q.msgs.get(seq).is_some_and(|m| m.nonce == *nonce));
+                if same {
+                    return Ok(got.iter().map(|(seq, _)| render_message(&q.msgs[seq], *seq, p, self.region(), self.account(), true)).collect());
+                }
+            }
+        }
+        if q.inflight >= self.inner.cfg.max_in_flight && !q.ready.is_empty() {
+            return Err(SqsError::over_limit(q.inflight));
+        }
+        let mut received: Vec<(u64, u32)> = Vec::new();
         for seq in candidates {
+            if q.inflight >= self.inner.cfg.max_in_flight {
+                break;
+            }
             if out.len() >= p.max {
                 break;
             }
@@ -1216,7 +1429,7 @@ impl Broker {
                     break n;
                 }
             };
-            m.receiver = kid;
+            m.receiver = kid.clone();
             m.received_at = now;
             m.visible_at = now + vis * 1000;
             let m = &q.msgs[&seq];
@@ -1227,70 +1440,12 @@ impl Broker {
             }
             ops.push(m.state_op(seq));
             telemetry.record(name, &key, now, Event::Received);
-            // render
-            let mut v = Map::new();
-            v.insert("MessageId".into(), json!(m.id_string()));
-            v.insert("ReceiptHandle".into(), json!(receipt(seq, m.nonce)));
-            v.insert("MD5OfBody".into(), json!(md5_hex(m.body.as_bytes())));
-            v.insert("Body".into(), json!(&*m.body));
-            if !p.sys_names.is_empty() {
-                let mut a = Map::new();
-                let e = m.extra.as_deref();
-                if want("SenderId") {
-                    a.insert("SenderId".into(), json!(m.sender.name()));
-                }
-                if want("SentTimestamp") {
-                    a.insert("SentTimestamp".into(), json!(m.sent_ms.to_string()));
-                }
-                if want("ApproximateReceiveCount") {
-                    a.insert("ApproximateReceiveCount".into(), json!(m.recv_count.to_string()));
-                }
-                if want("ApproximateFirstReceiveTimestamp") {
-                    a.insert("ApproximateFirstReceiveTimestamp".into(), json!(m.first_recv_ms.to_string()));
-                }
-                if let Some(e) = e {
-                    if let Some(g) = &e.group {
-                        if want("MessageGroupId") {
-                            a.insert("MessageGroupId".into(), json!(&**g));
-                        }
-                        if want("SequenceNumber") {
-                            a.insert("SequenceNumber".into(), json!(format!("{:020}", e.seqnum)));
-                        }
-                    }
-                    if let (Some(d), true) = (&e.dedup_id, want("MessageDeduplicationId")) {
-                        a.insert("MessageDeduplicationId".into(), json!(d));
-                    }
-                    if let (Some(src), true) = (&e.dl_source, want("DeadLetterQueueSourceArn")) {
-                        a.insert("DeadLetterQueueSourceArn".into(), json!(arn(self.region(), src)));
-                    }
-                    if let (Some(t), true) = (e.sys_attrs.as_ref().and_then(|s| s.get("AWSTraceHeader")), want("AWSTraceHeader")) {
-                        if let Some(v) = t.get("StringValue") {
-                            a.insert("AWSTraceHeader".into(), v.clone());
-                        }
-                    }
-                }
-                if !a.is_empty() {
-                    v.insert("Attributes".into(), Value::Object(a));
-                }
-            }
-            if let Some(attrs) = m.extra.as_ref().and_then(|e| e.attrs.as_ref()) {
-                if !p.attr_names.is_empty() {
-                    let sel: Map<String, Value> = attrs
-                        .iter()
-                        .filter(|(k, _)| {
-                            p.attr_names.iter().any(|n| {
-                                n == "All" || n == ".*" || n == *k || (n.ends_with(".*") && k.starts_with(&n[..n.len() - 1]))
-                            })
-                        })
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect();
-                    if let Some(md5) = md5_of_attributes(&sel) {
-                        v.insert("MD5OfMessageAttributes".into(), json!(md5));
-                        v.insert("MessageAttributes".into(), Value::Object(sel));
-                    }
-                }
-            }
-            out.push(Value::Object(v));
+            received.push((seq, m.nonce));
+            out.push(render_message(m, seq, p, self.region(), self.account(), q.fifo));
+        }
+        if let (true, Some(attempt), false) = (q.fifo, &p.attempt, received.is_empty()) {
+            // (an attempt that received nothing is not remembered: its retry may receive)
+            q.attempts.insert(attempt.clone(), (now + 300_000, received));
         }
         if let Some((dlq_name, _)) = redrive {
             for (seq, mut m) in to_dlq {
@@ -1404,6 +1559,25 @@ impl Broker {
         let to_move = st.queues[&src].msgs.len() as u64;
         let handle = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{}:{src}", rand::random::<u64>()));
         st.tasks.push(MoveTask { handle: handle.clone(), source: src, dest, rate, status: "RUNNING", moved: 0, to_move, started_ms: ctx.now_ms });
+        // ListMessageMoveTasks shows at most the 10 most recent tasks of a source: older
+        // finished ones are forgotten rather than kept without end
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut keep: Vec<bool> = st
+            .tasks
+            .iter()
+            .rev()
+            .map(|t| {
+                let n = seen.entry(t.source.clone()).or_insert(0);
+                *n += 1;
+                t.status == "RUNNING" || *n <= 10
+            })
+            .collect();
+        keep.reverse();
+        let mut i = 0;
+        st.tasks.retain(|_| {
+            i += 1;
+            keep[i - 1]
+        });
         Ok(json!({"TaskHandle": handle}))
     }
 
@@ -1639,8 +1813,49 @@ impl Broker {
         Ok(seqs.len())
     }
 
+    /// After a failed write, make the in-memory state what the store holds again (dropping
+    /// every change that was refused), and accept changes again. Does nothing while the store
+    /// is well; when the store still cannot be read, tries again at the next tick.
+    pub(crate) fn recover_store(&self) {
+        if !self.inner.store.is_broken() {
+            return;
+        }
+        let mut st = self.lock();
+        let path = self.inner.cfg.data_dir.join("queue.db");
+        let loaded = match self.inner.store.reload() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "queue store still failing; trying again shortly");
+                return;
+            }
+        };
+        match build_queues(loaded.queues, loaded.messages, &path) {
+            Ok((mut queues, next_seq)) => {
+                for (name, q) in queues.iter_mut() {
+                    if let Some(old) = st.queues.get(name) {
+                        // long polls in progress wait on these
+                        q.notify = old.notify.clone();
+                    }
+                }
+                let refused: usize = st.queues.values().map(|q| q.msgs.len()).sum::<usize>().abs_diff(queues.values().map(|q| q.msgs.len()).sum());
+                st.queues = queues;
+                st.next_seq = st.next_seq.max(next_seq);
+                tracing::warn!(message_count_change = refused, "queue state reloaded from the store after a failed write; refused changes are gone");
+            }
+            Err(e) => tracing::error!(error = %e, "queue store reopened but its data could not be read"),
+        }
+    }
+
+    /// Make the store's next `n` commits fail as a full disk would: the changes are refused
+    /// (answered with a server error) and the broker recovers by itself. For tests.
+    #[doc(hidden)]
+    pub fn fail_next_store_commits(&self, n: u32) {
+        self.inner.store.fail_next_commits(n);
+    }
+
     /// Periodic upkeep: visibility expiry, retention, telemetry persistence.
     pub(crate) fn tick(&self) {
+        self.recover_store();
         let now = now_ms();
         let mut st = self.lock();
         let State { queues, telemetry, .. } = &mut *st;
@@ -1662,6 +1877,7 @@ impl Broker {
 
     pub(crate) fn flush_telemetry(&self) {
         let mut st = self.lock();
+        st.telemetry.forget_stale(now_ms() / 1000);
         let rows = st.telemetry.take_dirty();
         if !rows.is_empty() {
             let cutoff = now_ms() / 1000 - crate::telemetry::KEEP_SECONDS;
@@ -1700,6 +1916,77 @@ impl Broker {
 fn sha256(data: &[u8]) -> Vec<u8> {
     use sha2::Digest as _;
     sha2::Sha256::digest(data).to_vec()
+}
+
+/// One received message as ReceiveMessage returns it.
+fn render_message(m: &Msg, seq: u64, p: &RecvParams, region: &str, account: &str, fifo: bool) -> Value {
+    let want_all_sys = p.sys_names.iter().any(|n| n == "All");
+    let want = |n: &str| want_all_sys || p.sys_names.iter().any(|x| x == n);
+    let mut v = Map::new();
+    v.insert("MessageId".into(), json!(m.id_string()));
+    v.insert("ReceiptHandle".into(), json!(receipt(seq, m.nonce)));
+    v.insert("MD5OfBody".into(), json!(md5_hex(m.body.as_bytes())));
+    v.insert("Body".into(), json!(&*m.body));
+    if !p.sys_names.is_empty() {
+        let mut a = Map::new();
+        let e = m.extra.as_deref();
+        if want("SenderId") {
+            a.insert("SenderId".into(), json!(m.sender.name()));
+        }
+        if want("SentTimestamp") {
+            a.insert("SentTimestamp".into(), json!(m.sent_ms.to_string()));
+        }
+        if want("ApproximateReceiveCount") {
+            a.insert("ApproximateReceiveCount".into(), json!(m.recv_count.to_string()));
+        }
+        if want("ApproximateFirstReceiveTimestamp") {
+            a.insert("ApproximateFirstReceiveTimestamp".into(), json!(m.first_recv_ms.to_string()));
+        }
+        if let Some(e) = e {
+            if let Some(g) = &e.group {
+                if want("MessageGroupId") {
+                    a.insert("MessageGroupId".into(), json!(&**g));
+                }
+                if want("SequenceNumber") && fifo {
+                    a.insert("SequenceNumber".into(), json!(format!("{:020}", e.seqnum)));
+                }
+            }
+            if let (Some(d), true) = (&e.dedup_id, want("MessageDeduplicationId")) {
+                a.insert("MessageDeduplicationId".into(), json!(d));
+            }
+            if let (Some(src), true) = (&e.dl_source, want("DeadLetterQueueSourceArn")) {
+                a.insert("DeadLetterQueueSourceArn".into(), json!(arn_of(region, account, src)));
+            }
+            if let (Some(t), true) = (e.sys_attrs.as_ref().and_then(|s| s.get("AWSTraceHeader")), want("AWSTraceHeader")) {
+                if let Some(v) = t.get("StringValue") {
+                    a.insert("AWSTraceHeader".into(), v.clone());
+                }
+            }
+        }
+        if !a.is_empty() {
+            v.insert("Attributes".into(), Value::Object(a));
+        }
+    }
+    if let Some(attrs) = m.extra.as_ref().and_then(|e| e.attrs.as_ref()) {
+        if !p.attr_names.is_empty() {
+            let sel: Map<String, Value> = attrs
+                .iter()
+                .filter(|(k, _)| {
+                    p.attr_names.iter().any(|n| {
+                        // `All`, `.*` and `*` select every attribute; `Hel.*` those whose
+                        // names start with `Hel` (Hello, Help.Me), as the SDK models describe.
+                        n == "All" || n == ".*" || n == "*" || n == *k || (n.ends_with(".*") && k.starts_with(&n[..n.len() - 2]))
+                    })
+                })
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if let Some(md5) = md5_of_attributes(&sel) {
+                v.insert("MD5OfMessageAttributes".into(), json!(md5));
+                v.insert("MessageAttributes".into(), Value::Object(sel));
+            }
+        }
+    }
+    Value::Object(v)
 }
 
 struct WaitingGuard<'a>(&'a std::sync::atomic::AtomicI64);

@@ -115,19 +115,55 @@ impl SqsError {
         Self::client("InvalidAttributeValue", message)
     }
 
+    /// The SDK models call it `QueueNameExists`; the query protocol `QueueAlreadyExists`.
     pub fn queue_already_exists(name: &str) -> Self {
-        Self::client(
+        Self::client_legacy(
+            "QueueNameExists",
             "QueueAlreadyExists",
-            format!("A queue named {name} already exists with different attributes; use SetQueueAttributes to change them."),
+            format!("A queue already exists with the same name ({name}) and a different value for attribute(s); use SetQueueAttributes to change them."),
         )
     }
 
-    pub fn purge_in_progress(name: &str) -> Self {
+    pub fn queue_deleted_recently(name: &str) -> Self {
         Self::client_legacy(
-            "PurgeQueueInProgress",
-            "AWS.SimpleQueueService.PurgeQueueInProgress",
-            format!("Only one PurgeQueue operation on {name} is allowed every 60 seconds."),
+            "QueueDeletedRecently",
+            "AWS.SimpleQueueService.QueueDeletedRecently",
+            format!("You must wait 60 seconds after deleting a queue before you can create another with the same name ({name})."),
         )
+    }
+
+    pub fn over_limit(n: usize) -> Self {
+        SqsError {
+            code: "OverLimit",
+            query_code: "OverLimit",
+            status: 403,
+            sender_fault: true,
+            message: format!("The queue has {n} messages in flight, the most SQS allows; delete messages (or end their visibility) before receiving more."),
+        }
+    }
+
+    pub fn receipt_handle_expired() -> Self {
+        Self::invalid_parameter("Value for parameter ReceiptHandle is invalid. Reason: The receipt handle has expired.")
+    }
+
+    pub fn access_denied(url: &str) -> Self {
+        SqsError {
+            code: "AccessDenied",
+            query_code: "AccessDenied",
+            status: 403,
+            sender_fault: true,
+            message: format!("Access to the resource {url} is denied: it names another account than this queue's."),
+        }
+    }
+
+    pub fn purge_in_progress(name: &str) -> Self {
+        SqsError {
+            code: "PurgeQueueInProgress",
+            query_code: "AWS.SimpleQueueService.PurgeQueueInProgress",
+            status: 403,
+            sender_fault: true,
+            message: format!("Only one PurgeQueue operation on {name} is allowed every 60 seconds."),
+        }
     }
 
     pub fn unsupported_operation(action: &str) -> Self {
@@ -150,7 +186,7 @@ impl SqsError {
     }
 
     pub fn resource_not_found(message: impl Into<String>) -> Self {
-        Self::client("ResourceNotFoundException", message)
+        SqsError { status: 404, ..Self::client("ResourceNotFoundException", message) }
     }
 
     pub fn malformed(message: impl Into<String>) -> Self {

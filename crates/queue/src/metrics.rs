@@ -16,7 +16,8 @@ impl Metrics {
         if let Some(c) = m.get_mut(action).and_then(|o| o.get_mut(outcome)) {
             *c += 1;
         } else {
-            let action = if action.len() <= 64 && action.chars().all(|c| c.is_ascii_alphanumeric()) { action } else { "invalid" };
+            // only SQS's own actions get a series: made-up names would grow the map without end
+            let action = if action == "unknown" || crate::protocol::query::action_names().any(|a| a == action) { action } else { "invalid" };
             *m.entry(action.to_string()).or_default().entry(outcome).or_insert(0) += 1;
         }
     }

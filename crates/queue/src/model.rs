@@ -10,43 +10,59 @@ use crate::error::SqsError;
 use crate::telemetry::{Event, Telemetry};
 
 pub const ACCOUNT: &str = "000000000000";
-pub const MAX_MESSAGE_BYTES: usize = 262_144;
+/// SQS's largest message (and batch): 1 MiB.
+pub const MAX_MESSAGE_BYTES: usize = 1_048_576;
+/// Longest a message may stay in flight from its receipt (12 hours).
+pub const MAX_VISIBILITY_MS: u64 = 43_200_000;
+/// Messages in flight per queue before ReceiveMessage answers `OverLimit`.
+pub const MAX_IN_FLIGHT: usize = 120_000;
 
-/// An interned access key id (0: none). Interned process-wide: there are few of them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub(crate) struct KeyId(u32);
+/// An access key id, shared by every message and telemetry series that names it. Equal ids
+/// share one allocation through a process-wide table; ids nothing refers to any more are
+/// dropped from the table as it grows, so a client cycling through fresh ids cannot grow it
+/// beyond about twice the ids in use (see [`interned_access_keys`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub(crate) struct KeyId(Option<Arc<str>>);
 
-type KeyTable = (Vec<Arc<str>>, HashMap<Arc<str>, u32>);
-static KEYS: std::sync::OnceLock<std::sync::RwLock<KeyTable>> = std::sync::OnceLock::new();
+struct KeyTable {
+    set: std::collections::HashSet<Arc<str>>,
+    /// Prune when the table grows past this (twice its size after the last prune).
+    prune_at: usize,
+}
+
+const KEY_TABLE_MIN_PRUNE: usize = 1024;
+static KEYS: std::sync::Mutex<Option<KeyTable>> = std::sync::Mutex::new(None);
+
+/// How many distinct access key ids the process holds interned now.
+pub fn interned_access_keys() -> usize {
+    KEYS.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|t| t.set.len()).unwrap_or(0)
+}
 
 impl KeyId {
-    pub const NONE: KeyId = KeyId(0);
+    pub const NONE: KeyId = KeyId(None);
 
     pub fn intern(name: &str) -> KeyId {
-        let t = KEYS.get_or_init(Default::default);
-        if let Some(i) = t.read().unwrap_or_else(|e| e.into_inner()).1.get(name) {
-            return KeyId(*i);
+        let mut g = KEYS.lock().unwrap_or_else(|e| e.into_inner());
+        let t = g.get_or_insert_with(|| KeyTable { set: Default::default(), prune_at: KEY_TABLE_MIN_PRUNE });
+        if let Some(a) = t.set.get(name) {
+            return KeyId(Some(a.clone()));
         }
-        let mut w = t.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = w.1.get(name) {
-            return KeyId(*i);
+        if t.set.len() >= t.prune_at {
+            // Only the table holds these: nobody names them any more.
+            t.set.retain(|a| Arc::strong_count(a) > 1);
+            t.prune_at = (t.set.len() * 2).max(KEY_TABLE_MIN_PRUNE);
         }
         let a: Arc<str> = Arc::from(name);
-        w.0.push(a.clone());
-        let i = w.0.len() as u32;
-        w.1.insert(a, i);
-        KeyId(i)
+        t.set.insert(a.clone());
+        KeyId(Some(a))
     }
 
-    pub fn get(self) -> Option<Arc<str>> {
-        if self.0 == 0 {
-            return None;
-        }
-        KEYS.get().and_then(|t| t.read().unwrap_or_else(|e| e.into_inner()).0.get(self.0 as usize - 1).cloned())
+    pub fn get(&self) -> Option<Arc<str>> {
+        self.0.clone()
     }
 
-    pub fn name(self) -> String {
-        self.get().map(|a| a.to_string()).unwrap_or_default()
+    pub fn name(&self) -> String {
+        self.0.as_deref().unwrap_or_default().to_string()
     }
 }
 
@@ -70,6 +86,9 @@ pub(crate) struct Msg {
     pub recv_count: u32,
     /// Nonce of the current receipt handle; 0 when not in flight.
     pub nonce: u32,
+    /// Nonce of the last receipt handle once its visibility ran out (or was ended), while
+    /// nobody received the message again: that handle still deletes it, as on SQS.
+    pub last_nonce: u32,
     pub sender: KeyId,
     /// The last receiver (access key id).
     pub receiver: KeyId,
@@ -115,7 +134,9 @@ impl Msg {
             visible_at: self.visible_at,
             recv_count: self.recv_count,
             first_recv_ms: self.first_recv_ms,
-            nonce: self.nonce,
+            // not in flight: the last receipt's nonce, which still deletes the message (a
+            // stored message is in flight only while its visibility lasts)
+            nonce: if self.nonce != 0 { self.nonce } else { self.last_nonce },
             receiver: self.receiver.get(),
             received_at: self.received_at,
         }
@@ -235,12 +256,15 @@ pub(crate) struct Queue {
     pub max_size: usize,
     pub wait_s: u64,
     pub redrive: Option<(String, u32)>,
+    /// FIFO `ReceiveRequestAttemptId`s of the last 5 minutes: expiry (ms) and what they
+    /// received (sequence number, receipt nonce).
+    pub attempts: HashMap<String, (u64, Vec<(u64, u32)>)>,
 }
 
 pub fn default_attr(name: &str) -> Option<&'static str> {
     Some(match name {
         "DelaySeconds" => "0",
-        "MaximumMessageSize" => "262144",
+        "MaximumMessageSize" => "1048576",
         "MessageRetentionPeriod" => "345600",
         "ReceiveMessageWaitTimeSeconds" => "0",
         "VisibilityTimeout" => "30",
@@ -276,8 +300,14 @@ pub const READ_ONLY: &[&str] = &[
     "QueueArn",
 ];
 
+/// A queue's ARN in the default account ([`ACCOUNT`]).
 pub fn arn(region: &str, name: &str) -> String {
-    format!("arn:aws:sqs:{region}:{ACCOUNT}:{name}")
+    arn_of(region, ACCOUNT, name)
+}
+
+/// A queue's ARN.
+pub fn arn_of(region: &str, account: &str, name: &str) -> String {
+    format!("arn:aws:sqs:{region}:{account}:{name}")
 }
 
 pub fn name_from_arn(arn: &str) -> Option<&str> {
@@ -303,7 +333,7 @@ pub fn validate_attr(name: &str, value: &str, fifo: bool, creating: bool) -> Res
     let bad = |why: &str| SqsError::invalid_attribute_value(format!("Invalid value for the parameter {name}: {why}"));
     match name {
         "DelaySeconds" => int_in(name, value, 0, 900),
-        "MaximumMessageSize" => int_in(name, value, 1024, 262_144),
+        "MaximumMessageSize" => int_in(name, value, 1024, MAX_MESSAGE_BYTES as u64),
         "MessageRetentionPeriod" => int_in(name, value, 60, 1_209_600),
         "ReceiveMessageWaitTimeSeconds" => int_in(name, value, 0, 20),
         "VisibilityTimeout" => int_in(name, value, 0, 43_200),
@@ -403,6 +433,7 @@ impl Queue {
             max_size: MAX_MESSAGE_BYTES,
             wait_s: 0,
             redrive: None,
+            attempts: HashMap::new(),
         };
         q.reparse();
         q
@@ -486,6 +517,7 @@ impl Queue {
             return false;
         }
         self.pending.remove(&(m.visible_at, seq));
+        m.last_nonce = m.nonce;
         m.nonce = 0;
         m.visible_at = now;
         let g = m.group().cloned();
@@ -506,6 +538,7 @@ impl Queue {
             self.pending.pop_first();
             let Some(m) = self.msgs.get_mut(&seq) else { continue };
             if m.nonce != 0 {
+                m.last_nonce = m.nonce;
                 m.nonce = 0;
                 let g = m.group().cloned();
                 if let Some(r) = m.receiver.get() {

@@ -67,12 +67,21 @@ pub enum Op {
 }
 
 struct Progress {
-    committed: u64,
-    failed: Option<String>,
+    /// Highest ticket the writer has dealt with (committed or refused).
+    done: u64,
+    /// Refused tickets not yet older than `done - KEEP_REFUSED`, with why.
+    refused: std::collections::BTreeMap<u64, String>,
+    /// A write failed and the in-memory state may hold changes that are not on disk: every
+    /// change is refused until the broker reloads its state ([`Store::reload`]).
+    broken: bool,
 }
 
+const KEEP_REFUSED: u64 = 1 << 20;
+
 pub struct Store {
-    tx: Mutex<Option<mpsc::Sender<Batch>>>,
+    tx: Mutex<Option<mpsc::Sender<Msg>>>,
+    /// Commits to fail on purpose (tests of recovery), as a full disk would.
+    fail_next: Arc<std::sync::atomic::AtomicU32>,
     next_ticket: Mutex<u64>,
     progress: Arc<(Mutex<Progress>, Condvar)>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -84,6 +93,12 @@ pub struct Store {
 
 pub type Done = tokio::sync::oneshot::Sender<Result<(), String>>;
 type Batch = (u64, Vec<Op>, Option<Done>);
+
+enum Msg {
+    Batch(Batch),
+    /// Reopen the database and read it back (after a failed write).
+    Reload(mpsc::Sender<Result<Loaded, String>>),
+}
 
 pub struct Loaded {
     pub queues: Vec<QueueRow>,
@@ -135,8 +150,10 @@ impl Store {
         let path = dir.join("queue.db");
         let conn = open_conn(&path)?;
         let loaded = load(&conn).map_err(|source| QueueError::Store { path: path.clone(), source })?;
-        let (tx, rx) = mpsc::channel::<Batch>();
-        let progress = Arc::new((Mutex::new(Progress { committed: 0, failed: None }), Condvar::new()));
+        let (tx, rx) = mpsc::channel::<Msg>();
+        let progress = Arc::new((Mutex::new(Progress { done: 0, refused: Default::default(), broken: false }), Condvar::new()));
+        let fail_next = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let fail2 = fail_next.clone();
         let p2 = progress.clone();
         // Checkpoints (which sync the database file) run on their own connection and thread,
         // so that commits never wait for them.
@@ -161,11 +178,12 @@ impl Store {
             .map_err(|source| QueueError::Io { path: dir.to_path_buf(), source })?;
         let thread = std::thread::Builder::new()
             .name("queue-store".into())
-            .spawn(move || writer(conn, path, rx, p2))
+            .spawn(move || writer(conn, path, rx, p2, fail2))
             .map_err(|source| QueueError::Io { path: dir.to_path_buf(), source })?;
         Ok((
             Store {
                 tx: Mutex::new(Some(tx)),
+                fail_next,
                 next_ticket: Mutex::new(0),
                 progress,
                 thread: Mutex::new(Some(thread)),
@@ -195,9 +213,32 @@ impl Store {
         *t += 1;
         let ticket = *t;
         if let Some(tx) = self.tx.lock().unwrap().as_ref() {
-            let _ = tx.send((ticket, ops, done));
+            let _ = tx.send(Msg::Batch((ticket, ops, done)));
         }
         ticket
+    }
+
+    /// Whether a write failed since the last successful [`Store::reload`].
+    pub fn is_broken(&self) -> bool {
+        self.progress.0.lock().unwrap().broken
+    }
+
+    /// After a failed write: once every change submitted before has been dealt with, reopen
+    /// the database and read back what it holds, so that the caller can replace its state
+    /// with it (call with the state lock held, so that no change is submitted meanwhile).
+    /// Changes are accepted again once this succeeds.
+    pub fn reload(&self) -> Result<Loaded, String> {
+        let (tx, rx) = mpsc::channel();
+        match self.tx.lock().unwrap().as_ref() {
+            Some(w) => w.send(Msg::Reload(tx)).map_err(|_| "the queue store's writer stopped".to_string())?,
+            None => return Err("the queue store is closed".into()),
+        }
+        rx.recv().map_err(|_| "the queue store's writer stopped".to_string())?
+    }
+
+    /// Make the next `n` commits fail as a full disk would (for tests of recovery).
+    pub fn fail_next_commits(&self, n: u32) {
+        self.fail_next.store(n, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Wait (blocking) until `ticket` is committed.
@@ -208,11 +249,11 @@ impl Store {
         let (lock, cv) = &*self.progress;
         let mut p = lock.lock().unwrap();
         loop {
-            if let Some(f) = &p.failed {
-                return Err(f.clone());
-            }
-            if p.committed >= ticket {
-                return Ok(());
+            if p.done >= ticket {
+                return match p.refused.get(&ticket) {
+                    Some(why) => Err(why.clone()),
+                    None => Ok(()),
+                };
             }
             p = cv.wait(p).unwrap();
         }
@@ -373,52 +414,99 @@ fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<()> {
 fn writer(
     mut conn: Connection,
     path: PathBuf,
-    rx: mpsc::Receiver<Batch>,
+    rx: mpsc::Receiver<Msg>,
     progress: Arc<(Mutex<Progress>, Condvar)>,
+    fail_next: Arc<std::sync::atomic::AtomicU32>,
 ) {
-    let mut failed = false;
-    while let Ok(first) = rx.recv() {
+    let (lock, cv) = &*progress;
+    let mut pending: Option<Msg> = None;
+    loop {
+        let first = match pending.take() {
+            Some(m) => m,
+            None => match rx.recv() {
+                Ok(m) => m,
+                Err(_) => break,
+            },
+        };
+        let first = match first {
+            Msg::Batch(b) => b,
+            Msg::Reload(reply) => {
+                let res = open_conn(&path).map_err(|e| e.to_string()).and_then(|c| {
+                    let loaded = load(&c).map_err(|e| format!("the queue store {}: {e}", path.display()))?;
+                    c.pragma_update(None, "wal_autocheckpoint", 0).map_err(|e| e.to_string())?;
+                    Ok((c, loaded))
+                });
+                let res = res.map(|(c, loaded)| {
+                    conn = c;
+                    lock.lock().unwrap().broken = false;
+                    tracing::info!(path = %path.display(), "queue store reopened; accepting changes again");
+                    loaded
+                });
+                let _ = reply.send(res);
+                continue;
+            }
+        };
         let mut batch = vec![first];
         while batch.len() < 4096 {
             match rx.try_recv() {
-                Ok(b) => batch.push(b),
+                Ok(Msg::Batch(b)) => batch.push(b),
+                Ok(other) => {
+                    pending = Some(other);
+                    break;
+                }
                 Err(_) => break,
             }
         }
         let last = batch.last().map(|b| b.0).unwrap_or(0);
-        if failed {
-            for (_, _, done) in batch {
-                if let Some(d) = done {
-                    let _ = d.send(Err(format!("the queue store {} failed earlier; see the log", path.display())));
+        let broken = lock.lock().unwrap().broken;
+        let res: Result<(), String> = if broken {
+            Err(format!(
+                "the queue store {} failed a write earlier and is being reopened; try again shortly",
+                path.display()
+            ))
+        } else {
+            (|| -> rusqlite::Result<()> {
+                let tx = conn.transaction()?;
+                for (_, ops, _) in &batch {
+                    for op in ops {
+                        apply(&tx, op)?;
+                    }
+                }
+                let injected = fail_next
+                    .fetch_update(std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+                if injected {
+                    // dropping the transaction rolls it back, as a failed commit leaves it
+                    return Err(rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                        Some("database or disk is full (injected)".into()),
+                    ));
+                }
+                tx.commit()
+            })()
+            .map_err(|e| {
+                tracing::error!(path = %path.display(), error = %e, "queue store write failed; refusing changes until the store is reopened");
+                format!("the queue store {} could not write: {e}", path.display())
+            })
+        };
+        {
+            let mut p = lock.lock().unwrap();
+            if let Err(why) = &res {
+                p.broken = true;
+                for (t, _, _) in &batch {
+                    p.refused.insert(*t, why.clone());
                 }
             }
-            continue;
-        }
-        let res = (|| -> rusqlite::Result<()> {
-            let tx = conn.transaction()?;
-            for (_, ops, _) in &batch {
-                for op in ops {
-                    apply(&tx, op)?;
-                }
-            }
-            tx.commit()
-        })();
-        let (lock, cv) = &*progress;
-        match res {
-            Ok(()) => {
-                lock.lock().unwrap().committed = last;
-            }
-            Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "queue store write failed; the broker stops acknowledging changes");
-                lock.lock().unwrap().failed = Some(format!("the queue store {} failed: {e}", path.display()));
-                failed = true;
+            p.done = last;
+            let keep_from = last.saturating_sub(KEEP_REFUSED);
+            while p.refused.first_key_value().is_some_and(|(t, _)| *t < keep_from) {
+                p.refused.pop_first();
             }
         }
         cv.notify_all();
-        let outcome = if failed { Err(format!("the queue store {} failed; see the log", path.display())) } else { Ok(()) };
         for (_, _, done) in batch {
             if let Some(d) = done {
-                let _ = d.send(outcome.clone());
+                let _ = d.send(res.clone());
             }
         }
     }

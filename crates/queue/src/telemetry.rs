@@ -105,6 +105,12 @@ pub(crate) enum Event {
     DeadLettered,
 }
 
+/// Most consumers (access key ids) with series of their own per queue; events of further ones
+/// are counted under [`OTHER_CONSUMERS`], so that clients inventing ids cannot grow memory.
+pub const MAX_CONSUMERS_PER_QUEUE: usize = 1024;
+/// The series that counts the consumers beyond [`MAX_CONSUMERS_PER_QUEUE`].
+pub const OTHER_CONSUMERS: &str = "(other consumers)";
+
 #[derive(Default)]
 pub(crate) struct Telemetry {
     /// queue -> key -> buckets (oldest first)
@@ -121,6 +127,13 @@ impl Telemetry {
             Some(s) => s,
             None => self.series.entry(queue.to_string()).or_default(),
         };
+        let key = if per_q.contains_key(key) || per_q.len() < MAX_CONSUMERS_PER_QUEUE {
+            key.clone()
+        } else {
+            static OTHER: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+            OTHER.get_or_init(|| Arc::from(OTHER_CONSUMERS)).clone()
+        };
+        let key = &key;
         let series = match per_q.get_mut(key) {
             Some(s) => s,
             None => per_q.entry(key.clone()).or_default(),
@@ -160,6 +173,20 @@ impl Telemetry {
                 self.dirty_n += 1;
             }
         }
+    }
+
+    /// Drop the buckets older than [`KEEP_SECONDS`] of every series, and the series left empty
+    /// (consumers gone for that long), so that telemetry of past consumers does not pile up.
+    pub(crate) fn forget_stale(&mut self, now_s: u64) {
+        for per_q in self.series.values_mut() {
+            per_q.retain(|_, s| {
+                while s.front().is_some_and(|f| f.second + KEEP_SECONDS < now_s) {
+                    s.pop_front();
+                }
+                !s.is_empty()
+            });
+        }
+        self.series.retain(|_, per_q| !per_q.is_empty());
     }
 
     pub(crate) fn query(&self, queue: &str, since_ms: u64) -> Vec<ConsumerTelemetry> {

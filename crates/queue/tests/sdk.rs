@@ -86,7 +86,7 @@ async fn queue_lifecycle_listing_attributes_and_tags() {
     assert_eq!(a[&QueueAttributeName::VisibilityTimeout], "45");
     assert_eq!(a[&QueueAttributeName::QueueArn], "arn:aws:sqs:us-east-1:000000000000:orders");
     assert_eq!(a[&QueueAttributeName::ApproximateNumberOfMessages], "0");
-    assert_eq!(a[&QueueAttributeName::MaximumMessageSize], "262144");
+    assert_eq!(a[&QueueAttributeName::MaximumMessageSize], "1048576");
     c.set_queue_attributes().queue_url(&url).attributes(QueueAttributeName::DelaySeconds, "3").send().await.unwrap();
     assert_eq!(attr(&c, &url, QueueAttributeName::DelaySeconds).await, "3");
     let e = c.set_queue_attributes().queue_url(&url).attributes(QueueAttributeName::VisibilityTimeout, "43201").send().await.unwrap_err();
@@ -371,8 +371,8 @@ async fn limits_and_errors() {
     let e = c
         .send_message_batch()
         .queue_url(&url)
-        .entries(SendMessageBatchRequestEntry::builder().id("a").message_body("x".repeat(200_000)).build().unwrap())
-        .entries(SendMessageBatchRequestEntry::builder().id("b").message_body("x".repeat(100_000)).build().unwrap())
+        .entries(SendMessageBatchRequestEntry::builder().id("a").message_body("x".repeat(700_000)).build().unwrap())
+        .entries(SendMessageBatchRequestEntry::builder().id("b").message_body("x".repeat(400_000)).build().unwrap())
         .send()
         .await
         .unwrap_err();
@@ -538,6 +538,7 @@ async fn raw_http_errors_and_metrics() {
     let r = http
         .post(&s.url)
         .header("x-amz-target", "AmazonSQS.Frobnicate")
+        .header("authorization", common::AUTH)
         .header("content-type", "application/x-amz-json-1.0")
         .body("{}")
         .send()
@@ -548,12 +549,13 @@ async fn raw_http_errors_and_metrics() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert!(body["__type"].as_str().unwrap().ends_with("UnknownOperationException"));
     // malformed JSON body
-    let r = http.post(&s.url).header("x-amz-target", "AmazonSQS.ListQueues").body("{nope").send().await.unwrap();
+    let r = http.post(&s.url).header("x-amz-target", "AmazonSQS.ListQueues").header("authorization", common::AUTH).body("{nope").send().await.unwrap();
     assert_eq!(r.status(), 400);
     // nonexistent queue: the query-compatible header
     let r = http
         .post(&s.url)
         .header("x-amz-target", "AmazonSQS.SendMessage")
+        .header("authorization", common::AUTH)
         .body(r#"{"QueueUrl":"http://x/000000000000/none","MessageBody":"x"}"#)
         .send()
         .await
@@ -565,7 +567,8 @@ async fn raw_http_errors_and_metrics() {
     let r = http
         .post(&s.url)
         .header("x-amz-target", "AmazonSQS.ListQueues")
-        .body(vec![b' '; 3 * 1024 * 1024])
+        .header("authorization", common::AUTH)
+        .body(vec![b' '; 5 * 1024 * 1024])
         .send()
         .await
         .unwrap();

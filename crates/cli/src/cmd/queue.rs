@@ -34,6 +34,24 @@ pub struct ServeArgs {
     /// or one `ACCESS_KEY_ID SECRET` per line); unsigned or badly signed requests get 403.
     #[arg(long, value_name = "CREDENTIALS_FILE")]
     pub verify_signatures: Option<PathBuf>,
+    /// Connections served at once; more wait in the listen backlog until one closes. The
+    /// open-file soft limit is raised to the hard limit at start.
+    #[arg(long, default_value_t = 4096, value_name = "N", env = "COALMINE_QUEUE_MAX_CONNECTIONS")]
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers (idle keep-alive connections are
+    /// closed after it too) and, separately, its body; slower clients are disconnected.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub read_timeout: u64,
+    /// The 12-digit account id in queue URLs and ARNs; requests naming another account's
+    /// queue are refused with AccessDenied.
+    #[arg(long, default_value = coalmine_queue::ACCOUNT, value_name = "ID", env = "COALMINE_QUEUE_ACCOUNT_ID")]
+    pub account_id: String,
+    /// Let web pages of this origin (e.g. `http://localhost:3000`) call the queue from a
+    /// browser; repeat for more. Without it, requests a browser makes for another site are
+    /// refused (403), so that no web page can drive the queue. Requests must be SigV4-signed
+    /// (any SDK or the AWS CLI signs them) or get 403 MissingAuthenticationToken.
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    pub allow_origins: Vec<String>,
 }
 
 pub fn run(cmd: QueueCommand) -> anyhow::Result<ExitCode> {
@@ -47,6 +65,17 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = BrokerConfig::new(&a.data_dir);
     cfg.durability = durability;
     cfg.region = a.region.clone();
+    if a.max_connections == 0 {
+        anyhow::bail!("--max-connections must be at least 1");
+    }
+    cfg.limits.max_connections = a.max_connections;
+    if a.account_id.len() != 12 || !a.account_id.bytes().all(|b| b.is_ascii_digit()) {
+        anyhow::bail!("--account-id must be 12 digits (like 000000000000), not `{}`", a.account_id);
+    }
+    cfg.account_id = a.account_id.clone();
+    cfg.allowed_origins = a.allow_origins.clone();
+    cfg.limits.header_timeout = std::time::Duration::from_secs(a.read_timeout);
+    cfg.limits.body_timeout = std::time::Duration::from_secs(a.read_timeout);
     if let Some(path) = &a.verify_signatures {
         let creds = coalmine_queue::load_credentials(path).with_context(|| format!("reading the credentials in {}", path.display()))?;
         tracing::info!(keys = creds.len(), "checking request signatures");

@@ -173,6 +173,13 @@ static LIST_MESSAGE_MOVE_TASKS_REQ: &[Field] =
 static CANCEL_MESSAGE_MOVE_TASK_REQ: &[Field] = &[f("TaskHandle", &["TaskHandle"], &STR)];
 static TAG_QUEUE_REQ: &[Field] =
     &[f("QueueUrl", &["QueueUrl"], &STR), f("Tags", &["Tags", "Tag"], &TAG_MAP)];
+static ADD_PERMISSION_REQ: &[Field] = &[
+    f("QueueUrl", &["QueueUrl"], &STR),
+    f("Label", &["Label"], &STR),
+    f("AWSAccountIds", &["AWSAccountId", "AWSAccountIds"], &STR_LIST),
+    f("Actions", &["ActionName", "Actions"], &STR_LIST),
+];
+static REMOVE_PERMISSION_REQ: &[Field] = &[f("QueueUrl", &["QueueUrl"], &STR), f("Label", &["Label"], &STR)];
 static UNTAG_QUEUE_REQ: &[Field] =
     &[f("QueueUrl", &["QueueUrl"], &STR), f("TagKeys", &["TagKey", "TagKeys"], &STR_LIST)];
 
@@ -309,6 +316,8 @@ static ACTIONS: &[Action] = &[
     Action { name: "TagQueue", request: TAG_QUEUE_REQ, result: None },
     Action { name: "UntagQueue", request: UNTAG_QUEUE_REQ, result: None },
     Action { name: "ListQueueTags", request: QUEUE_URL_ONLY, result: Some(TAGS_RESULT) },
+    Action { name: "AddPermission", request: ADD_PERMISSION_REQ, result: None },
+    Action { name: "RemovePermission", request: REMOVE_PERMISSION_REQ, result: None },
 ];
 
 fn find_action(name: &str) -> Option<&'static Action> {
@@ -345,6 +354,27 @@ impl<'a> Node<'a> {
     }
 }
 
+/// Most dot-separated parts of a parameter name: the deepest the SQS model has is 7
+/// (`SendMessageBatchRequestEntry.1.MessageAttribute.1.Value.StringListValue.1`).
+pub const MAX_KEY_PARTS: usize = 8;
+/// Longest parameter name.
+pub const MAX_KEY_LEN: usize = 256;
+
+/// Refuse a parameter name no action has: too long or too deeply dotted. This keeps the key
+/// tree shallow whatever a client sends.
+fn check_key(key: &str) -> Result<(), SqsError> {
+    let parts = key.bytes().filter(|b| *b == b'.').count() + 1;
+    if key.len() <= MAX_KEY_LEN && parts <= MAX_KEY_PARTS {
+        return Ok(());
+    }
+    let shown: String = key.chars().take(60).collect();
+    Err(SqsError::invalid_parameter(format!(
+        "The parameter {shown}{} is not valid: it is {} bytes long with {parts} dot-separated parts; SQS parameter names have at most {MAX_KEY_PARTS} parts and {MAX_KEY_LEN} bytes.",
+        if shown.len() < key.len() { "..." } else { "" },
+        key.len()
+    )))
+}
+
 /// Parse a query-protocol request (form parameters, from the body or the URL) into its action
 /// name and the request as the JSON protocol would have sent it.
 ///
@@ -369,6 +399,7 @@ pub fn parse_request(params: &[(String, String)]) -> Result<(String, Value), Sqs
     let mut root = Node::default();
     for (key, value) in params {
         if key != "Action" {
+            check_key(key)?;
             root.insert(key.as_str(), value.as_str());
         }
     }
@@ -864,7 +895,7 @@ mod tests {
     #[test]
     fn every_action_of_the_queue_is_known() {
         let names: Vec<&str> = action_names().collect();
-        assert_eq!(names.len(), 21);
+        assert_eq!(names.len(), 23);
         for name in names {
             let (action, _) = parse(&[("Action", name)]);
             assert_eq!(action, name);
@@ -891,9 +922,9 @@ mod tests {
         assert!(err.message.contains("Action"), "{}", err.message);
         let err = parse_err(&[("Action", "")]);
         assert_eq!(err.code, "MissingAction");
-        let err = parse_err(&[("Action", "AddPermission"), ("QueueUrl", URL)]);
+        let err = parse_err(&[("Action", "SummonQueue"), ("QueueUrl", URL)]);
         assert_eq!((err.code, err.query_code, err.status), ("InvalidAction", "InvalidAction", 400));
-        assert!(err.message.contains("AddPermission"), "{}", err.message);
+        assert!(err.message.contains("SummonQueue"), "{}", err.message);
     }
 
     #[test]

@@ -58,6 +58,11 @@ pub async fn start_with(dir: tempfile::TempDir, f: impl FnOnce(&mut BrokerConfig
     Server { url, broker, dir: Some(dir), task }
 }
 
+/// An Authorization header shaped as SigV4 (the broker checks the signature itself only with
+/// `--verify-signatures`), for raw HTTP requests.
+pub const AUTH: &str =
+    "AWS4-HMAC-SHA256 Credential=AKIDRAWHTTPCLIENT/20260101/us-east-1/sqs/aws4_request, SignedHeaders=host;x-amz-date, Signature=00";
+
 pub fn client(url: &str, access_key_id: &str) -> aws_sdk_sqs::Client {
     client_with_secret(url, access_key_id, "secret")
 }

@@ -1,0 +1,122 @@
+//! `coalmine queue serve`'s flags for accounts, limits and browsers, on the real binary.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
+
+struct Serve {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(args: &[&str]) -> Serve {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coalmine"))
+        .args(["queue", "serve", "--port", "0", "--data-dir"])
+        .arg(dir.path())
+        .args(args)
+        .env("COALMINE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start coalmine queue serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("read the listening line");
+    let url = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_string();
+    Serve { child, url, _dir: dir }
+}
+
+fn client(url: &str) -> aws_sdk_sqs::Client {
+    let conf = aws_sdk_sqs::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("AKIDSERVEFLAGS01", "secret", None, None, "test"))
+        .endpoint_url(url)
+        .build();
+    aws_sdk_sqs::Client::from_conf(conf)
+}
+
+/// Send raw bytes, return what comes back until the server closes (or `deadline`), and whether
+/// it closed.
+fn raw(url: &str, request: &[u8], deadline: Duration) -> (String, bool) {
+    let mut s = TcpStream::connect(url.trim_start_matches("http://")).unwrap();
+    s.write_all(request).unwrap();
+    let end = Instant::now() + deadline;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return (String::from_utf8_lossy(&got).into_owned(), false);
+        }
+        s.set_read_timeout(Some(left)).unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return (String::from_utf8_lossy(&got).into_owned(), true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return (String::from_utf8_lossy(&got).into_owned(), false)
+            }
+            Err(_) => return (String::from_utf8_lossy(&got).into_owned(), true),
+        }
+    }
+}
+
+#[test]
+fn account_id_read_timeout_and_unsigned_requests() {
+    let s = serve(&["--account-id", "123456789012", "--read-timeout", "1", "--max-connections", "16"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = client(&s.url);
+        let url = c.create_queue().queue_name("flags").send().await.unwrap().queue_url().unwrap().to_string();
+        assert_eq!(url, format!("{}/123456789012/flags", s.url));
+    });
+    // a silent connection is closed after the read timeout
+    let (_, closed) = raw(&s.url, b"", Duration::from_secs(20));
+    assert!(closed, "an idle connection is closed");
+    // an unsigned request is refused
+    let (text, _) = raw(
+        &s.url,
+        b"GET /?Action=CreateQueue&QueueName=x HTTP/1.1\r\nhost: q\r\nconnection: close\r\n\r\n",
+        Duration::from_secs(20),
+    );
+    assert!(text.starts_with("HTTP/1.1 403"), "{text}");
+    assert!(text.contains("MissingAuthenticationToken"), "{text}");
+    // a cross-origin page is refused; an allowed one is not
+    let form = "Action=ListQueues";
+    let req = |origin: &str| {
+        format!(
+            "POST / HTTP/1.1\r\nhost: q\r\norigin: {origin}\r\nauthorization: AWS4-HMAC-SHA256 Credential=AKIDSERVEFLAGS01/20260101/us-east-1/sqs/aws4_request, SignedHeaders=host, Signature=00\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{form}",
+            form.len()
+        )
+    };
+    let (text, _) = raw(&s.url, req("http://evil.example").as_bytes(), Duration::from_secs(20));
+    assert!(text.starts_with("HTTP/1.1 403"), "{text}");
+    drop(s);
+    let s = serve(&["--allow-origin", "http://localhost:3000"]);
+    let (text, _) = raw(&s.url, req("http://localhost:3000").as_bytes(), Duration::from_secs(20));
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}
+
+#[test]
+fn a_bad_account_id_is_refused_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_coalmine"))
+        .args(["queue", "serve", "--port", "0", "--account-id", "12ab", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--account-id must be 12 digits"), "{err}");
+}

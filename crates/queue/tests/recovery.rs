@@ -1,0 +1,84 @@
+//! The store fails a write (a full disk, injected at the store's commit) and then works again:
+//! the refused change is answered with a server error, is not kept or counted, and the broker
+//! accepts changes again by itself — no restart.
+
+mod common;
+
+use std::time::Duration;
+
+use aws_sdk_sqs::config::retry::RetryConfig;
+use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_sqs::types::QueueAttributeName;
+use common::{eventually, start_in};
+use coalmine_queue::Durability;
+
+/// An SDK client that does not retry, so that each refusal is seen.
+fn no_retry_client(url: &str) -> aws_sdk_sqs::Client {
+    let conf = aws_sdk_sqs::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("AKIDRECOVERY0001", "secret", None, None, "test"))
+        .retry_config(RetryConfig::disabled())
+        .endpoint_url(url)
+        .build();
+    aws_sdk_sqs::Client::from_conf(conf)
+}
+
+#[tokio::test]
+async fn a_failed_write_is_refused_forgotten_and_recovered_from() {
+    let s = start_in(tempfile::tempdir().unwrap(), Durability::Commit).await;
+    let c = no_retry_client(&s.url);
+    let url = c
+        .create_queue()
+        .queue_name("disk")
+        .attributes(QueueAttributeName::VisibilityTimeout, "600")
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_string();
+    c.send_message().queue_url(&url).message_body("a").send().await.unwrap();
+
+    // the disk is full for one commit
+    s.broker.fail_next_store_commits(1);
+    let e = c.send_message().queue_url(&url).message_body("refused").send().await.unwrap_err();
+    assert_eq!(e.raw_response().map(|r| r.status().as_u16()), Some(500), "{e:?}");
+
+    // the broker reopens the store by itself; until then changes are refused, and kept nowhere
+    let mut tries = 0;
+    eventually(Duration::from_secs(30), "a send accepted again", || {
+        tries += 1;
+        let c = c.clone();
+        let url = url.clone();
+        async move { c.send_message().queue_url(&url).message_body("c").send().await.ok() }
+    })
+    .await;
+    let st = s.broker.queue_stats("disk").unwrap();
+    assert_eq!(st.visible, 2, "only what was acknowledged is counted (after {tries} tries)");
+    let n = c.get_queue_attributes().queue_url(&url).attribute_names(QueueAttributeName::ApproximateNumberOfMessages).send().await.unwrap();
+    assert_eq!(n.attributes().unwrap()[&QueueAttributeName::ApproximateNumberOfMessages], "2");
+
+    // a receive whose change is refused leaves the messages visible, not hidden for 600 s
+    s.broker.fail_next_store_commits(1);
+    let e = c.receive_message().queue_url(&url).max_number_of_messages(10).send().await.unwrap_err();
+    assert_eq!(e.raw_response().map(|r| r.status().as_u16()), Some(500));
+    let got = eventually(Duration::from_secs(30), "the messages visible again", || {
+        let c = c.clone();
+        let url = url.clone();
+        async move {
+            let r = c.receive_message().queue_url(&url).max_number_of_messages(10).send().await.ok()?;
+            let mut v: Vec<String> = r.messages().iter().map(|m| m.body().unwrap().to_string()).collect();
+            v.sort();
+            (!v.is_empty()).then_some(v)
+        }
+    })
+    .await;
+    assert_eq!(got, ["a", "c"]);
+
+    // and the store holds exactly that across a restart
+    let dir = s.stop();
+    let s = start_in(dir, Durability::Commit).await;
+    let st = s.broker.queue_stats("disk").unwrap();
+    assert_eq!((st.visible, st.in_flight), (0, 2), "the two received messages, and nothing refused");
+}
