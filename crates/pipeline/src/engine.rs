@@ -482,7 +482,7 @@ impl Engine {
                 execution_id: exec.id,
                 build_number: number,
                 commit: exec.commit_id.clone(),
-                branch: self.spec.source.branch.clone(),
+                branch: self.spec.source.branch.clone().unwrap_or_default(),
                 revision: exec.revision.clone(),
                 src_dir: work.clone(),
                 buildspec: work.join(&self.spec.build.buildspec),

@@ -211,6 +211,14 @@ pub fn render_status(v: &Value) -> String {
                 t["restarts"],
                 t.get("last_exit").and_then(Value::as_str).map(|x| format!(", last {x}")).unwrap_or_default()
             ).replacen("{branch}", if i + 1 == tasks.len() { "└──" } else { "├──" }, 1));
+            let lines = t["last_output"].as_array().cloned().unwrap_or_default();
+            if !lines.is_empty() {
+                let bar = if i + 1 == tasks.len() { " " } else { "│" };
+                out.push_str(&format!("    {bar}     last output before {}:\n", s(&t, "last_exit")));
+                for l in lines {
+                    out.push_str(&format!("    {bar}       {}\n", l.as_str().unwrap_or("")));
+                }
+            }
         }
     }
     out

@@ -63,7 +63,13 @@ impl Running {
 
 /// Start everything; must be called inside a tokio runtime.
 pub async fn start(args: &UpArgs) -> anyhow::Result<Running> {
-    let spec = workspace::load_spec(args.file.as_deref())?;
+    let mut spec = workspace::load_spec(args.file.as_deref())?;
+    let branch = coalmine_pipeline::source::resolve_branch(&spec.source.repo.location(), spec.source.branch.as_deref())
+        .map_err(|e| match e {
+            coalmine_pipeline::PipelineError::Source(m) => anyhow::anyhow!("coalmine.toml {m}"),
+            e => anyhow::anyhow!(e),
+        })?;
+    spec.source.branch = Some(branch.clone());
     let state = spec.root.join(".coalmine");
     std::fs::create_dir_all(&state).with_context(|| format!("cannot create {}", state.display()))?;
     let info_path = state.join("up.json");
@@ -106,7 +112,7 @@ pub async fn start(args: &UpArgs) -> anyhow::Result<Running> {
     // The runtime, the pipeline.
     let runtime = Arc::new(LocalRuntime::new(&state).context("cannot start the local runtime")?);
     let paths = Paths { root: state.clone() };
-    let source = GitSource::new(spec.source.repo.location(), spec.source.branch.clone(), paths.source_mirror());
+    let source = GitSource::new(spec.source.repo.location(), branch, paths.source_mirror());
     let queue_admin = Arc::new(EmbeddedQueue { broker: broker.clone(), queue: spec.queue.name.clone(), dlq: spec.queue.dlq.clone() });
     // `COALMINE_BUILD_<NAME>=value` in coalmine's environment sets `<NAME>` for the builds
     // (e.g. COALMINE_BUILD_CARGO_TARGET_DIR to share compiled dependencies between revisions).
@@ -183,7 +189,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         println!("  queue      {}  (queue `{}`, DLQ `{}`)", running.queue_endpoint, spec.queue.name, spec.queue.dlq);
         println!("  dashboard  {}", coalmine_server::dashboard_url(&running.api, &running.token));
         println!("  API        {}/api/v1  (token in .coalmine/token)", running.api);
-        println!("  watching   branch `{}` of {}", spec.source.branch, spec.source.repo.location());
+        println!("  watching   branch `{}` of {}", spec.source.branch.as_deref().unwrap_or_default(), spec.source.repo.location());
         println!("Ctrl-C stops everything.");
         let engine = running.engine.clone();
         let printer = tokio::spawn(async move { print_events(engine).await });

@@ -16,6 +16,17 @@ pub fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     match coalmine_spec::load(&path) {
         Ok(spec) => {
             println!("{}: valid (app `{}`, {} step(s), {} alarm(s))", path.display(), spec.app, spec.steps.len(), spec.alarms.len());
+            match coalmine_pipeline::source::resolve_branch(&spec.source.repo.location(), spec.source.branch.as_deref()) {
+                Ok(branch) => println!("{}: watching branch `{branch}`", spec.source.repo.location()),
+                Err(e) => {
+                    let e = match e {
+                        coalmine_pipeline::PipelineError::Source(m) => m,
+                        e => e.to_string(),
+                    };
+                    eprintln!("{}: {e}", path.display());
+                    ok = false;
+                }
+            }
             let buildspec = spec.root.join(&spec.build.buildspec);
             if buildspec.exists() {
                 match coalmine_spec::load_buildspec(&buildspec) {

@@ -16,15 +16,22 @@ use tokio::net::unix::pipe;
 use tokio::process::{Child, Command};
 
 /// Variables of coalmine's own environment that must not leak into a task, because they
-/// would override the task's own identity or endpoint.
+/// would override the task's own identity or endpoint. (The region, the credentials and the
+/// endpoints are set for every task; see the runtime's `task_env`.)
 const SCRUBBED: &[&str] = &[
     "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
     "AWS_SESSION_TOKEN",
     "AWS_SECURITY_TOKEN",
-    "AWS_DEFAULT_REGION",
-    "AWS_ENDPOINT_URL",
     "AWS_CONFIG_FILE",
     "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
+    "AWS_USE_FIPS_ENDPOINT",
+    "AWS_USE_DUALSTACK_ENDPOINT",
 ];
 
 /// A started task process and the read end of the pipe its stdout and stderr write to.
