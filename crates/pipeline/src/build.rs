@@ -233,9 +233,24 @@ fn copy_artifacts(spec: &Buildspec, req: &BuildRequest, log: &mut Log) -> Result
             "the buildspec has no `artifacts` section: add `artifacts: { files: [...] }` listing what the service runs".into(),
         ));
     };
+    // Nothing outside the checkout is ever read or written: the validation refuses such
+    // paths, and every matched file is checked again once links are resolved.
+    let refuse = |what: String| Err(PipelineError::Build(format!("{what}; artifacts must come from the build's checkout (fix buildspec.yml, `coalmine validate` shows where)")));
+    if let Some(why) = art.base_directory.as_deref().and_then(coalmine_spec::leaves_build_folder) {
+        return refuse(format!("artifacts.base-directory `{}` {why}", art.base_directory.as_deref().unwrap_or_default()));
+    }
+    if let Some((f, why)) = art.files.iter().find_map(|f| coalmine_spec::leaves_build_folder(f).map(|w| (f, w))) {
+        return refuse(format!("artifacts.files pattern `{f}` {why}"));
+    }
+    let root = req.src_dir.canonicalize().map_err(|e| PipelineError::io(&req.src_dir, e))?;
     let base = match &art.base_directory {
         Some(b) => req.src_dir.join(b),
         None => req.src_dir.clone(),
+    };
+    let base = match base.canonicalize() {
+        Ok(b) if b.starts_with(&root) => b,
+        Ok(b) => return refuse(format!("artifacts.base-directory resolves to {}, outside the checkout", b.display())),
+        Err(e) => return Err(PipelineError::Build(format!("artifacts.base-directory {}: {e}", base.display()))),
     };
     let tmp = req.artifact_dir.with_extension("partial");
     let _ = std::fs::remove_dir_all(&tmp);
@@ -251,7 +266,13 @@ fn copy_artifacts(spec: &Buildspec, req: &BuildRequest, log: &mut Log) -> Result
                 continue;
             }
             any = true;
-            let rel = entry.strip_prefix(&base).unwrap_or(&entry);
+            let real = entry.canonicalize().map_err(|e| PipelineError::io(&entry, e))?;
+            if !real.starts_with(&root) {
+                return refuse(format!("artifact {} resolves to {}, outside the checkout (a link?)", entry.display(), real.display()));
+            }
+            let Ok(rel) = entry.strip_prefix(&base) else {
+                return refuse(format!("artifact {} is not under {}", entry.display(), base.display()));
+            };
             let dest = if art.discard_paths {
                 tmp.join(rel.file_name().unwrap_or_default())
             } else {

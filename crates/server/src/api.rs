@@ -133,6 +133,7 @@ struct ErrorBody {
 
 enum ApiError {
     Pipeline(PipelineError),
+    BadRequest(String),
     NotFound(String),
     Internal(String),
 }
@@ -154,6 +155,7 @@ impl IntoResponse for ApiError {
                 };
                 (code, e.to_string())
             }
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
             ApiError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, m),
         };
@@ -475,17 +477,29 @@ async fn service_logs_stream(State(s): State<AppState>, Path(name): Path<String>
 }
 
 fn task_log_path(engine: &Engine, task: &str) -> Result<std::path::PathBuf, ApiError> {
-    engine
+    if !coalmine_runtime::local::logs::valid_task_id(task) {
+        let shown: String = task.chars().take(80).collect();
+        return Err(ApiError::BadRequest(format!(
+            "`{shown}` (path parameter id) is not a task id: task ids are `<service>-<number>`, e.g. `canary-3`; list them with GET /services/{{name}}/tasks"
+        )));
+    }
+    let path = engine
         .runtime()
         .task_log(task)
         .filter(|p| p.exists())
-        .ok_or_else(|| ApiError::NotFound(format!("no log for task `{task}`: task ids look like `canary-3`; list them with GET /services/{{name}}/tasks")))
+        .ok_or_else(|| ApiError::NotFound(format!("no log for task `{task}`: task ids look like `canary-3`; list them with GET /services/{{name}}/tasks")))?;
+    // Logs are read only under the state folder.
+    let root = engine.paths().root.canonicalize().map_err(|e| ApiError::Internal(e.to_string()))?;
+    match path.canonicalize() {
+        Ok(real) if real.starts_with(&root) => Ok(real),
+        _ => Err(ApiError::NotFound(format!("no log for task `{task}` under {}", root.display()))),
+    }
 }
 
 /// The last lines of one task's log (tasks that exited included, while their log exists).
 #[utoipa::path(get, path = "/tasks/{id}/logs", tag = "services",
     params(("id" = String, Path, description = "Task id, e.g. `canary-3`"), Lines),
-    responses((status = 200, content_type = "text/plain", body = String), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 200, content_type = "text/plain", body = String), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn task_logs(State(s): State<AppState>, Path(id): Path<String>, Query(q): Query<Lines>) -> ApiResult {
     let path = task_log_path(&s.engine, &id)?;
     let text = tokio::fs::read_to_string(&path).await.unwrap_or_default();
@@ -495,7 +509,7 @@ async fn task_logs(State(s): State<AppState>, Path(id): Path<String>, Query(q): 
 /// Follow one task's log: event `line` per line.
 #[utoipa::path(get, path = "/tasks/{id}/logs/stream", tag = "live",
     params(("id" = String, Path, description = "Task id, e.g. `canary-3`"), Lines),
-    responses((status = 200, content_type = "text/event-stream", body = String), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 200, content_type = "text/event-stream", body = String), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn task_logs_stream(State(s): State<AppState>, Path(id): Path<String>, Query(q): Query<Lines>) -> Result<Response, ApiError> {
     let path = task_log_path(&s.engine, &id)?;
     Ok(follow::stream(Box::new(move || vec![(id.clone(), path.clone())]), Box::new(|| false), q.lines.unwrap_or(50), false).into_response())

@@ -20,12 +20,28 @@ pub fn tasks_log_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("logs").join("tasks")
 }
 
-/// A task's log file. Task ids are `<service>-<n>`.
+/// Whether `name` can be a service name: `a-z`, `0-9` and `-`, at most 64 characters (so it
+/// is one plain path component, never `..` or a path).
+pub fn valid_service_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Whether `task` is a task id: `<service>-<n>`.
+pub fn valid_task_id(task: &str) -> bool {
+    task.rsplit_once('-').is_some_and(|(service, n)| {
+        valid_service_name(service) && !n.is_empty() && n.len() <= 19 && n.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
+/// A task's log file, always under `<state>/logs/tasks/`. Task ids are `<service>-<n>`;
+/// anything else (a path, `..`) has no log.
 pub fn task_log_path(state_dir: &Path, task: &str) -> Option<PathBuf> {
-    let (service, n) = task.rsplit_once('-')?;
-    if service.is_empty() || n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+    if !valid_task_id(task) {
         return None;
     }
+    let (service, _) = task.rsplit_once('-')?;
     Some(tasks_log_dir(state_dir).join(service).join(format!("{task}.log")))
 }
 
@@ -192,6 +208,9 @@ pub struct LogLine {
 /// tasks' logs, current and past).
 pub fn log_files(state_dir: &Path, target: &str) -> Result<Vec<(String, PathBuf)>, RuntimeError> {
     let dir = tasks_log_dir(state_dir);
+    if !valid_service_name(target) && !valid_task_id(target) {
+        return Err(RuntimeError::NoLogs { target: target.to_string(), dir });
+    }
     let service_dir = dir.join(target);
     if service_dir.is_dir() {
         let mut out = Vec::new();
