@@ -206,3 +206,58 @@ fn no_repository_an_empty_one_or_a_missing_branch_is_refused_at_validate_and_up(
         assert!(err.contains("no branch `main`") && err.contains("trunk"), "{cmd:?}: {err}");
     }
 }
+
+/// A raw HTTP/1.1 GET with the given Host header; returns the status code.
+fn get_with_host(api: &str, path: &str, host: &str) -> u16 {
+    use std::io::{Read, Write};
+    let addr = api.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("no status in {out:?}"))
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
+}
+
+#[test]
+fn state_is_private_the_token_checked_and_other_host_names_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut app = App::new("");
+    app.commit(WORKER_OK, BUILDSPEC, "first release");
+    // What an older coalmine (or a umask of 022) left: a readable folder and token.
+    let state = app.path().join(".coalmine");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let token = "0123456789abcdef0123456789abcdef";
+    std::fs::write(state.join("token"), format!("{token}\n")).unwrap();
+    std::fs::set_permissions(state.join("token"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    app.start();
+    let log = app.up_log();
+    assert!(log.contains("was readable by other users (mode 644)") && log.contains("token"), "{log}");
+    assert!(log.contains("(mode 755)"), "{log}");
+    assert_eq!(mode(&state), 0o700);
+    for f in ["token", "state.db", "queue.db"] {
+        assert_eq!(mode(&state.join(f)), 0o600, "{f}");
+    }
+    assert_eq!(std::fs::read_to_string(state.join("token")).unwrap().trim(), token, "a valid token is kept");
+
+    // DNS rebinding: a name that is not this machine's is refused everywhere, with the token.
+    let info: Value = serde_json::from_str(&std::fs::read_to_string(state.join("up.json")).unwrap()).unwrap();
+    let api = info["api"].as_str().unwrap().to_string();
+    assert_eq!(get_with_host(&api, "/", "127.0.0.1"), 200);
+    assert_eq!(get_with_host(&api, "/", "localhost:80"), 200);
+    for path in ["/", "/metrics", "/api/v1/status", "/assets/app.js"] {
+        assert_eq!(get_with_host(&api, path, "attacker.example:7070"), 403, "{path}");
+    }
+    app.stop();
+
+    // A token file that is not a token: refused at start, with the fix.
+    std::fs::write(state.join("token"), "hunter2\n").unwrap();
+    let err = must_refuse(app.path(), &["up", "--queue-port", "0", "--api-port", "0"]);
+    assert!(err.contains("not a usable API token") && err.contains("Delete the file"), "{err}");
+}
