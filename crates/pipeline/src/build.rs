@@ -181,14 +181,80 @@ fn run_commands(
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err))
         .process_group(0);
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure only makes async-signal-safe system calls.
     unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        cmd.pre_exec(move || {
+            // Die with the thread that started us, even on SIGKILL of coalmine.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_uint);
             Ok(())
         });
     }
     let mut child = cmd.spawn().map_err(|e| format!("cannot start bash: {e}"))?;
     let pgid = child.id() as i32;
+    // Whatever the commands leave running in their group (a `cmd &` never waited for) is
+    // killed when they end, and by the next start of coalmine if coalmine is killed first.
+    let group = BuildGroup::record(log.path.with_extension("pgid"), pgid as u32);
+    let result = wait_commands(&mut child, pgid, deadline, cancel);
+    drop(group);
+    result
+}
+
+/// A build command's process group, recorded in a file beside the build log while it runs.
+struct BuildGroup {
+    file: PathBuf,
+    pgid: u32,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct GroupRecord {
+    pgid: u32,
+    start_ticks: u64,
+}
+
+impl BuildGroup {
+    fn record(file: PathBuf, pgid: u32) -> BuildGroup {
+        let start_ticks = coalmine_runtime::local::process::proc_stat(pgid).map(|s| s.start_ticks).unwrap_or(0);
+        let rec = serde_json::to_vec(&GroupRecord { pgid, start_ticks }).expect("record serialises");
+        if let Err(e) = std::fs::write(&file, rec) {
+            tracing::warn!(file = %file.display(), error = %e, "cannot record the build's process group");
+        }
+        BuildGroup { file, pgid }
+    }
+}
+
+impl Drop for BuildGroup {
+    fn drop(&mut self) {
+        unsafe {
+            libc::kill(-(self.pgid as i32), libc::SIGKILL);
+        }
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+/// Kill the process groups of build commands that a killed coalmine left running (recorded
+/// as `<execution>.pgid` beside the build logs in `dir`). Returns how many processes.
+pub fn kill_leftover_builds(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut killed = 0;
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().is_none_or(|x| x != "pgid") {
+            continue;
+        }
+        if let Some(rec) = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<GroupRecord>(&b).ok()) {
+            killed += coalmine_runtime::local::process::kill_group_leftovers(rec.pgid, rec.start_ticks).len();
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    killed
+}
+
+fn wait_commands(child: &mut std::process::Child, pgid: i32, deadline: Instant, cancel: &Cancel) -> Result<(), String> {
     loop {
         match child.try_wait() {
             Ok(Some(status)) => {

@@ -123,6 +123,11 @@ pub async fn start(args: &UpArgs) -> anyhow::Result<Running> {
     // The runtime, the pipeline.
     let runtime = Arc::new(LocalRuntime::new(&state).context("cannot start the local runtime")?);
     let paths = Paths { root: state.clone() };
+    // (The runtime's lock is held now: no other coalmine runs here.)
+    let left = coalmine_pipeline::build::kill_leftover_builds(&paths.build_log(0).with_file_name(""));
+    if left > 0 {
+        tracing::warn!(count = left, "killed build processes a previous coalmine run left behind");
+    }
     let source = GitSource::new(spec.source.repo.location(), branch, paths.source_mirror());
     let queue_admin = Arc::new(EmbeddedQueue { broker: broker.clone(), queue: spec.queue.name.clone(), dlq: spec.queue.dlq.clone() });
     // `COALMINE_BUILD_<NAME>=value` in coalmine's environment sets `<NAME>` for the builds

@@ -99,6 +99,40 @@ pub(crate) fn signal_group(pid: u32, sig: Signal) {
     let _ = killpg(p, sig);
 }
 
+/// Kill what is left of a process group coalmine started: group `pgid`, whose leader (pid
+/// `pgid`) started at `start_ticks`. The leader may be gone — a wrapper that did not `exec`
+/// dies with coalmine (`PR_SET_PDEATHSIG`) while its children live on in its group — so the
+/// members are found in `/proc` by their group id, and only those that started no earlier
+/// than the leader count (a pid, and so a group id, can be reused later). Returns the pids
+/// signalled (SIGKILL).
+pub fn kill_group_leftovers(pgid: u32, start_ticks: u64) -> Vec<u32> {
+    if let Some(st) = proc_stat(pgid) {
+        if st.start_ticks != start_ticks && st.pgrp == pgid && st.state != 'Z' {
+            // The pid leads another group now: that group is not ours.
+            return Vec::new();
+        }
+    }
+    let members = group_members(pgid, start_ticks);
+    if !members.is_empty() {
+        let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
+        for &p in &members {
+            let _ = kill(Pid::from_raw(p as i32), Signal::SIGKILL);
+        }
+    }
+    members
+}
+
+/// Live processes of group `pgid` that started at or after `start_ticks`.
+pub fn group_members(pgid: u32, start_ticks: u64) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|&pid| {
+            proc_stat(pid).is_some_and(|st| st.pgrp == pgid && st.start_ticks >= start_ticks && st.state != 'Z' && st.state != 'X')
+        })
+        .collect()
+}
+
 /// Whether a process exists and is not a zombie.
 pub fn alive(pid: u32) -> bool {
     if kill(Pid::from_raw(pid as i32), None).is_err() {
