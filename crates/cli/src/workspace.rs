@@ -14,9 +14,32 @@ pub struct UpInfo {
     pub queue: String,
 }
 
-/// The app's `coalmine.toml`: `--file`, or `./coalmine.toml`.
+/// The app's `coalmine.toml`: `--file`, else `coalmine.toml` in this folder or the nearest
+/// folder above it that has one (so commands work from the app's subfolders), else
+/// `./coalmine.toml` (which does not exist; the caller says so).
 pub fn spec_path(file: Option<&Path>) -> PathBuf {
-    file.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("coalmine.toml"))
+    if let Some(f) = file {
+        return f.to_path_buf();
+    }
+    let here = PathBuf::from("coalmine.toml");
+    if here.exists() {
+        return here;
+    }
+    if let Ok(cwd) = std::env::current_dir() {
+        for dir in cwd.ancestors().skip(1) {
+            let candidate = dir.join("coalmine.toml");
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    here
+}
+
+/// The queue endpoint of the `coalmine up` running for the app of `file`, if one runs.
+pub fn running_queue(file: Option<&Path>) -> Option<String> {
+    let info: UpInfo = serde_json::from_str(&std::fs::read_to_string(state_dir(file).join("up.json")).ok()?).ok()?;
+    process_alive(info.pid).then_some(info.queue)
 }
 
 /// Load and validate `coalmine.toml`, printing the diagnostics on failure.

@@ -261,3 +261,45 @@ fn state_is_private_the_token_checked_and_other_host_names_refused() {
     let err = must_refuse(app.path(), &["up", "--queue-port", "0", "--api-port", "0"]);
     assert!(err.contains("not a usable API token") && err.contains("Delete the file"), "{err}");
 }
+
+/// Run `coalmine <args>` in `dir` (a subfolder of the app); it must succeed.
+fn run_in(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(BIN).args(args).current_dir(dir).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "coalmine {args:?} in {}: {text}{}", dir.display(), String::from_utf8_lossy(&out.stderr));
+    text
+}
+
+#[test]
+fn the_rolled_back_revisions_logs_from_a_subfolder_and_send_to_the_running_queue() {
+    let mut app = App::new("");
+    let v1 = app.commit(WORKER_OK, BUILDSPEC, "first release");
+    app.start();
+    app.wait_status("the first release", Duration::from_secs(90), |v| {
+        exec_status(v) == "Succeeded" && service_steady(v, "canary") && service_revision(v, "canary") == v1
+    });
+    let v2 = app.commit(WORKER_OK, BUILDSPEC, "second release");
+    let v = app.wait_status("the second revision on the canary", Duration::from_secs(90), waiting_for_approval);
+    let bad_task = service(&v, "canary")["tasks"][0]["id"].as_str().unwrap().to_string();
+    // Every command works from a subfolder of the app (here: its git repository).
+    let sub = app.repo();
+    run_in(&sub, &["reject", "-m", "not this one"]);
+    app.wait_status("the canary back on the first revision", Duration::from_secs(90), |v| {
+        service_revision(v, "canary") == v1 && service_steady(v, "canary")
+    });
+
+    let now = run_in(&sub, &["logs", "canary"]);
+    assert!(now.contains(&format!("of {v1} up")) && !now.contains(&format!("of {v2} up")), "{now}");
+    let previous = run_in(&sub, &["logs", "canary", "--previous"]);
+    assert!(previous.contains(&format!("{bad_task} | worker {bad_task} of {v2} up")), "{previous}");
+    assert!(!previous.contains(&format!("of {v1} up")), "{previous}");
+    let task = run_in(&sub, &["logs", &bad_task]);
+    assert!(task.contains(&format!("worker {bad_task} of {v2} up")), "{task}");
+
+    // `send` finds the running up's queue (on a port picked at start, not [queue] port).
+    let sent = run_in(&sub, &["send", "--count", "2", "--batch", "3", "--output", "json"]);
+    let sent: Value = serde_json::from_str(&sent).unwrap();
+    assert_eq!(sent["sent"], 6, "{sent}");
+    let info: Value = serde_json::from_str(&std::fs::read_to_string(app.path().join(".coalmine/up.json")).unwrap()).unwrap();
+    assert!(sent["queue_url"].as_str().unwrap().starts_with(info["queue"].as_str().unwrap()), "{sent} vs {info}");
+}

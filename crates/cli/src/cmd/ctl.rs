@@ -403,10 +403,15 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
 
 #[derive(clap::Args, Debug)]
 pub struct LogsArgs {
-    /// `build <execution>`, or a service: `primary`, `canary`.
+    /// `build <execution>`, a service (`primary`, `canary`: the logs of its tasks now) or a
+    /// task id (`canary-4`, also of a task that is gone; `coalmine status` lists them).
     pub what: String,
     /// The execution, for `build`.
     pub execution: Option<i64>,
+    /// With a service: the logs of the tasks of its previous revision — after a rollback,
+    /// those of the rolled-back canary.
+    #[arg(long)]
+    pub previous: bool,
     /// Lines to show.
     #[arg(long, short = 'n', default_value_t = 50)]
     pub lines: usize,
@@ -422,13 +427,18 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
         let client = Client::connect(&args.common)?;
         let path = if args.what == "build" {
             let id = args.execution.context("`coalmine logs build` needs an execution number: `coalmine logs build 3`")?;
-            format!("/executions/{id}/build-log")
+            format!("/executions/{id}/build-log?")
+        } else if coalmine_runtime::local::logs::valid_task_id(&args.what) {
+            if args.previous {
+                anyhow::bail!("--previous goes with a service (`coalmine logs canary --previous`), not with a task id");
+            }
+            format!("/tasks/{}/logs?", args.what)
         } else {
-            format!("/services/{}/logs", args.what)
+            format!("/services/{}/logs?{}", args.what, if args.previous { "previous=true&" } else { "" })
         };
         let mut seen = String::new();
         loop {
-            let text = client.text(&format!("{path}?lines={}", args.lines)).await?;
+            let text = client.text(&format!("{path}lines={}", args.lines)).await?;
             if args.follow {
                 // Print only what is new since the last poll.
                 let new = match text.find(seen.lines().last().unwrap_or("\u{0}")) {
