@@ -528,7 +528,8 @@ impl Engine {
                 builds.remove(&exec.id);
                 drop(builds);
                 self.fail_stage(exec, stage, &err)?;
-                self.end_execution(exec, status::FAILED, &format!("build failed: {err}"), ACTOR_ENGINE)
+                // The error already says "build failed: ..." (or "checkout failed: ...").
+                self.end_execution(exec, status::FAILED, &err, ACTOR_ENGINE)
             }
         }
     }
@@ -1061,10 +1062,11 @@ impl Engine {
                 None => "; no execution is awaiting a decision now".into(),
             };
             return Err(PipelineError::Refused(format!(
-                "cannot {verb} execution #{id} (revision {}): it is {}{}; nothing was {verb}d{hint}",
+                "cannot {verb} execution #{id} (revision {}): it is {}{}; nothing was {}{hint}",
                 exec.revision,
                 exec.status,
                 if exec.reason.is_empty() { String::new() } else { format!(" ({})", exec.reason) },
+                if approve { "approved" } else { "rejected" },
             )));
         }
         let waiting = store.stages(id)?.iter().any(|s| {
@@ -1086,7 +1088,7 @@ impl Engine {
             comment: comment.into(),
             at_ms: now_ms() as i64,
         })?;
-        store.event(Some(id), if approve { "approved" } else { "rejected" }, actor, &format!("{verb}d {}{}", exec.revision, comment_suffix(comment)))?;
+        store.event(Some(id), if approve { "approved" } else { "rejected" }, actor, &format!("{} {}{}", if approve { "approved" } else { "rejected" }, exec.revision, comment_suffix(comment)))?;
         drop(store);
         self.wake();
         Ok(exec)

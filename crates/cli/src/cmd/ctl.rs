@@ -19,8 +19,9 @@ pub enum Output {
 
 #[derive(clap::Args, Debug)]
 pub struct Common {
-    /// The app's coalmine.toml (its folder holds the running instance's .coalmine/).
-    #[arg(long, short, global = true)]
+    /// The app's coalmine.toml (its folder holds the running instance's .coalmine/). Default:
+    /// the one in this folder or the nearest folder above.
+    #[arg(long, global = true, value_name = "PATH")]
     pub file: Option<PathBuf>,
     /// `json` for scripts.
     #[arg(long, short, value_enum, default_value_t, global = true)]
@@ -224,13 +225,29 @@ pub fn render_status(v: &Value) -> String {
     out
 }
 
+/// Who ended an execution, for people: `alarm:failure-ratio` reads "the failure-ratio alarm".
+fn who(actor: &str) -> String {
+    match actor.strip_prefix("alarm:") {
+        Some(kind) => format!("the {kind} alarm"),
+        None => actor.to_string(),
+    }
+}
+
+/// The reason without the `alarm <kind>: ` prefix that [`who`] already says.
+fn why<'a>(actor: &str, reason: &'a str) -> &'a str {
+    match actor.strip_prefix("alarm:") {
+        Some(kind) => reason.strip_prefix(&format!("alarm {kind}: ")).unwrap_or(reason),
+        None => reason,
+    }
+}
+
 fn render_rollback(rb: &Value) -> String {
     format!(
         "Rollback:  {} → {} by {}: {}\n           canary back in {}; received {}, failed {}, dead-lettered {}, released {}, redriven {}, lost {}\n",
         s(rb, "revision"),
         s(rb, "to_revision"),
-        s(rb, "actor"),
-        s(rb, "reason"),
+        who(s(rb, "actor")),
+        why(s(rb, "actor"), s(rb, "reason")),
         rb["canary_back_ms"].as_i64().map(duration).unwrap_or_else(|| "(in progress)".into()),
         rb["received"],
         rb["failed"],
@@ -324,8 +341,9 @@ pub fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
 
 #[derive(clap::Args, Debug)]
 pub struct StopArgs {
-    /// The execution to abandon.
+    /// The execution to abandon (its number, as `coalmine history` shows).
     pub execution: i64,
+    /// Why (recorded with the execution's end).
     #[arg(long, short = 'm')]
     pub reason: Option<String>,
     #[command(flatten)]
@@ -360,6 +378,7 @@ pub fn trigger(args: TriggerArgs) -> anyhow::Result<ExitCode> {
 
 #[derive(clap::Args, Debug)]
 pub struct HistoryArgs {
+    /// How many of the newest executions to show.
     #[arg(long, short = 'n', default_value_t = 20)]
     pub limit: u32,
     #[command(flatten)]
@@ -416,7 +435,7 @@ pub struct LogsArgs {
     #[arg(long, short = 'n', default_value_t = 50)]
     pub lines: usize,
     /// Keep printing new lines.
-    #[arg(long)]
+    #[arg(long, short)]
     pub follow: bool,
     #[command(flatten)]
     pub common: Common,

@@ -21,7 +21,7 @@ use crate::workspace::{self, UpInfo};
 #[derive(clap::Args, Debug, Clone)]
 pub struct UpArgs {
     /// The app's coalmine.toml.
-    #[arg(long, short)]
+    #[arg(long, value_name = "PATH")]
     pub file: Option<PathBuf>,
     /// Port of the embedded queue (default: [queue] port, 9324; 0 picks a free one).
     #[arg(long)]

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 #[derive(clap::Args, Debug)]
 pub struct ValidateArgs {
     /// The app's coalmine.toml.
-    #[arg(long, short)]
+    #[arg(long, value_name = "PATH")]
     pub file: Option<PathBuf>,
 }
 
