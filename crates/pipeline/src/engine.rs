@@ -145,6 +145,11 @@ pub struct Engine {
     wake_tx: Mutex<Sender<()>>,
     wake_rx: Mutex<Option<Receiver<()>>>,
     loop_state: Mutex<LoopState>,
+    /// Stages failed just before their execution ends: written with the end, in its
+    /// transaction (execution id → stage index, name, reason).
+    failing_stages: Mutex<HashMap<i64, (i64, String, String)>>,
+    /// Test hook: `COALMINE_FAULT_INJECT=<point>` kills this process (SIGKILL) at that point.
+    fault_point: Option<String>,
 }
 
 #[derive(Default)]
@@ -179,6 +184,8 @@ impl Engine {
             wake_tx: Mutex::new(tx),
             wake_rx: Mutex::new(Some(rx)),
             loop_state: Mutex::new(LoopState::default()),
+            failing_stages: Mutex::new(HashMap::new()),
+            fault_point: std::env::var("COALMINE_FAULT_INJECT").ok().filter(|p| !p.is_empty()),
         }))
     }
 
@@ -642,11 +649,23 @@ impl Engine {
         self.stage_detail(exec, stage, "waiting for enough data for a passing verdict (or `coalmine approve`)")
     }
 
+    /// Fail a stage. Always followed by the end of its execution, which writes it in the same
+    /// transaction ([`Engine::end_execution`]): a crash in between must not leave a failed
+    /// stage in a running execution (the next stage would start).
     fn fail_stage(&self, exec: &ExecutionRow, stage: &StageRow, reason: &str) -> Result<(), PipelineError> {
-        let store = self.store.lock().unwrap();
-        store.finish_stage(exec.id, stage.idx, status::FAILED, reason)?;
-        store.event(Some(exec.id), "stage-failed", ACTOR_ENGINE, &format!("{} failed: {reason}", stage.name))?;
+        self.failing_stages.lock().unwrap().insert(exec.id, (stage.idx, stage.name.clone(), reason.to_string()));
         Ok(())
+    }
+
+    /// The fault-injection hook of the crash tests: dies like `kill -9` at `point`.
+    fn fault(&self, point: &str) {
+        if self.fault_point.as_deref() == Some(point) {
+            eprintln!("fault injection: killed at {point}");
+            // SAFETY: signalling our own process.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+        }
     }
 
     fn finish_success(&self, exec: &ExecutionRow) -> Result<(), PipelineError> {
@@ -671,38 +690,63 @@ impl Engine {
         if let Some(b) = self.builds.lock().unwrap().remove(&exec.id) {
             b.cancel.cancel();
         }
+        let failing = self.failing_stages.lock().unwrap().remove(&exec.id);
         let store = self.store.lock().unwrap();
-        for s in store.stages(exec.id)? {
-            if s.status == status::IN_PROGRESS {
-                store.finish_stage(exec.id, s.idx, if end == status::FAILED { status::FAILED } else { end }, reason)?;
-            }
-        }
-        store.set_execution_status(exec.id, end, reason)?;
-        store.event(Some(exec.id), &end.to_lowercase(), actor, reason)?;
-        let restored = match (store.kv_get("primary_revision")?, store.service("canary")?) {
-            (Some(primary), Some((canary_rev, _))) if canary_rev != primary => Some((primary, canary_rev)),
-            _ => None,
+        self.fault("end-execution:before");
+        // One transaction: the canary's restoration is recorded with the end, never after it
+        // (a crash must not leave an ended execution with its bad canary running unwatched).
+        let mut write = 0;
+        let mut step = || {
+            write += 1;
+            self.fault(&format!("end-execution:write-{write}"));
         };
-        if let Some((primary, bad)) = restored.clone() {
-            store.set_service("canary", &primary, self.spec_tasks("canary"))?;
-            store.event(Some(exec.id), "canary-restored", actor, &format!("canary back on the primary's revision {primary}"))?;
-            store.add_rollback(&RollbackRow {
-                id: 0,
-                execution_id: exec.id,
-                revision: bad,
-                to_revision: primary,
-                at_ms: now_ms() as i64,
-                actor: actor.into(),
-                reason: reason.into(),
-                canary_back_ms: None,
-                received: 0,
-                failed: 0,
-                dead_lettered: 0,
-                released: 0,
-                redriven: 0,
-                lost: 0,
-            })?;
-        }
+        let restored = store.atomic(|store| {
+            let restored = match (store.kv_get("primary_revision")?, store.service("canary")?) {
+                (Some(primary), Some((canary_rev, _))) if canary_rev != primary => Some((primary, canary_rev)),
+                _ => None,
+            };
+            if let Some((primary, bad)) = restored.clone() {
+                store.set_service("canary", &primary, self.spec_tasks("canary"))?;
+                step();
+                store.event(Some(exec.id), "canary-restored", actor, &format!("canary back on the primary's revision {primary}"))?;
+                step();
+                store.add_rollback(&RollbackRow {
+                    id: 0,
+                    execution_id: exec.id,
+                    revision: bad,
+                    to_revision: primary,
+                    at_ms: now_ms() as i64,
+                    actor: actor.into(),
+                    reason: reason.into(),
+                    canary_back_ms: None,
+                    received: 0,
+                    failed: 0,
+                    dead_lettered: 0,
+                    released: 0,
+                    redriven: 0,
+                    lost: 0,
+                })?;
+                step();
+            }
+            if let Some((idx, name, why)) = &failing {
+                store.finish_stage(exec.id, *idx, status::FAILED, why)?;
+                step();
+                store.event(Some(exec.id), "stage-failed", ACTOR_ENGINE, &format!("{name} failed: {why}"))?;
+                step();
+            }
+            for s in store.stages(exec.id)? {
+                if s.status == status::IN_PROGRESS {
+                    store.finish_stage(exec.id, s.idx, if end == status::FAILED { status::FAILED } else { end }, reason)?;
+                    step();
+                }
+            }
+            store.set_execution_status(exec.id, end, reason)?;
+            step();
+            store.event(Some(exec.id), &end.to_lowercase(), actor, reason)?;
+            step();
+            Ok(restored)
+        })?;
+        self.fault("end-execution:committed");
         drop(store);
         if restored.is_some() {
             self.reconcile_services()?;
