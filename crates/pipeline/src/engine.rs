@@ -415,10 +415,11 @@ impl Engine {
         };
         let kind = parse_kind(stage);
         if stage.status == status::PENDING {
-            let store = self.store.lock().unwrap();
-            store.set_execution_stage(exec.id, stage.idx)?;
-            store.start_stage(exec.id, stage.idx, "")?;
-            store.event(Some(exec.id), "stage-started", ACTOR_ENGINE, &format!("{} started", stage.name))?;
+            self.store.lock().unwrap().atomic(|store| {
+                store.set_execution_stage(exec.id, stage.idx)?;
+                store.start_stage(exec.id, stage.idx, "")?;
+                store.event(Some(exec.id), "stage-started", ACTOR_ENGINE, &format!("{} started", stage.name))
+            })?;
         }
         let started_ms = stage.started_ms.map(|v| v as u64).unwrap_or_else(now_ms);
         let elapsed = now_ms().saturating_sub(started_ms);
@@ -453,10 +454,10 @@ impl Engine {
     }
 
     fn stage_done(&self, exec: &ExecutionRow, stage: &StageRow, detail: &str) -> Result<(), PipelineError> {
-        let store = self.store.lock().unwrap();
-        store.finish_stage(exec.id, stage.idx, status::SUCCEEDED, detail)?;
-        store.event(Some(exec.id), "stage-succeeded", ACTOR_ENGINE, &format!("{} succeeded: {detail}", stage.name))?;
-        drop(store);
+        self.store.lock().unwrap().atomic(|store| {
+            store.finish_stage(exec.id, stage.idx, status::SUCCEEDED, detail)?;
+            store.event(Some(exec.id), "stage-succeeded", ACTOR_ENGINE, &format!("{} succeeded: {detail}", stage.name))
+        })?;
         self.wake();
         Ok(())
     }
@@ -669,14 +670,14 @@ impl Engine {
     }
 
     fn finish_success(&self, exec: &ExecutionRow) -> Result<(), PipelineError> {
-        let store = self.store.lock().unwrap();
-        store.kv_set("primary_revision", &exec.revision)?;
-        // Both services run the revision; the canary goes back to its configured size.
-        store.set_service("canary", &exec.revision, self.spec_tasks("canary"))?;
-        store.set_service("primary", &exec.revision, self.spec_tasks("primary"))?;
-        store.set_execution_status(exec.id, status::SUCCEEDED, "both services run the revision")?;
-        store.event(Some(exec.id), "succeeded", ACTOR_ENGINE, &format!("released {}: both services run it", exec.revision))?;
-        drop(store);
+        self.store.lock().unwrap().atomic(|store| {
+            store.kv_set("primary_revision", &exec.revision)?;
+            // Both services run the revision; the canary goes back to its configured size.
+            store.set_service("canary", &exec.revision, self.spec_tasks("canary"))?;
+            store.set_service("primary", &exec.revision, self.spec_tasks("primary"))?;
+            store.set_execution_status(exec.id, status::SUCCEEDED, "both services run the revision")?;
+            store.event(Some(exec.id), "succeeded", ACTOR_ENGINE, &format!("released {}: both services run it", exec.revision))
+        })?;
         self.wake();
         Ok(())
     }
