@@ -14,9 +14,32 @@ pub struct UpInfo {
     pub queue: String,
 }
 
-/// The app's `coalmine.toml`: `--file`, or `./coalmine.toml`.
+/// The app's `coalmine.toml`: `--file`, else `coalmine.toml` in this folder or the nearest
+/// folder above it that has one (so commands work from the app's subfolders), else
+/// `./coalmine.toml` (which does not exist; the caller says so).
 pub fn spec_path(file: Option<&Path>) -> PathBuf {
-    file.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("coalmine.toml"))
+    if let Some(f) = file {
+        return f.to_path_buf();
+    }
+    let here = PathBuf::from("coalmine.toml");
+    if here.exists() {
+        return here;
+    }
+    if let Ok(cwd) = std::env::current_dir() {
+        for dir in cwd.ancestors().skip(1) {
+            let candidate = dir.join("coalmine.toml");
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    here
+}
+
+/// The queue endpoint of the `coalmine up` running for the app of `file`, if one runs.
+pub fn running_queue(file: Option<&Path>) -> Option<String> {
+    let info: UpInfo = serde_json::from_str(&std::fs::read_to_string(state_dir(file).join("up.json")).ok()?).ok()?;
+    process_alive(info.pid).then_some(info.queue)
 }
 
 /// Load and validate `coalmine.toml`, printing the diagnostics on failure.
@@ -76,14 +99,78 @@ pub fn process_alive(pid: u32) -> bool {
             .unwrap_or(false)
 }
 
-/// Create the API token (0600) if there is none; return it.
+/// Files under `.coalmine/` that hold secrets or message bodies: only their owner may read
+/// them (mode 0600; the folder itself 0700).
+pub const PRIVATE_FILES: &[&str] =
+    &["token", "state.db", "state.db-wal", "state.db-shm", "queue.db", "queue.db-wal", "queue.db-shm", "up.json"];
+
+/// Make `.coalmine/` (created if missing) 0700 and its private files 0600. Returns a warning
+/// for each one that was readable by others and is fixed now.
+pub fn secure_state_dir(dir: &Path) -> anyhow::Result<Vec<String>> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let mut warnings = Vec::new();
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let fix = |path: &Path, mode: u32, warnings: &mut Vec<String>| -> anyhow::Result<()> {
+        let Ok(meta) = std::fs::symlink_metadata(path) else { return Ok(()) };
+        if meta.file_type().is_symlink() {
+            anyhow::bail!("{} is a symbolic link; coalmine keeps its private files in place: remove the link", path.display());
+        }
+        let was = meta.permissions().mode() & 0o777;
+        if was & 0o077 != 0 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                .with_context(|| format!("cannot restrict {} to its owner (chmod {mode:o})", path.display()))?;
+            warnings.push(format!(
+                "warning: {} was readable by other users (mode {was:o}); made it {mode:o} (owner only)",
+                path.display()
+            ));
+        }
+        Ok(())
+    };
+    fix(dir, 0o700, &mut warnings)?;
+    for name in PRIVATE_FILES {
+        fix(&dir.join(name), 0o600, &mut warnings)?;
+    }
+    Ok(warnings)
+}
+
+/// Whether a token read from `.coalmine/token` is usable: 32 to 256 characters of
+/// `A-Z a-z 0-9 - _ . ~` (what a header and a URL fragment carry unchanged).
+pub fn check_token(token: &str) -> Result<(), String> {
+    if token.len() < 32 {
+        return Err(format!("it is {} characters long; a token needs at least 32", token.len()));
+    }
+    if token.len() > 256 {
+        return Err(format!("it is {} characters long; at most 256", token.len()));
+    }
+    if let Some(c) = token.chars().find(|c| !(c.is_ascii_alphanumeric() || "-_.~".contains(*c))) {
+        return Err(format!("it contains {c:?}; use only letters, digits and - _ . ~"));
+    }
+    Ok(())
+}
+
+/// Create the API token (0600) if there is none; return it. An existing token must pass
+/// [`check_token`].
 pub fn ensure_token(dir: &Path) -> anyhow::Result<String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join("token");
     if let Ok(t) = std::fs::read_to_string(&path) {
-        if !t.trim().is_empty() {
-            return Ok(t.trim().to_string());
+        let t = t.trim();
+        if !t.is_empty() {
+            if let Err(why) = check_token(t) {
+                bail!(
+                    "{} is not a usable API token: {why}. Delete the file to have a new random one made at start, or write one (e.g. `openssl rand -hex 32 > {}`)",
+                    path.display(),
+                    path.display()
+                );
+            }
+            return Ok(t.to_string());
         }
     }
     let mut bytes = [0u8; 32];

@@ -237,6 +237,25 @@ fn every_documented_route_answers_and_refuses_a_missing_or_wrong_token() {
     assert_eq!(r.status, 404);
     assert!(r.json()["error"].as_str().unwrap().contains("openapi.json"));
 
+    // Path traversal: a task id that is a path is refused, never read; a log file that is a
+    // link out of the state folder is not followed; execution ids are numbers.
+    std::fs::write(app.path().join("secret-1.log"), "top secret").unwrap();
+    for bad in ["..%2F..%2F..%2Fsecret-1", "canary-1%2F..%2F..%2F..%2F..%2Fsecret-1", "%2E%2E-1", "canary-1.log", "canary-1%00"] {
+        for suffix in ["/logs", "/logs/stream"] {
+            let r = api.get(&format!("/api/v1/tasks/{bad}{suffix}"));
+            assert_eq!(r.status, 400, "{bad}{suffix}: {}", r.body);
+            assert!(r.json()["error"].as_str().unwrap().contains("not a task id"), "{}", r.body);
+        }
+    }
+    let planted = app.path().join(".coalmine/logs/tasks/canary/canary-999.log");
+    std::os::unix::fs::symlink(app.path().join("secret-1.log"), &planted).unwrap();
+    let r = api.get("/api/v1/tasks/canary-999/logs");
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert!(!r.body.contains("top secret"));
+    std::fs::remove_file(&planted).unwrap();
+    let r = api.get("/api/v1/executions/..%2Fsecret/build-log");
+    assert_eq!(r.status, 400, "{}", r.body);
+
     // The refusals are logged by the server.
     let log = app.up_log();
     assert!(log.contains("401") && log.contains("/api/v1/status"), "no 401 in the log:\n{log}");

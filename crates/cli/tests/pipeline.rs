@@ -282,6 +282,12 @@ fn init_down_and_purge() {
     assert!(out.status.success());
     let toml = std::fs::read_to_string(plain.join("coalmine.toml")).unwrap();
     assert!(toml.contains("app = \"my-app\""));
+    // Not a git repository yet: nothing to release, and validate says how to fix it.
+    let out = std::process::Command::new(BIN).arg("validate").current_dir(&plain).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("git init"), "{}", String::from_utf8_lossy(&out.stderr));
+    git(&plain, &["init", "--quiet"]);
+    git(&plain, &["-c", "user.email=dev@example.com", "-c", "user.name=Dev", "commit", "--quiet", "--allow-empty", "-m", "first"]);
     let out = std::process::Command::new(BIN).arg("validate").current_dir(&plain).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 

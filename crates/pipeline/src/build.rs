@@ -181,14 +181,80 @@ fn run_commands(
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err))
         .process_group(0);
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure only makes async-signal-safe system calls.
     unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        cmd.pre_exec(move || {
+            // Die with the thread that started us, even on SIGKILL of coalmine.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_uint);
             Ok(())
         });
     }
     let mut child = cmd.spawn().map_err(|e| format!("cannot start bash: {e}"))?;
     let pgid = child.id() as i32;
+    // Whatever the commands leave running in their group (a `cmd &` never waited for) is
+    // killed when they end, and by the next start of coalmine if coalmine is killed first.
+    let group = BuildGroup::record(log.path.with_extension("pgid"), pgid as u32);
+    let result = wait_commands(&mut child, pgid, deadline, cancel);
+    drop(group);
+    result
+}
+
+/// A build command's process group, recorded in a file beside the build log while it runs.
+struct BuildGroup {
+    file: PathBuf,
+    pgid: u32,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct GroupRecord {
+    pgid: u32,
+    start_ticks: u64,
+}
+
+impl BuildGroup {
+    fn record(file: PathBuf, pgid: u32) -> BuildGroup {
+        let start_ticks = coalmine_runtime::local::process::proc_stat(pgid).map(|s| s.start_ticks).unwrap_or(0);
+        let rec = serde_json::to_vec(&GroupRecord { pgid, start_ticks }).expect("record serialises");
+        if let Err(e) = std::fs::write(&file, rec) {
+            tracing::warn!(file = %file.display(), error = %e, "cannot record the build's process group");
+        }
+        BuildGroup { file, pgid }
+    }
+}
+
+impl Drop for BuildGroup {
+    fn drop(&mut self) {
+        unsafe {
+            libc::kill(-(self.pgid as i32), libc::SIGKILL);
+        }
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+/// Kill the process groups of build commands that a killed coalmine left running (recorded
+/// as `<execution>.pgid` beside the build logs in `dir`). Returns how many processes.
+pub fn kill_leftover_builds(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut killed = 0;
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().is_none_or(|x| x != "pgid") {
+            continue;
+        }
+        if let Some(rec) = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<GroupRecord>(&b).ok()) {
+            killed += coalmine_runtime::local::process::kill_group_leftovers(rec.pgid, rec.start_ticks).len();
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    killed
+}
+
+fn wait_commands(child: &mut std::process::Child, pgid: i32, deadline: Instant, cancel: &Cancel) -> Result<(), String> {
     loop {
         match child.try_wait() {
             Ok(Some(status)) => {
@@ -233,9 +299,24 @@ fn copy_artifacts(spec: &Buildspec, req: &BuildRequest, log: &mut Log) -> Result
             "the buildspec has no `artifacts` section: add `artifacts: { files: [...] }` listing what the service runs".into(),
         ));
     };
+    // Nothing outside the checkout is ever read or written: the validation refuses such
+    // paths, and every matched file is checked again once links are resolved.
+    let refuse = |what: String| Err(PipelineError::Build(format!("{what}; artifacts must come from the build's checkout (fix buildspec.yml, `coalmine validate` shows where)")));
+    if let Some(why) = art.base_directory.as_deref().and_then(coalmine_spec::leaves_build_folder) {
+        return refuse(format!("artifacts.base-directory `{}` {why}", art.base_directory.as_deref().unwrap_or_default()));
+    }
+    if let Some((f, why)) = art.files.iter().find_map(|f| coalmine_spec::leaves_build_folder(f).map(|w| (f, w))) {
+        return refuse(format!("artifacts.files pattern `{f}` {why}"));
+    }
+    let root = req.src_dir.canonicalize().map_err(|e| PipelineError::io(&req.src_dir, e))?;
     let base = match &art.base_directory {
         Some(b) => req.src_dir.join(b),
         None => req.src_dir.clone(),
+    };
+    let base = match base.canonicalize() {
+        Ok(b) if b.starts_with(&root) => b,
+        Ok(b) => return refuse(format!("artifacts.base-directory resolves to {}, outside the checkout", b.display())),
+        Err(e) => return Err(PipelineError::Build(format!("artifacts.base-directory {}: {e}", base.display()))),
     };
     let tmp = req.artifact_dir.with_extension("partial");
     let _ = std::fs::remove_dir_all(&tmp);
@@ -251,7 +332,13 @@ fn copy_artifacts(spec: &Buildspec, req: &BuildRequest, log: &mut Log) -> Result
                 continue;
             }
             any = true;
-            let rel = entry.strip_prefix(&base).unwrap_or(&entry);
+            let real = entry.canonicalize().map_err(|e| PipelineError::io(&entry, e))?;
+            if !real.starts_with(&root) {
+                return refuse(format!("artifact {} resolves to {}, outside the checkout (a link?)", entry.display(), real.display()));
+            }
+            let Ok(rel) = entry.strip_prefix(&base) else {
+                return refuse(format!("artifact {} is not under {}", entry.display(), base.display()));
+            };
             let dest = if art.discard_paths {
                 tmp.join(rel.file_name().unwrap_or_default())
             } else {

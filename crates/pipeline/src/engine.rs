@@ -145,6 +145,11 @@ pub struct Engine {
     wake_tx: Mutex<Sender<()>>,
     wake_rx: Mutex<Option<Receiver<()>>>,
     loop_state: Mutex<LoopState>,
+    /// Stages failed just before their execution ends: written with the end, in its
+    /// transaction (execution id → stage index, name, reason).
+    failing_stages: Mutex<HashMap<i64, (i64, String, String)>>,
+    /// Test hook: `COALMINE_FAULT_INJECT=<point>` kills this process (SIGKILL) at that point.
+    fault_point: Option<String>,
 }
 
 #[derive(Default)]
@@ -179,6 +184,8 @@ impl Engine {
             wake_tx: Mutex::new(tx),
             wake_rx: Mutex::new(Some(rx)),
             loop_state: Mutex::new(LoopState::default()),
+            failing_stages: Mutex::new(HashMap::new()),
+            fault_point: std::env::var("COALMINE_FAULT_INJECT").ok().filter(|p| !p.is_empty()),
         }))
     }
 
@@ -408,10 +415,11 @@ impl Engine {
         };
         let kind = parse_kind(stage);
         if stage.status == status::PENDING {
-            let store = self.store.lock().unwrap();
-            store.set_execution_stage(exec.id, stage.idx)?;
-            store.start_stage(exec.id, stage.idx, "")?;
-            store.event(Some(exec.id), "stage-started", ACTOR_ENGINE, &format!("{} started", stage.name))?;
+            self.store.lock().unwrap().atomic(|store| {
+                store.set_execution_stage(exec.id, stage.idx)?;
+                store.start_stage(exec.id, stage.idx, "")?;
+                store.event(Some(exec.id), "stage-started", ACTOR_ENGINE, &format!("{} started", stage.name))
+            })?;
         }
         let started_ms = stage.started_ms.map(|v| v as u64).unwrap_or_else(now_ms);
         let elapsed = now_ms().saturating_sub(started_ms);
@@ -446,10 +454,10 @@ impl Engine {
     }
 
     fn stage_done(&self, exec: &ExecutionRow, stage: &StageRow, detail: &str) -> Result<(), PipelineError> {
-        let store = self.store.lock().unwrap();
-        store.finish_stage(exec.id, stage.idx, status::SUCCEEDED, detail)?;
-        store.event(Some(exec.id), "stage-succeeded", ACTOR_ENGINE, &format!("{} succeeded: {detail}", stage.name))?;
-        drop(store);
+        self.store.lock().unwrap().atomic(|store| {
+            store.finish_stage(exec.id, stage.idx, status::SUCCEEDED, detail)?;
+            store.event(Some(exec.id), "stage-succeeded", ACTOR_ENGINE, &format!("{} succeeded: {detail}", stage.name))
+        })?;
         self.wake();
         Ok(())
     }
@@ -482,7 +490,7 @@ impl Engine {
                 execution_id: exec.id,
                 build_number: number,
                 commit: exec.commit_id.clone(),
-                branch: self.spec.source.branch.clone(),
+                branch: self.spec.source.branch.clone().unwrap_or_default(),
                 revision: exec.revision.clone(),
                 src_dir: work.clone(),
                 buildspec: work.join(&self.spec.build.buildspec),
@@ -528,7 +536,8 @@ impl Engine {
                 builds.remove(&exec.id);
                 drop(builds);
                 self.fail_stage(exec, stage, &err)?;
-                self.end_execution(exec, status::FAILED, &format!("build failed: {err}"), ACTOR_ENGINE)
+                // The error already says "build failed: ..." (or "checkout failed: ...").
+                self.end_execution(exec, status::FAILED, &err, ACTOR_ENGINE)
             }
         }
     }
@@ -641,22 +650,34 @@ impl Engine {
         self.stage_detail(exec, stage, "waiting for enough data for a passing verdict (or `coalmine approve`)")
     }
 
+    /// Fail a stage. Always followed by the end of its execution, which writes it in the same
+    /// transaction ([`Engine::end_execution`]): a crash in between must not leave a failed
+    /// stage in a running execution (the next stage would start).
     fn fail_stage(&self, exec: &ExecutionRow, stage: &StageRow, reason: &str) -> Result<(), PipelineError> {
-        let store = self.store.lock().unwrap();
-        store.finish_stage(exec.id, stage.idx, status::FAILED, reason)?;
-        store.event(Some(exec.id), "stage-failed", ACTOR_ENGINE, &format!("{} failed: {reason}", stage.name))?;
+        self.failing_stages.lock().unwrap().insert(exec.id, (stage.idx, stage.name.clone(), reason.to_string()));
         Ok(())
     }
 
+    /// The fault-injection hook of the crash tests: dies like `kill -9` at `point`.
+    fn fault(&self, point: &str) {
+        if self.fault_point.as_deref() == Some(point) {
+            eprintln!("fault injection: killed at {point}");
+            // SAFETY: signalling our own process.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+        }
+    }
+
     fn finish_success(&self, exec: &ExecutionRow) -> Result<(), PipelineError> {
-        let store = self.store.lock().unwrap();
-        store.kv_set("primary_revision", &exec.revision)?;
-        // Both services run the revision; the canary goes back to its configured size.
-        store.set_service("canary", &exec.revision, self.spec_tasks("canary"))?;
-        store.set_service("primary", &exec.revision, self.spec_tasks("primary"))?;
-        store.set_execution_status(exec.id, status::SUCCEEDED, "both services run the revision")?;
-        store.event(Some(exec.id), "succeeded", ACTOR_ENGINE, &format!("released {}: both services run it", exec.revision))?;
-        drop(store);
+        self.store.lock().unwrap().atomic(|store| {
+            store.kv_set("primary_revision", &exec.revision)?;
+            // Both services run the revision; the canary goes back to its configured size.
+            store.set_service("canary", &exec.revision, self.spec_tasks("canary"))?;
+            store.set_service("primary", &exec.revision, self.spec_tasks("primary"))?;
+            store.set_execution_status(exec.id, status::SUCCEEDED, "both services run the revision")?;
+            store.event(Some(exec.id), "succeeded", ACTOR_ENGINE, &format!("released {}: both services run it", exec.revision))
+        })?;
         self.wake();
         Ok(())
     }
@@ -670,40 +691,65 @@ impl Engine {
         if let Some(b) = self.builds.lock().unwrap().remove(&exec.id) {
             b.cancel.cancel();
         }
+        let failing = self.failing_stages.lock().unwrap().remove(&exec.id);
         let store = self.store.lock().unwrap();
-        for s in store.stages(exec.id)? {
-            if s.status == status::IN_PROGRESS {
-                store.finish_stage(exec.id, s.idx, if end == status::FAILED { status::FAILED } else { end }, reason)?;
-            }
-        }
-        store.set_execution_status(exec.id, end, reason)?;
-        store.event(Some(exec.id), &end.to_lowercase(), actor, reason)?;
-        let restored = match (store.kv_get("primary_revision")?, store.service("canary")?) {
-            (Some(primary), Some((canary_rev, _))) if canary_rev != primary => Some((primary, canary_rev)),
-            _ => None,
+        self.fault("end-execution:before");
+        // One transaction: the canary's restoration is recorded with the end, never after it
+        // (a crash must not leave an ended execution with its bad canary running unwatched).
+        let mut write = 0;
+        let mut step = || {
+            write += 1;
+            self.fault(&format!("end-execution:write-{write}"));
         };
-        if let Some((primary, bad)) = restored.clone() {
-            store.set_service("canary", &primary, self.spec_tasks("canary"))?;
-            store.event(Some(exec.id), "canary-restored", actor, &format!("canary back on the primary's revision {primary}"))?;
-            store.add_rollback(&RollbackRow {
-                id: 0,
-                execution_id: exec.id,
-                revision: bad,
-                to_revision: primary,
-                at_ms: now_ms() as i64,
-                actor: actor.into(),
-                reason: reason.into(),
-                canary_back_ms: None,
-                received: 0,
-                failed: 0,
-                dead_lettered: 0,
-                released: 0,
-                returned: 0,
-                expired: 0,
-                redriven: 0,
-                lost: 0,
-            })?;
-        }
+        let restored = store.atomic(|store| {
+            let restored = match (store.kv_get("primary_revision")?, store.service("canary")?) {
+                (Some(primary), Some((canary_rev, _))) if canary_rev != primary => Some((primary, canary_rev)),
+                _ => None,
+            };
+            if let Some((primary, bad)) = restored.clone() {
+                store.set_service("canary", &primary, self.spec_tasks("canary"))?;
+                step();
+                store.event(Some(exec.id), "canary-restored", actor, &format!("canary back on the primary's revision {primary}"))?;
+                step();
+                store.add_rollback(&RollbackRow {
+                    id: 0,
+                    execution_id: exec.id,
+                    revision: bad,
+                    to_revision: primary,
+                    at_ms: now_ms() as i64,
+                    actor: actor.into(),
+                    reason: reason.into(),
+                    canary_back_ms: None,
+                    received: 0,
+                    failed: 0,
+                    dead_lettered: 0,
+                    released: 0,
+                    returned: 0,
+                    expired: 0,
+                    redriven: 0,
+                    lost: 0,
+                })?;
+                step();
+            }
+            if let Some((idx, name, why)) = &failing {
+                store.finish_stage(exec.id, *idx, status::FAILED, why)?;
+                step();
+                store.event(Some(exec.id), "stage-failed", ACTOR_ENGINE, &format!("{name} failed: {why}"))?;
+                step();
+            }
+            for s in store.stages(exec.id)? {
+                if s.status == status::IN_PROGRESS {
+                    store.finish_stage(exec.id, s.idx, if end == status::FAILED { status::FAILED } else { end }, reason)?;
+                    step();
+                }
+            }
+            store.set_execution_status(exec.id, end, reason)?;
+            step();
+            store.event(Some(exec.id), &end.to_lowercase(), actor, reason)?;
+            step();
+            Ok(restored)
+        })?;
+        self.fault("end-execution:committed");
         drop(store);
         if restored.is_some() {
             self.reconcile_services()?;
@@ -1077,10 +1123,11 @@ impl Engine {
                 None => "; no execution is awaiting a decision now".into(),
             };
             return Err(PipelineError::Refused(format!(
-                "cannot {verb} execution #{id} (revision {}): it is {}{}; nothing was {verb}d{hint}",
+                "cannot {verb} execution #{id} (revision {}): it is {}{}; nothing was {}{hint}",
                 exec.revision,
                 exec.status,
                 if exec.reason.is_empty() { String::new() } else { format!(" ({})", exec.reason) },
+                if approve { "approved" } else { "rejected" },
             )));
         }
         let waiting = store.stages(id)?.iter().any(|s| {
@@ -1102,7 +1149,7 @@ impl Engine {
             comment: comment.into(),
             at_ms: now_ms() as i64,
         })?;
-        store.event(Some(id), if approve { "approved" } else { "rejected" }, actor, &format!("{verb}d {}{}", exec.revision, comment_suffix(comment)))?;
+        store.event(Some(id), if approve { "approved" } else { "rejected" }, actor, &format!("{} {}{}", if approve { "approved" } else { "rejected" }, exec.revision, comment_suffix(comment)))?;
         drop(store);
         self.wake();
         Ok(exec)

@@ -29,6 +29,79 @@ pub trait Source: Send + Sync {
     fn checkout(&self, commit: &str, dest: &Path) -> Result<(), PipelineError>;
 }
 
+/// The branch to watch: `branch` when given, else the repository's current branch (`HEAD`).
+/// Checks that `repo` is a git repository with at least one commit and that the branch
+/// exists; the errors say what to do. `repo` is a folder or a URL, as in `[source] repo`.
+pub fn resolve_branch(repo: &str, branch: Option<&str>) -> Result<String, PipelineError> {
+    let git = |args: &[&str]| -> Result<(bool, String, String), PipelineError> {
+        let out = Command::new("git")
+            .args(args)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .output()
+            .map_err(|e| PipelineError::Source(format!("cannot run git (is it installed?): {e}")))?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
+    };
+    let local = !(repo.contains("://") || repo.starts_with("git@"));
+    let (heads, current) = if local {
+        let dir = Path::new(repo);
+        if !dir.is_dir() {
+            return Err(PipelineError::Source(format!(
+                "[source] repo: the folder {repo} does not exist; point `repo` at your worker's git repository"
+            )));
+        }
+        let (ok, _, _) = git(&["-C", repo, "rev-parse", "--git-dir"])?;
+        if !ok {
+            return Err(PipelineError::Source(format!(
+                "[source] repo: {repo} is not a git repository; run `git init` there and commit your worker (coalmine releases commits), or point `repo` at the repository"
+            )));
+        }
+        let (_, heads, _) = git(&["-C", repo, "for-each-ref", "--format=%(refname:short)", "refs/heads/"])?;
+        let (ok, current, _) = git(&["-C", repo, "symbolic-ref", "--quiet", "--short", "HEAD"])?;
+        (heads, ok.then_some(current))
+    } else {
+        let (ok, out, err) = git(&["ls-remote", "--symref", repo, "HEAD", "refs/heads/*"])?;
+        if !ok {
+            return Err(PipelineError::Source(format!("[source] repo: cannot read {repo}: {err}")));
+        }
+        let mut heads = Vec::new();
+        let mut current = None;
+        for line in out.lines() {
+            if let Some(rest) = line.strip_prefix("ref: refs/heads/") {
+                current = rest.split_whitespace().next().map(str::to_string);
+            } else if let Some((_, name)) = line.split_once("\trefs/heads/") {
+                heads.push(name.to_string());
+            }
+        }
+        (heads.join("\n"), current)
+    };
+    let heads: Vec<&str> = heads.lines().filter(|l| !l.is_empty()).collect();
+    if heads.is_empty() {
+        return Err(PipelineError::Source(format!(
+            "[source] repo: the repository {repo} has no commits yet; commit your worker first (`git add -A && git commit -m \"first version\"`)"
+        )));
+    }
+    let branch = match branch {
+        Some(b) => b.to_string(),
+        None => current.ok_or_else(|| {
+            PipelineError::Source(format!(
+                "[source] branch: {repo} has no current branch (a detached HEAD); set `branch` in coalmine.toml to one of: {}",
+                heads.join(", ")
+            ))
+        })?,
+    };
+    if !heads.contains(&branch.as_str()) {
+        return Err(PipelineError::Source(format!(
+            "[source] branch: there is no branch `{branch}` in {repo} (its branches: {}); set `branch` to one of them, or leave it out to watch the current branch",
+            heads.join(", ")
+        )));
+    }
+    Ok(branch)
+}
+
 pub struct GitSource {
     repo: String,
     branch: String,

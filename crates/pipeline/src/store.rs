@@ -211,6 +211,15 @@ impl Store {
         Ok(Store { conn })
     }
 
+    /// Run `f` as one transaction: all of its writes are kept, or (on an error, or a crash
+    /// before the end) none.
+    pub fn atomic<T>(&self, f: impl FnOnce(&Store) -> Result<T, PipelineError>) -> Result<T, PipelineError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let out = f(self)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
     pub fn kv_get(&self, key: &str) -> Result<Option<String>, PipelineError> {
         Ok(self
             .conn

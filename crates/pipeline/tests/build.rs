@@ -124,3 +124,31 @@ fn artifacts_that_match_nothing_fail_with_the_pattern_named() {
     let err = BuildspecBuilder.build(&req, &Cancel::default()).unwrap_err().to_string();
     assert!(err.contains("target/release/app") && err.contains("matched no file"), "{err}");
 }
+
+#[test]
+fn artifacts_outside_the_checkout_are_refused_and_nothing_outside_is_touched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = tmp.path().join("precious.txt");
+    std::fs::write(&outside, "keep me").unwrap();
+    // A link inside the checkout to a file outside: the pattern is fine, the file is not.
+    let spec = format!(
+        "version: 0.2\nphases:\n  build:\n    commands:\n      - mkdir -p out && ln -s {} out/link.txt && echo hi > out/ok.txt\nartifacts:\n  files:\n    - 'out/*'\n",
+        outside.display()
+    );
+    let req = request(tmp.path(), &spec, Duration::from_secs(60));
+    let err = BuildspecBuilder.build(&req, &Cancel::default()).unwrap_err().to_string();
+    assert!(err.contains("outside the checkout") && err.contains("link.txt"), "{err}");
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep me");
+    assert!(!req.artifact_dir.exists(), "no artifact folder from a refused build");
+
+    // An absolute pattern (the file would be copied onto itself and truncated): refused
+    // before anything is copied.
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = tmp.path().join("precious.txt");
+    std::fs::write(&outside, "keep me").unwrap();
+    let spec = format!("version: 0.2\nphases:\n  build:\n    commands: [true]\nartifacts:\n  files:\n    - {}\n", outside.display());
+    let req = request(tmp.path(), &spec, Duration::from_secs(60));
+    let err = BuildspecBuilder.build(&req, &Cancel::default()).unwrap_err().to_string();
+    assert!(err.contains("absolute path"), "{err}");
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep me");
+}

@@ -147,6 +147,9 @@ pub struct TaskStatus {
     pub restarts: u32,
     /// e.g. "exit 1" or "signal 9".
     pub last_exit: Option<String>,
+    /// The last lines (at most 5) the task's previous process wrote before it exited.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_output: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -90,7 +90,7 @@ enum Msg {
     Apply(Box<ServiceSpec>, Reply),
     Scale(String, u32, Reply),
     Shutdown(Reply),
-    Exited { service: String, task: String, serial: u64, exit: String },
+    Exited { service: String, task: String, serial: u64, exit: String, output: Vec<String> },
     Health { service: String, task: String, serial: u64, ok: bool },
 }
 
@@ -265,6 +265,7 @@ struct Task {
     restarts: u32,
     consecutive_failures: u32,
     last_exit: Option<String>,
+    last_output: Vec<String>,
     restart_at: Option<Instant>,
     stop_deadline: Option<Instant>,
     killed: bool,
@@ -374,7 +375,7 @@ impl Supervisor {
                 self.shutting_down = true;
                 self.shutdown_replies.push(r);
             }
-            Msg::Exited { service, task, serial, exit } => self.on_exit(&service, &task, serial, exit),
+            Msg::Exited { service, task, serial, exit, output } => self.on_exit(&service, &task, serial, exit, output),
             Msg::Health { service, task, serial, ok } => self.on_health(&service, &task, serial, ok),
         }
     }
@@ -470,7 +471,7 @@ impl Supervisor {
         next
     }
 
-    fn on_exit(&mut self, service: &str, task: &str, serial: u64, exit: String) {
+    fn on_exit(&mut self, service: &str, task: &str, serial: u64, exit: String, output: Vec<String>) {
         let now = Instant::now();
         let opts = self.options.clone();
         let Some(svc) = self.services.get_mut(service) else { return };
@@ -482,6 +483,7 @@ impl Supervisor {
             process::signal_group(pid, Signal::SIGKILL);
         }
         t.last_exit = Some(exit.clone());
+        t.last_output = output;
         t.health_in_flight = false;
         if t.state == St::Stopping {
             tracing::debug!(service, task, %exit, "task stopped");
@@ -504,7 +506,12 @@ impl Supervisor {
         t.state = St::BackingOff;
         t.restart_at = Some(now + backoff(&opts, t.consecutive_failures));
         if !was_healthy {
-            count_failure(svc, &exit);
+            let what = if t.last_output.is_empty() {
+                format!("{exit} (no output)")
+            } else {
+                format!("{exit}; last output: {}", t.last_output.join(" ⏎ "))
+            };
+            count_failure(svc, &what);
         }
     }
 
@@ -676,6 +683,7 @@ impl Supervisor {
                 restarts: 0,
                 consecutive_failures: 0,
                 last_exit: None,
+                last_output: Vec::new(),
                 restart_at: None,
                 stop_deadline: None,
                 killed: false,
@@ -739,6 +747,8 @@ impl Supervisor {
             ("AWS_ACCESS_KEY_ID", t.access_key_id.as_str()),
             ("AWS_SECRET_ACCESS_KEY", LOCAL_SECRET_ACCESS_KEY),
             ("AWS_REGION", q.region.as_str()),
+            ("AWS_DEFAULT_REGION", q.region.as_str()),
+            ("AWS_ENDPOINT_URL", q.endpoint_url.as_str()),
             ("AWS_ENDPOINT_URL_SQS", q.endpoint_url.as_str()),
             ("QUEUE", q.queue.as_str()),
             ("QUEUE_URL", q.queue_url.as_str()),
@@ -777,10 +787,14 @@ impl Supervisor {
                     t.id, t.revision.name, started.pid, t.started_at_ms
                 );
                 let (exit_tx, exit_rx) = tokio::sync::oneshot::channel();
+                let (eof_tx, eof_rx) = tokio::sync::oneshot::channel();
+                let tail = Arc::new(Mutex::new(logs::OutputTail::default()));
                 tokio::spawn(logs::pump(
                     started.output,
                     log_path,
                     header,
+                    tail.clone(),
+                    eof_tx,
                     exit_rx,
                     self.options.log_max_bytes,
                     self.options.log_keep,
@@ -788,13 +802,19 @@ impl Supervisor {
                 let tx = self.tx.clone();
                 let (service, task) = (name.to_string(), t.id.clone());
                 let mut child = started.child;
+                let pid = started.pid;
                 tokio::spawn(async move {
                     let exit = match child.wait().await {
                         Ok(st) => process::describe_exit(&st),
                         Err(e) => format!("wait failed: {e}"),
                     };
+                    // Whatever the task started in its group goes with it; then its output
+                    // ends and the last lines are complete.
+                    process::signal_group(pid, Signal::SIGKILL);
+                    let _ = tokio::time::timeout(Duration::from_secs(2), eof_rx).await;
+                    let output = tail.lock().unwrap().take();
                     let _ = exit_tx.send(exit.clone());
-                    let _ = tx.send(Msg::Exited { service, task, serial, exit });
+                    let _ = tx.send(Msg::Exited { service, task, serial, exit, output });
                 });
             }
             Err(e) => {
@@ -972,6 +992,7 @@ fn status(name: &str, svc: &Service) -> ServiceStatus {
             started_at_ms: t.started_at_ms,
             restarts: t.restarts,
             last_exit: t.last_exit.clone(),
+            last_output: t.last_output.clone(),
         })
         .collect();
     let running = tasks.iter().filter(|t| t.state == TaskState::Running).count() as u32;

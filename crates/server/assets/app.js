@@ -53,6 +53,14 @@
     if (text !== undefined) el.textContent = text;
     return el;
   }
+  // "alarm:failure-ratio" → "the failure-ratio alarm"; its reason then drops the repeated
+  // "alarm failure-ratio: " prefix.
+  function who(actor) { return String(actor || '').startsWith('alarm:') ? `the ${actor.slice(6)} alarm` : actor; }
+  function why(actor, reason) {
+    const a = String(actor || '');
+    const prefix = a.startsWith('alarm:') ? `alarm ${a.slice(6)}: ` : null;
+    return prefix && String(reason).startsWith(prefix) ? reason.slice(prefix.length) : reason;
+  }
   function badge(text, key) { return h('span', { class: 'badge b-' + String(key || text).replace(/[^A-Za-z]/g, '') , text }); }
   function short(rev) { return rev ? String(rev).slice(0, 12) : '–'; }
   function clock(ms) { return ms ? new Date(ms).toLocaleTimeString([], { hour12: false }) : ''; }
@@ -167,13 +175,16 @@
       e.reason && e.status !== 'InProgress' ? h('span', { class: 'muted', text: e.reason }) : null,
     ].filter(Boolean));
     const now = Date.now();
+    const ended = !['InProgress', 'Queued'].includes(e.status);
     (e.stages || []).forEach((st, i) => {
       if (i > 0) stages.append(h('span', { class: 'arrow', 'aria-hidden': 'true', text: '→' }));
       const took = st.started_ms ? (st.finished_ms || now) - st.started_ms : null;
-      stages.append(h('div', { class: 'stage s-' + st.status, 'data-stage': st.name, 'data-status': st.status },
+      // A stage still Pending when its execution is over never ran, and never will.
+      const shown = ended && st.status === 'Pending' ? 'Not run' : st.status;
+      stages.append(h('div', { class: 'stage s-' + shown.replace(/ /g, ''), 'data-stage': st.name, 'data-status': shown },
         h('div', { class: 'name', text: st.name }),
-        h('div', { class: 'state', text: st.status }),
-        h('div', { class: 'dur', text: took !== null ? dur(took) + (st.finished_ms ? '' : ' so far') : (st.status === 'Pending' ? 'not started' : '') }),
+        h('div', { class: 'state', text: shown }),
+        h('div', { class: 'dur', text: took !== null ? dur(took) + (st.finished_ms ? '' : ' so far') : (shown === 'Pending' ? 'not started' : '') }),
         st.detail ? h('div', { class: 'detail', title: st.detail, text: st.detail }) : null,
       ));
     });
@@ -275,7 +286,7 @@
     for (const r of list.slice().reverse().slice(0, 8)) {
       root.append(h('div', { class: 'rollback' },
         h('div', {}, badge('rolled back', 'RolledBack'), ' ', h('code', { text: short(r.revision) }), ' → ', h('code', { text: short(r.to_revision) }),
-          ` · #${r.execution_id} · ${when(r.at_ms)} · by ${r.actor}`),
+          ` · #${r.execution_id} · ${when(r.at_ms)} · by ${who(r.actor)}`),
         h('div', { text: r.reason }),
         numbers({ received: r.received, failed: r.failed, handed_back: r.returned, expired: r.expired, held_when_stopped: r.released, dead_lettered: r.dead_lettered, redriven: r.redriven, lost: r.lost,
           canary_back: r.canary_back_ms === null || r.canary_back_ms === undefined ? 'pending' : r.canary_back_ms + ' ms' })));
@@ -292,7 +303,7 @@
     }
     if (e.status === 'InProgress') return 'in progress';
     const rb = (e.rollbacks || []).slice(-1)[0];
-    if (rb) return `rolled back by ${rb.actor}: ${rb.reason}`;
+    if (rb) return `rolled back by ${who(rb.actor)}: ${why(rb.actor, rb.reason)}`;
     if (e.status === 'Stopped') return 'stopped: ' + (e.reason || '');
     if (e.status === 'Superseded') return e.reason || 'superseded by a newer commit';
     return e.reason || '';
@@ -319,7 +330,7 @@
     const evs = ex ? (ex.events || []).slice().sort((a, b) => b.id - a.id) : [];
     for (const ev of evs.slice(0, 100)) {
       root.append(h('li', {}, h('span', { class: 't', text: clock(ev.at_ms) }), h('span', { class: 'k', text: ev.kind }), ev.reason,
-        ev.actor && !['engine', 'coalmine'].includes(ev.actor) ? h('span', { class: 'muted', text: ' (' + ev.actor + ')' }) : null));
+        ev.actor && !['engine', 'coalmine'].includes(ev.actor) ? h('span', { class: 'muted', text: ' (' + who(ev.actor) + ')' }) : null));
     }
     if (!evs.length) root.append(h('li', { class: 'muted', text: 'No events yet.' }));
   }

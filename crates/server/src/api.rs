@@ -133,6 +133,7 @@ struct ErrorBody {
 
 enum ApiError {
     Pipeline(PipelineError),
+    BadRequest(String),
     NotFound(String),
     Internal(String),
 }
@@ -154,6 +155,7 @@ impl IntoResponse for ApiError {
                 };
                 (code, e.to_string())
             }
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
             ApiError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, m),
         };
@@ -364,6 +366,9 @@ async fn events_stream(State(s): State<AppState>) -> Sse<impl futures_util::Stre
 struct Lines {
     /// How many of the last lines (build log: all by default; task logs: 50).
     lines: Option<usize>,
+    /// Service logs: those of the tasks of the service's previous revision (after a rollback,
+    /// the rolled-back revision's) instead of its current tasks.
+    previous: Option<bool>,
 }
 
 /// The build log of an execution (its last lines), as plain text.
@@ -447,12 +452,42 @@ fn service_sources(engine: &Arc<Engine>, name: &str) -> Result<follow::Sources, 
     }))
 }
 
+/// The log files of the tasks of a service's previous revision: the newest revision, other
+/// than the one the service runs now, that any of its tasks ran (read from each log's first
+/// line, which names the task's revision).
+fn previous_sources(engine: &Arc<Engine>, name: &str) -> Result<follow::Sources, ApiError> {
+    let Some(current) = engine.runtime().service(name) else {
+        return Err(ApiError::NotFound(format!("no service `{name}` is running: the services are `primary` and `canary`")));
+    };
+    let files = coalmine_runtime::local::logs::log_files(&engine.paths().root, name).unwrap_or_default();
+    let revision_of = |path: &std::path::Path| -> Option<String> {
+        use std::io::BufRead;
+        let mut first = String::new();
+        std::io::BufReader::new(std::fs::File::open(path).ok()?).read_line(&mut first).ok()?;
+        let rest = first.split("(revision ").nth(1)?;
+        Some(rest.split(')').next()?.to_string())
+    };
+    // Files come in task order: the last one of another revision names the previous revision.
+    let tagged: Vec<(String, std::path::PathBuf, Option<String>)> =
+        files.into_iter().map(|(t, p)| { let r = revision_of(&p); (t, p, r) }).collect();
+    let previous = tagged.iter().rev().find_map(|(_, _, r)| r.clone().filter(|r| *r != current.revision));
+    let Some(previous) = previous else {
+        return Err(ApiError::NotFound(format!(
+            "service `{name}` has run no revision but {}: there are no previous logs",
+            current.revision
+        )));
+    };
+    let chosen: Vec<(String, std::path::PathBuf)> =
+        tagged.into_iter().filter(|(_, _, r)| r.as_deref() == Some(previous.as_str())).map(|(t, p, _)| (t, p)).collect();
+    Ok(Box::new(move || chosen.clone()))
+}
+
 /// The last lines of the logs of every task of a service, each prefixed by `<task> | `.
 #[utoipa::path(get, path = "/services/{name}/logs", tag = "services",
     params(("name" = String, Path, description = "`primary` or `canary`"), Lines),
     responses((status = 200, content_type = "text/plain", body = String), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn service_logs(State(s): State<AppState>, Path(name): Path<String>, Query(q): Query<Lines>) -> ApiResult {
-    let mut sources = service_sources(&s.engine, &name)?;
+    let mut sources = if q.previous.unwrap_or(false) { previous_sources(&s.engine, &name)? } else { service_sources(&s.engine, &name)? };
     let lines = q.lines.unwrap_or(50);
     let mut out = String::new();
     for (task, path) in sources() {
@@ -475,17 +510,29 @@ async fn service_logs_stream(State(s): State<AppState>, Path(name): Path<String>
 }
 
 fn task_log_path(engine: &Engine, task: &str) -> Result<std::path::PathBuf, ApiError> {
-    engine
+    if !coalmine_runtime::local::logs::valid_task_id(task) {
+        let shown: String = task.chars().take(80).collect();
+        return Err(ApiError::BadRequest(format!(
+            "`{shown}` (path parameter id) is not a task id: task ids are `<service>-<number>`, e.g. `canary-3`; list them with GET /services/{{name}}/tasks"
+        )));
+    }
+    let path = engine
         .runtime()
         .task_log(task)
         .filter(|p| p.exists())
-        .ok_or_else(|| ApiError::NotFound(format!("no log for task `{task}`: task ids look like `canary-3`; list them with GET /services/{{name}}/tasks")))
+        .ok_or_else(|| ApiError::NotFound(format!("no log for task `{task}`: task ids look like `canary-3`; list them with GET /services/{{name}}/tasks")))?;
+    // Logs are read only under the state folder.
+    let root = engine.paths().root.canonicalize().map_err(|e| ApiError::Internal(e.to_string()))?;
+    match path.canonicalize() {
+        Ok(real) if real.starts_with(&root) => Ok(real),
+        _ => Err(ApiError::NotFound(format!("no log for task `{task}` under {}", root.display()))),
+    }
 }
 
 /// The last lines of one task's log (tasks that exited included, while their log exists).
 #[utoipa::path(get, path = "/tasks/{id}/logs", tag = "services",
     params(("id" = String, Path, description = "Task id, e.g. `canary-3`"), Lines),
-    responses((status = 200, content_type = "text/plain", body = String), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 200, content_type = "text/plain", body = String), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn task_logs(State(s): State<AppState>, Path(id): Path<String>, Query(q): Query<Lines>) -> ApiResult {
     let path = task_log_path(&s.engine, &id)?;
     let text = tokio::fs::read_to_string(&path).await.unwrap_or_default();
@@ -495,7 +542,7 @@ async fn task_logs(State(s): State<AppState>, Path(id): Path<String>, Query(q): 
 /// Follow one task's log: event `line` per line.
 #[utoipa::path(get, path = "/tasks/{id}/logs/stream", tag = "live",
     params(("id" = String, Path, description = "Task id, e.g. `canary-3`"), Lines),
-    responses((status = 200, content_type = "text/event-stream", body = String), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 200, content_type = "text/event-stream", body = String), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn task_logs_stream(State(s): State<AppState>, Path(id): Path<String>, Query(q): Query<Lines>) -> Result<Response, ApiError> {
     let path = task_log_path(&s.engine, &id)?;
     Ok(follow::stream(Box::new(move || vec![(id.clone(), path.clone())]), Box::new(|| false), q.lines.unwrap_or(50), false).into_response())

@@ -555,9 +555,11 @@ fn convert(cx: &mut Ctx, raw: RawApp, root: PathBuf) -> AppSpec {
         }
         Repo::Path(normalize(&root.join(&repo_str)))
     };
-    let branch = string_or(&src_raw.branch, "main");
-    if branch.trim().is_empty() || branch.contains(char::is_whitespace) {
-        cx.err(src_raw.branch.as_ref().map(|s| s.span()), "source.branch", format!("`{branch}` is not a branch name"), "name a branch, e.g. \"main\"".to_string());
+    let branch = src_raw.branch.as_ref().map(|b| b.get_ref().clone());
+    if let Some(branch) = &branch {
+        if branch.trim().is_empty() || branch.contains(char::is_whitespace) {
+            cx.err(src_raw.branch.as_ref().map(|s| s.span()), "source.branch", format!("`{branch}` is not a branch name"), "name a branch, e.g. \"main\", or leave the key out to watch the repository's current branch".to_string());
+        }
     }
     let poll_interval = cx.positive_duration(&src_raw.poll_interval, "source.poll_interval", Duration::from_secs(5));
     let source = SourceSpec { repo, branch, poll_interval };

@@ -317,7 +317,61 @@ impl Walker<'_> {
         if a.files.is_empty() {
             self.err(&["artifacts"], "`artifacts` lists no `files`", "add `files:` with glob patterns, e.g. `- '**/*'`".to_string());
         }
+        if let Some(why) = a.base_directory.as_deref().and_then(leaves_build_folder) {
+            self.err(
+                &["artifacts", "base-directory"],
+                format!("base-directory `{}` {why}", a.base_directory.as_deref().unwrap_or_default()),
+                "give a folder inside the build's checkout, relative to it, e.g. `base-directory: out`".to_string(),
+            );
+        }
+        for f in a.files.clone() {
+            if let Some(why) = leaves_build_folder(&f) {
+                self.err_at_item(
+                    &["artifacts", "files"],
+                    &f,
+                    format!("artifacts.files pattern `{f}` {why}"),
+                    "artifacts are copied from the build's checkout: give a pattern relative to it (or to base-directory), e.g. `- 'out/**/*'`".to_string(),
+                );
+            }
+        }
         Some(a)
+    }
+
+    /// Like [`Walker::err`], at the line of a list item under `path` whose text is `item`.
+    fn err_at_item(&mut self, path: &[&str], item: &str, msg: String, hint: String) {
+        let (line, _) = locate_key(self.src, path);
+        let found = (line > 0)
+            .then(|| {
+                self.src.lines().enumerate().skip(line).find_map(|(i, l)| {
+                    let t = l.trim_start();
+                    (t.starts_with('-') && t.contains(item)).then(|| (i + 1, l.len() - t.len() + 1))
+                })
+            })
+            .flatten();
+        match found {
+            Some((line, col)) => {
+                let mut d = Diagnostic::at_line_col(self.file, self.src, line, col, path.join("."), msg, Some(hint));
+                d.path = path.join(".");
+                self.diags.push(d);
+            }
+            None => self.err(path, msg, hint),
+        }
+    }
+}
+
+/// Why a path of `artifacts` (a `files` pattern or the `base-directory`) would reach outside
+/// the build's checkout, or `None` when it stays inside: an absolute path, a `~` path, or a
+/// `..` component. (The build runner checks every copied file again after resolving links.)
+pub fn leaves_build_folder(path: &str) -> Option<&'static str> {
+    let p = path.trim();
+    if p.starts_with('/') {
+        Some("is an absolute path: it leaves the build folder (copying onto itself truncates the file)")
+    } else if p.starts_with('~') {
+        Some("starts with `~`: it leaves the build folder")
+    } else if p.split(['/', '\\']).any(|c| c == "..") {
+        Some("contains `..`: it leaves the build folder")
+    } else {
+        None
     }
 }
 

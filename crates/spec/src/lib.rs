@@ -11,7 +11,7 @@ mod template;
 mod types;
 
 pub use app::{load, parse};
-pub use buildspec::{load_buildspec, parse_buildspec, Artifacts, Buildspec, OnFailure, Phase, Phases};
+pub use buildspec::{leaves_build_folder, load_buildspec, parse_buildspec, Artifacts, Buildspec, OnFailure, Phase, Phases};
 pub use diag::{did_you_mean, Diagnostic, Diagnostics};
 pub use template::{default_toml, default_toml_aws};
 pub use types::*;

@@ -70,7 +70,8 @@ app = "{app}"
 [source]
 # The git repository: a folder (relative to this file) or a URL.
 repo = "."
-branch = "main"
+# The branch watched; by default the repository's current branch (where `git commit` goes).
+# branch = "main"
 # How often the branch is checked for new commits.
 poll_interval = "5s"
 

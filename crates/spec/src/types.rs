@@ -34,8 +34,8 @@ pub struct AppSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SourceSpec {
     pub repo: Repo,
-    /// Default `main`.
-    pub branch: String,
+    /// `None`: the repository's current branch (its `HEAD`), resolved when coalmine starts.
+    pub branch: Option<String>,
     /// How often the branch is polled; default 5 s.
     #[serde(with = "serde_str")]
     pub poll_interval: Duration,

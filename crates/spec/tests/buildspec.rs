@@ -157,3 +157,20 @@ fn load_buildspec_reads_the_file() {
     let e = load_buildspec(&dir.path().join("missing.yml")).unwrap_err();
     assert!(e.0[0].message.contains("cannot read"));
 }
+
+#[test]
+fn artifacts_may_not_leave_the_build_folder() {
+    let src = "version: 0.2\nphases:\n  build:\n    commands: [make]\nartifacts:\n  base-directory: ../elsewhere\n  files:\n    - out/app\n    - /etc/hostname\n    - 'lib/../../secret'\n";
+    let d = errors(src);
+    let base = one(&d, "artifacts.base-directory");
+    assert!(base.message.contains("`..`"), "{base:?}");
+    assert_eq!(base.line, 6);
+    let files: Vec<_> = d.iter().filter(|x| x.path == "artifacts.files").collect();
+    assert_eq!(files.len(), 2, "{d}");
+    assert!(files[0].message.contains("/etc/hostname") && files[0].message.contains("absolute"), "{:?}", files[0]);
+    assert_eq!((files[0].line, files[0].column), (9, 5), "the item's own line");
+    assert!(files[1].message.contains("`..`") && files[1].line == 10, "{:?}", files[1]);
+    assert!(files[0].hint.as_deref().unwrap().contains("relative"));
+    assert!(leaves_build_folder("out/**/*").is_none());
+    assert!(leaves_build_folder("~/x").is_some());
+}

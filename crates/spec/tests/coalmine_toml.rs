@@ -29,7 +29,7 @@ fn minimal_file_gets_the_guidance_defaults() {
     assert_eq!(s.app, "sample-app");
     assert_eq!(s.root, PathBuf::from("dir"));
     assert_eq!(s.source.repo, Repo::Path(PathBuf::from("dir")));
-    assert_eq!(s.source.branch, "main");
+    assert_eq!(s.source.branch, None, "the repository's current branch");
     assert_eq!(s.source.poll_interval, Duration::from_secs(5));
     assert_eq!(s.build.buildspec, PathBuf::from("buildspec.yml"));
     assert_eq!(s.build.timeout, Duration::from_secs(3600));

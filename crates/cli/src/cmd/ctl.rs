@@ -19,8 +19,9 @@ pub enum Output {
 
 #[derive(clap::Args, Debug)]
 pub struct Common {
-    /// The app's coalmine.toml (its folder holds the running instance's .coalmine/).
-    #[arg(long, short, global = true)]
+    /// The app's coalmine.toml (its folder holds the running instance's .coalmine/). Default:
+    /// the one in this folder or the nearest folder above.
+    #[arg(long, global = true, value_name = "PATH")]
     pub file: Option<PathBuf>,
     /// `json` for scripts.
     #[arg(long, short, value_enum, default_value_t, global = true)]
@@ -211,9 +212,33 @@ pub fn render_status(v: &Value) -> String {
                 t["restarts"],
                 t.get("last_exit").and_then(Value::as_str).map(|x| format!(", last {x}")).unwrap_or_default()
             ).replacen("{branch}", if i + 1 == tasks.len() { "└──" } else { "├──" }, 1));
+            let lines = t["last_output"].as_array().cloned().unwrap_or_default();
+            if !lines.is_empty() {
+                let bar = if i + 1 == tasks.len() { " " } else { "│" };
+                out.push_str(&format!("    {bar}     last output before {}:\n", s(&t, "last_exit")));
+                for l in lines {
+                    out.push_str(&format!("    {bar}       {}\n", l.as_str().unwrap_or("")));
+                }
+            }
         }
     }
     out
+}
+
+/// Who ended an execution, for people: `alarm:failure-ratio` reads "the failure-ratio alarm".
+fn who(actor: &str) -> String {
+    match actor.strip_prefix("alarm:") {
+        Some(kind) => format!("the {kind} alarm"),
+        None => actor.to_string(),
+    }
+}
+
+/// The reason without the `alarm <kind>: ` prefix that [`who`] already says.
+fn why<'a>(actor: &str, reason: &'a str) -> &'a str {
+    match actor.strip_prefix("alarm:") {
+        Some(kind) => reason.strip_prefix(&format!("alarm {kind}: ")).unwrap_or(reason),
+        None => reason,
+    }
 }
 
 fn render_rollback(rb: &Value) -> String {
@@ -221,8 +246,8 @@ fn render_rollback(rb: &Value) -> String {
         "Rollback:  {} → {} by {}: {}\n           canary back in {}; received {}, failed {} (handed back {}, expired {}, held when stopped {}), dead-lettered {}, released {}, redriven {}, lost {}\n",
         s(rb, "revision"),
         s(rb, "to_revision"),
-        s(rb, "actor"),
-        s(rb, "reason"),
+        who(s(rb, "actor")),
+        why(s(rb, "actor"), s(rb, "reason")),
         rb["canary_back_ms"].as_i64().map(duration).unwrap_or_else(|| "(in progress)".into()),
         rb["received"],
         rb["failed"],
@@ -319,8 +344,9 @@ pub fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
 
 #[derive(clap::Args, Debug)]
 pub struct StopArgs {
-    /// The execution to abandon.
+    /// The execution to abandon (its number, as `coalmine history` shows).
     pub execution: i64,
+    /// Why (recorded with the execution's end).
     #[arg(long, short = 'm')]
     pub reason: Option<String>,
     #[command(flatten)]
@@ -355,6 +381,7 @@ pub fn trigger(args: TriggerArgs) -> anyhow::Result<ExitCode> {
 
 #[derive(clap::Args, Debug)]
 pub struct HistoryArgs {
+    /// How many of the newest executions to show.
     #[arg(long, short = 'n', default_value_t = 20)]
     pub limit: u32,
     #[command(flatten)]
@@ -398,15 +425,20 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
 
 #[derive(clap::Args, Debug)]
 pub struct LogsArgs {
-    /// `build <execution>`, or a service: `primary`, `canary`.
+    /// `build <execution>`, a service (`primary`, `canary`: the logs of its tasks now) or a
+    /// task id (`canary-4`, also of a task that is gone; `coalmine status` lists them).
     pub what: String,
     /// The execution, for `build`.
     pub execution: Option<i64>,
+    /// With a service: the logs of the tasks of its previous revision — after a rollback,
+    /// those of the rolled-back canary.
+    #[arg(long)]
+    pub previous: bool,
     /// Lines to show.
     #[arg(long, short = 'n', default_value_t = 50)]
     pub lines: usize,
     /// Keep printing new lines.
-    #[arg(long)]
+    #[arg(long, short)]
     pub follow: bool,
     #[command(flatten)]
     pub common: Common,
@@ -417,13 +449,18 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
         let client = Client::connect(&args.common)?;
         let path = if args.what == "build" {
             let id = args.execution.context("`coalmine logs build` needs an execution number: `coalmine logs build 3`")?;
-            format!("/executions/{id}/build-log")
+            format!("/executions/{id}/build-log?")
+        } else if coalmine_runtime::local::logs::valid_task_id(&args.what) {
+            if args.previous {
+                anyhow::bail!("--previous goes with a service (`coalmine logs canary --previous`), not with a task id");
+            }
+            format!("/tasks/{}/logs?", args.what)
         } else {
-            format!("/services/{}/logs", args.what)
+            format!("/services/{}/logs?{}", args.what, if args.previous { "previous=true&" } else { "" })
         };
         let mut seen = String::new();
         loop {
-            let text = client.text(&format!("{path}?lines={}", args.lines)).await?;
+            let text = client.text(&format!("{path}lines={}", args.lines)).await?;
             if args.follow {
                 // Print only what is new since the last poll.
                 let new = match text.find(seen.lines().last().unwrap_or("\u{0}")) {

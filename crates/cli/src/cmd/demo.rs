@@ -135,7 +135,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn story(args: &DemoArgs, dir: &std::path::Path, target: &std::path::Path) -> anyhow::Result<Vec<String>> {
-    let up_args = UpArgs { file: Some(dir.join("coalmine.toml")), queue_port: Some(0), api_port: Some(0), bind: None };
+    let up_args = UpArgs { file: Some(dir.join("coalmine.toml")), queue_port: Some(0), api_port: Some(0), bind: None, allow_host: Vec::new() };
     let running = up::start(&up_args).await?;
     let mut story = Story { started: Instant::now(), failures: Vec::new() };
     println!("{}", paint("coalmine demo: a queue worker released through a canary", "1"));

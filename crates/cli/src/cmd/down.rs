@@ -12,7 +12,7 @@ use crate::workspace::{self, UpInfo};
 #[derive(clap::Args, Debug)]
 pub struct DownArgs {
     /// The app's coalmine.toml.
-    #[arg(long, short)]
+    #[arg(long, value_name = "PATH")]
     pub file: Option<PathBuf>,
     /// Also delete .coalmine/ (queue data, state, artifacts, logs).
     #[arg(long)]

@@ -35,9 +35,10 @@ pub struct SendArgs {
     /// the `app` name).
     #[arg(long)]
     pub queue: Option<String>,
-    /// SQS endpoint. Default: ./coalmine.toml's `[queue] endpoint`, else the embedded queue
-    /// on its `[queue] port` (http://127.0.0.1:9324). For Amazon SQS give its regional
-    /// endpoint, e.g. https://sqs.us-east-1.amazonaws.com.
+    /// SQS endpoint. Default: the queue of the `coalmine up` running for this app (whatever
+    /// port it got), else coalmine.toml's `[queue] endpoint`, else the embedded queue on its
+    /// `[queue] port` (http://127.0.0.1:9324). For Amazon SQS give its regional endpoint, e.g.
+    /// https://sqs.us-east-1.amazonaws.com.
     #[arg(long, env = "AWS_ENDPOINT_URL_SQS")]
     pub endpoint: Option<String>,
     /// AWS region.
@@ -96,7 +97,8 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     if args.body.is_empty() {
         bail!("--body is empty; SQS refuses empty messages: give a body, e.g. --body 'message {{n}}'");
     }
-    let spec_path = Path::new("coalmine.toml");
+    let spec_path = crate::workspace::spec_path(None);
+    let spec_path = spec_path.as_path();
     let spec = if args.queue.is_none() || args.endpoint.is_none() {
         load_spec(spec_path)?
     } else {
@@ -108,7 +110,7 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     };
     let endpoint = match &args.endpoint {
         Some(e) => e.clone(),
-        None => endpoint_from_spec(spec.as_ref()),
+        None => crate::workspace::running_queue(None).unwrap_or_else(|| endpoint_from_spec(spec.as_ref())),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -21,7 +21,7 @@ use crate::workspace::{self, UpInfo};
 #[derive(clap::Args, Debug, Clone)]
 pub struct UpArgs {
     /// The app's coalmine.toml.
-    #[arg(long, short)]
+    #[arg(long, value_name = "PATH")]
     pub file: Option<PathBuf>,
     /// Port of the embedded queue (default: [queue] port, 9324; 0 picks a free one).
     #[arg(long)]
@@ -29,9 +29,14 @@ pub struct UpArgs {
     /// Port of the API and dashboard (default: [server] port, 7070; 0 picks a free one).
     #[arg(long)]
     pub api_port: Option<u16>,
-    /// Address the API and dashboard listen on (default 127.0.0.1).
+    /// Address the API and dashboard listen on (default: [server] bind, 127.0.0.1). Any other
+    /// address exposes them to the network: coalmine warns, and /metrics needs the token.
     #[arg(long)]
     pub bind: Option<IpAddr>,
+    /// A host name the API and dashboard answer to besides IP addresses and `localhost` (other
+    /// names are refused, a guard against DNS rebinding). Repeat for several.
+    #[arg(long, value_name = "NAME")]
+    pub allow_host: Vec<String>,
 }
 
 /// What a running `up` is made of; `demo` drives one in-process.
@@ -41,7 +46,10 @@ pub struct Running {
     pub broker: Broker,
     pub queue_url: String,
     pub queue_endpoint: String,
+    /// The API's address for clients on this machine.
     pub api: String,
+    /// Where others reach it, when it listens beyond loopback (the machine's address).
+    pub public_api: Option<String>,
     pub token: String,
     stop: Arc<AtomicBool>,
     loop_thread: Option<std::thread::JoinHandle<()>>,
@@ -63,9 +71,18 @@ impl Running {
 
 /// Start everything; must be called inside a tokio runtime.
 pub async fn start(args: &UpArgs) -> anyhow::Result<Running> {
-    let spec = workspace::load_spec(args.file.as_deref())?;
+    let mut spec = workspace::load_spec(args.file.as_deref())?;
+    let branch = coalmine_pipeline::source::resolve_branch(&spec.source.repo.location(), spec.source.branch.as_deref())
+        .map_err(|e| match e {
+            coalmine_pipeline::PipelineError::Source(m) => anyhow::anyhow!("coalmine.toml {m}"),
+            e => anyhow::anyhow!(e),
+        })?;
+    spec.source.branch = Some(branch.clone());
     let state = spec.root.join(".coalmine");
-    std::fs::create_dir_all(&state).with_context(|| format!("cannot create {}", state.display()))?;
+    for warning in workspace::secure_state_dir(&state)? {
+        eprintln!("{warning}");
+    }
+    let token = workspace::ensure_token(&state)?;
     let info_path = state.join("up.json");
     if let Ok(text) = std::fs::read_to_string(&info_path) {
         if let Ok(info) = serde_json::from_str::<UpInfo>(&text) {
@@ -112,7 +129,12 @@ pub async fn start(args: &UpArgs) -> anyhow::Result<Running> {
     // The runtime, the pipeline.
     let runtime = Arc::new(LocalRuntime::new(&state).context("cannot start the local runtime")?);
     let paths = Paths { root: state.clone() };
-    let source = GitSource::new(spec.source.repo.location(), spec.source.branch.clone(), paths.source_mirror());
+    // (The runtime's lock is held now: no other coalmine runs here.)
+    let left = coalmine_pipeline::build::kill_leftover_builds(&paths.build_log(0).with_file_name(""));
+    if left > 0 {
+        tracing::warn!(count = left, "killed build processes a previous coalmine run left behind");
+    }
+    let source = GitSource::new(spec.source.repo.location(), branch, paths.source_mirror());
     let queue_admin = Arc::new(EmbeddedQueue { broker: broker.clone(), queue: spec.queue.name.clone(), dlq: spec.queue.dlq.clone() });
     // `COALMINE_BUILD_<NAME>=value` in coalmine's environment sets `<NAME>` for the builds
     // (e.g. COALMINE_BUILD_CARGO_TARGET_DIR to share compiled dependencies between revisions).
@@ -136,15 +158,28 @@ pub async fn start(args: &UpArgs) -> anyhow::Result<Running> {
         build_env,
     })?;
 
+    // The databases exist now: owner only, like the folder.
+    let _ = workspace::secure_state_dir(&state)?;
+
     // The API.
-    let token = workspace::ensure_token(&state)?;
     let bind = args.bind.unwrap_or(spec.server.bind);
     let aport = args.api_port.unwrap_or(spec.server.port);
     let alistener = tokio::net::TcpListener::bind(SocketAddr::new(bind, aport)).await.with_context(|| {
         format!("cannot listen on {bind}:{aport} for the API: set [server] port in coalmine.toml, or pass --api-port 0")
     })?;
-    let api = format!("http://{}", alistener.local_addr()?);
-    let router = coalmine_server::router(engine.clone(), token.clone());
+    let local = alistener.local_addr()?;
+    let (api, public_api) = if bind.is_loopback() {
+        (format!("http://{local}"), None)
+    } else {
+        if let Some(w) = coalmine_server::bind_warning(bind) {
+            eprintln!("{w}");
+        }
+        let here = if bind.is_unspecified() { SocketAddr::new(loopback_like(bind), local.port()) } else { local };
+        let there = if bind.is_unspecified() { machine_address().unwrap_or(bind) } else { bind };
+        (format!("http://{here}"), Some(format!("http://{}", SocketAddr::new(there, local.port()))))
+    };
+    let exposure = coalmine_server::Exposure { public: !bind.is_loopback(), allowed_hosts: args.allow_host.clone() };
+    let router = coalmine_server::router_with(engine.clone(), token.clone(), exposure);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(alistener, router).await {
             tracing::error!("API server stopped: {e}");
@@ -155,7 +190,24 @@ pub async fn start(args: &UpArgs) -> anyhow::Result<Running> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let loop_thread = Some(engine.spawn(stop.clone()));
-    Ok(Running { engine, runtime, broker, queue_url, queue_endpoint, api, token, stop, loop_thread, info_path })
+    Ok(Running { engine, runtime, broker, queue_url, queue_endpoint, api, public_api, token, stop, loop_thread, info_path })
+}
+
+fn loopback_like(bind: IpAddr) -> IpAddr {
+    match bind {
+        IpAddr::V4(_) => IpAddr::from([127, 0, 0, 1]),
+        IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+    }
+}
+
+/// This machine's address on its default route (what others would connect to), found the
+/// usual way: a UDP socket "connected" to a documentation address sends nothing but gets the
+/// local address the kernel would use.
+fn machine_address() -> Option<IpAddr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.1:9").ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_unspecified() && !ip.is_loopback()).then_some(ip)
 }
 
 /// Create the DLQ and the app's queue with the spec's attributes (idempotent).
@@ -187,9 +239,17 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         let spec = running.engine.spec().clone();
         println!("coalmine up: {}", spec.app);
         println!("  queue      {}  (queue `{}`, DLQ `{}`)", running.queue_endpoint, spec.queue.name, spec.queue.dlq);
-        println!("  dashboard  {}", coalmine_server::dashboard_url(&running.api, &running.token));
-        println!("  API        {}/api/v1  (token in .coalmine/token)", running.api);
-        println!("  watching   branch `{}` of {}", spec.source.branch, spec.source.repo.location());
+        match &running.public_api {
+            None => {
+                println!("  dashboard  {}", coalmine_server::dashboard_url(&running.api, &running.token));
+                println!("  API        {}/api/v1  (token in .coalmine/token)", running.api);
+            }
+            Some(public) => {
+                println!("  dashboard  {}  (from this machine: {})", coalmine_server::dashboard_url(public, &running.token), running.api);
+                println!("  API        {public}/api/v1  (token in .coalmine/token; /metrics needs it too)");
+            }
+        }
+        println!("  watching   branch `{}` of {}", spec.source.branch.as_deref().unwrap_or_default(), spec.source.repo.location());
         println!("Ctrl-C stops everything.");
         let engine = running.engine.clone();
         let printer = tokio::spawn(async move { print_events(engine).await });

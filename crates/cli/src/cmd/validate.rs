@@ -6,7 +6,7 @@ use std::process::ExitCode;
 #[derive(clap::Args, Debug)]
 pub struct ValidateArgs {
     /// The app's coalmine.toml.
-    #[arg(long, short)]
+    #[arg(long, value_name = "PATH")]
     pub file: Option<PathBuf>,
 }
 
@@ -20,6 +20,17 @@ pub fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
                 None => "runtime local".to_string(),
             };
             println!("{}: valid (app `{}`, {} step(s), {} alarm(s), {runtime})", path.display(), spec.app, spec.steps.len(), spec.alarms.len());
+            match coalmine_pipeline::source::resolve_branch(&spec.source.repo.location(), spec.source.branch.as_deref()) {
+                Ok(branch) => println!("{}: watching branch `{branch}`", spec.source.repo.location()),
+                Err(e) => {
+                    let e = match e {
+                        coalmine_pipeline::PipelineError::Source(m) => m,
+                        e => e.to_string(),
+                    };
+                    eprintln!("{}: {e}", path.display());
+                    ok = false;
+                }
+            }
             let buildspec = spec.root.join(&spec.build.buildspec);
             if buildspec.exists() {
                 match coalmine_spec::load_buildspec(&buildspec) {

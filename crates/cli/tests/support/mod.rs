@@ -103,9 +103,15 @@ impl App {
 
     /// Start `coalmine up` (free ports) and wait until its API answers.
     pub fn start(&mut self) {
+        self.start_env(&[]);
+    }
+
+    /// [`App::start`] with extra environment for `up`.
+    pub fn start_env(&mut self, env: &[(&str, &str)]) {
         let log = std::fs::File::create(self.path().join("up.log")).unwrap();
         let child = Command::new(BIN)
             .args(["up", "--queue-port", "0", "--api-port", "0"])
+            .envs(env.iter().copied())
             .current_dir(self.path())
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().unwrap()))

@@ -20,44 +20,113 @@ pub fn tasks_log_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("logs").join("tasks")
 }
 
-/// A task's log file. Task ids are `<service>-<n>`.
+/// Whether `name` can be a service name: `a-z`, `0-9` and `-`, at most 64 characters (so it
+/// is one plain path component, never `..` or a path).
+pub fn valid_service_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Whether `task` is a task id: `<service>-<n>`.
+pub fn valid_task_id(task: &str) -> bool {
+    task.rsplit_once('-').is_some_and(|(service, n)| {
+        valid_service_name(service) && !n.is_empty() && n.len() <= 19 && n.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
+/// A task's log file, always under `<state>/logs/tasks/`. Task ids are `<service>-<n>`;
+/// anything else (a path, `..`) has no log.
 pub fn task_log_path(state_dir: &Path, task: &str) -> Option<PathBuf> {
-    let (service, n) = task.rsplit_once('-')?;
-    if service.is_empty() || n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+    if !valid_task_id(task) {
         return None;
     }
+    let (service, _) = task.rsplit_once('-')?;
     Some(tasks_log_dir(state_dir).join(service).join(format!("{task}.log")))
 }
 
-/// Copy a task's output into its log file, rotating when it reaches `max_bytes`; after the
-/// output ends, note how the process ended (`exit` resolves to e.g. "exit 1").
+/// The last lines a task wrote, kept in memory so an exit at start can be explained with
+/// them (in the circuit breaker's reason, the pipeline's event and `coalmine status`).
+#[derive(Debug, Default)]
+pub(crate) struct OutputTail {
+    lines: VecDeque<String>,
+    partial: Vec<u8>,
+}
+
+/// Lines kept by [`OutputTail`]; each is cut to [`TAIL_LINE_CHARS`] characters.
+pub(crate) const TAIL_LINES: usize = 5;
+const TAIL_LINE_CHARS: usize = 300;
+
+impl OutputTail {
+    fn push(&mut self, data: &[u8]) {
+        for &b in data {
+            if b == b'\n' {
+                self.end_line();
+            } else if self.partial.len() < 4 * TAIL_LINE_CHARS {
+                self.partial.push(b);
+            }
+        }
+    }
+
+    fn end_line(&mut self) {
+        let text = String::from_utf8_lossy(&self.partial);
+        let text = text.trim_end_matches('\r');
+        if !text.trim().is_empty() {
+            let mut line: String = text.chars().take(TAIL_LINE_CHARS).collect();
+            if text.chars().count() > TAIL_LINE_CHARS {
+                line.push('…');
+            }
+            self.lines.push_back(line);
+            if self.lines.len() > TAIL_LINES {
+                self.lines.pop_front();
+            }
+        }
+        self.partial.clear();
+    }
+
+    /// The last lines, an unterminated last line included.
+    pub(crate) fn take(&mut self) -> Vec<String> {
+        if !self.partial.is_empty() {
+            self.end_line();
+        }
+        self.lines.drain(..).collect()
+    }
+}
+
+/// Copy a task's output into its log file, rotating when it reaches `max_bytes`, and keep its
+/// last lines in `tail`; `eof` is signalled when the output ends. After that, note how the
+/// process ended (`exit` resolves to e.g. "exit 1").
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn pump(
     mut rx: pipe::Receiver,
     path: PathBuf,
     header: String,
+    tail: std::sync::Arc<std::sync::Mutex<OutputTail>>,
+    eof: tokio::sync::oneshot::Sender<()>,
     exit: tokio::sync::oneshot::Receiver<String>,
     max_bytes: u64,
     keep: usize,
 ) {
     let mut writer = match RotatingFile::open(path.clone(), max_bytes, keep) {
-        Ok(w) => w,
+        Ok(w) => Some(w),
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "cannot open task log; the task's output is discarded");
-            let mut sink = vec![0u8; 8192];
-            while let Ok(n) = rx.read(&mut sink).await {
-                if n == 0 {
-                    break;
-                }
-            }
-            return;
+            None
         }
     };
-    writer.write(header.as_bytes());
+    if let Some(w) = writer.as_mut() {
+        w.write(header.as_bytes());
+    }
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         match rx.read(&mut buf).await {
             Ok(0) => break,
-            Ok(n) => writer.write(&buf[..n]),
+            Ok(n) => {
+                tail.lock().unwrap().push(&buf[..n]);
+                if let Some(w) = writer.as_mut() {
+                    w.write(&buf[..n]);
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "reading task output failed");
@@ -65,8 +134,9 @@ pub(crate) async fn pump(
             }
         }
     }
-    if let Ok(how) = exit.await {
-        writer.write(format!("--- coalmine: process ended: {how} ---\n").as_bytes());
+    let _ = eof.send(());
+    if let (Ok(how), Some(w)) = (exit.await, writer.as_mut()) {
+        w.write(format!("--- coalmine: process ended: {how} ---\n").as_bytes());
     }
 }
 
@@ -138,6 +208,9 @@ pub struct LogLine {
 /// tasks' logs, current and past).
 pub fn log_files(state_dir: &Path, target: &str) -> Result<Vec<(String, PathBuf)>, RuntimeError> {
     let dir = tasks_log_dir(state_dir);
+    if !valid_service_name(target) && !valid_task_id(target) {
+        return Err(RuntimeError::NoLogs { target: target.to_string(), dir });
+    }
     let service_dir = dir.join(target);
     if service_dir.is_dir() {
         let mut out = Vec::new();

@@ -16,15 +16,22 @@ use tokio::net::unix::pipe;
 use tokio::process::{Child, Command};
 
 /// Variables of coalmine's own environment that must not leak into a task, because they
-/// would override the task's own identity or endpoint.
+/// would override the task's own identity or endpoint. (The region, the credentials and the
+/// endpoints are set for every task; see the runtime's `task_env`.)
 const SCRUBBED: &[&str] = &[
     "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
     "AWS_SESSION_TOKEN",
     "AWS_SECURITY_TOKEN",
-    "AWS_DEFAULT_REGION",
-    "AWS_ENDPOINT_URL",
     "AWS_CONFIG_FILE",
     "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
+    "AWS_USE_FIPS_ENDPOINT",
+    "AWS_USE_DUALSTACK_ENDPOINT",
 ];
 
 /// A started task process and the read end of the pipe its stdout and stderr write to.
@@ -90,6 +97,40 @@ fn configure(cmd: &mut Command, dir: &Path, env: &BTreeMap<String, String>) {
 pub(crate) fn signal_group(pid: u32, sig: Signal) {
     let p = Pid::from_raw(pid as i32);
     let _ = killpg(p, sig);
+}
+
+/// Kill what is left of a process group coalmine started: group `pgid`, whose leader (pid
+/// `pgid`) started at `start_ticks`. The leader may be gone — a wrapper that did not `exec`
+/// dies with coalmine (`PR_SET_PDEATHSIG`) while its children live on in its group — so the
+/// members are found in `/proc` by their group id, and only those that started no earlier
+/// than the leader count (a pid, and so a group id, can be reused later). Returns the pids
+/// signalled (SIGKILL).
+pub fn kill_group_leftovers(pgid: u32, start_ticks: u64) -> Vec<u32> {
+    if let Some(st) = proc_stat(pgid) {
+        if st.start_ticks != start_ticks && st.pgrp == pgid && st.state != 'Z' {
+            // The pid leads another group now: that group is not ours.
+            return Vec::new();
+        }
+    }
+    let members = group_members(pgid, start_ticks);
+    if !members.is_empty() {
+        let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
+        for &p in &members {
+            let _ = kill(Pid::from_raw(p as i32), Signal::SIGKILL);
+        }
+    }
+    members
+}
+
+/// Live processes of group `pgid` that started at or after `start_ticks`.
+pub fn group_members(pgid: u32, start_ticks: u64) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|&pid| {
+            proc_stat(pid).is_some_and(|st| st.pgrp == pgid && st.start_ticks >= start_ticks && st.state != 'Z' && st.state != 'X')
+        })
+        .collect()
 }
 
 /// Whether a process exists and is not a zombie.

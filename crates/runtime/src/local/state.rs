@@ -8,11 +8,9 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, killpg, Signal};
-use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-use super::process::{alive, proc_stat};
+use super::process::{alive, kill_group_leftovers};
 use crate::RuntimeError;
 
 /// The contents of `<state>/runtime/tasks.json`.
@@ -85,19 +83,13 @@ impl StateFiles {
     }
 }
 
-/// SIGKILL every recorded task (and its process group) that is still the same process, then
-/// wait (up to 5 s) until they are gone. Returns how many were still alive.
+/// SIGKILL what is left of every recorded task's process group — the task itself if it is
+/// still the same process, and whatever it started, even when the task (the group's leader)
+/// is gone — then wait (up to 5 s) until they are gone. Returns how many processes were alive.
 fn kill_leftovers(tasks: &[TaskRecord]) -> usize {
     let mut victims = Vec::new();
     for t in tasks {
-        match proc_stat(t.pid) {
-            Some(st) if st.start_ticks == t.start_ticks && st.state != 'Z' => {
-                let _ = killpg(Pid::from_raw(t.pid as i32), Signal::SIGKILL);
-                let _ = kill(Pid::from_raw(t.pid as i32), Signal::SIGKILL);
-                victims.push(t.pid);
-            }
-            _ => {}
-        }
+        victims.extend(kill_group_leftovers(t.pid, t.start_ticks));
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     while victims.iter().any(|&p| alive(p)) && Instant::now() < deadline {
