@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Creates the Python virtual environments the client tests use (idempotent):
+# Creates the Python virtual environments the tests use (idempotent):
 #   target/pyenv/current  boto3 + AWS CLI of today (the JSON protocol)
 #   target/pyenv/legacy   boto3 from before SQS moved to JSON (the query protocol)
+#   target/pyenv/aws      moto's server (local AWS APIs) + cfn-lint, for the AWS-facing tests
 # The tests create them too when missing; CI calls this first so failures are plain.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec cargo test -p coalmine --test queue_clients -- --exact ensure_python_envs
+cargo test -p coalmine --test queue_clients -- --exact ensure_python_envs
+cargo test -p coalmine --test aws_env -- --exact ensure_aws_env

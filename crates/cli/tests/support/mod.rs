@@ -11,6 +11,7 @@ use serde_json::Value;
 
 mod common;
 pub use common::*;
+pub mod moto;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_coalmine");
 

@@ -1,0 +1,62 @@
+//! The Python environment of the AWS tests (`target/pyenv/aws`: moto's server, cfn-lint,
+//! boto3) and moto's server itself, as `support/moto.rs` provides them to other tests.
+//! `scripts/pyenv.sh` runs `ensure_aws_env` alone to create the environment up front.
+
+#[path = "support/moto.rs"]
+mod moto;
+
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+#[test]
+fn ensure_aws_env() {
+    let python = moto::aws_python();
+    let versions = moto::run_checked(
+        Command::new(&python).args([
+            "-c",
+            "import importlib.metadata as m; print(m.version('moto'), m.version('cfn-lint'), m.version('boto3'))",
+        ]),
+        Duration::from_secs(120),
+        "the environment is broken: delete target/pyenv/aws and run scripts/pyenv.sh again",
+    );
+    let requirements = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/python/requirements-aws.txt")).unwrap();
+    for (name, version) in ["moto", "cfn-lint", "boto3"].iter().zip(versions.split_whitespace()) {
+        assert!(
+            requirements.lines().any(|l| l.starts_with(name) && l.ends_with(&format!("=={version}"))),
+            "{name} {version} is installed, but requirements-aws.txt pins another version:\n{requirements}"
+        );
+    }
+    let lint = moto::run_checked(Command::new(moto::cfn_lint()).arg("--version"), Duration::from_secs(120), "cfn-lint does not run");
+    assert!(lint.contains("1.58.0"), "cfn-lint --version says {lint:?}");
+}
+
+/// Two servers at once get two ports, each answers with its own state, and a dropped one is gone.
+#[test]
+fn moto_starts_on_a_free_port_and_stops_on_drop() {
+    let a = moto::Moto::start();
+    let b = moto::Moto::start();
+    assert_ne!(a.port, b.port);
+    assert_eq!(a.endpoint, format!("http://127.0.0.1:{}", a.port));
+
+    let script = std::env::temp_dir().join(format!("coalmine-moto-check-{}.py", std::process::id()));
+    std::fs::write(
+        &script,
+        "import sys, boto3\n\
+         sqs = boto3.client('sqs')\n\
+         if sys.argv[1] == 'create':\n    sqs.create_queue(QueueName='only-in-a')\n\
+         print(sorted(u.rsplit('/', 1)[1] for u in sqs.list_queues().get('QueueUrls', [])))\n",
+    )
+    .unwrap();
+    assert_eq!(a.run_python(&script, &["create"], Duration::from_secs(120)).trim(), "['only-in-a']");
+    assert_eq!(b.run_python(&script, &["list"], Duration::from_secs(120)).trim(), "[]");
+    let _ = std::fs::remove_file(&script);
+
+    let port = a.port;
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(Instant::now() < deadline, "moto's server still listens on {port} after drop");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

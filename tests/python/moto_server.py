@@ -1,0 +1,23 @@
+"""Runs moto's server on 127.0.0.1 at the port given (0: one the OS chooses) and prints
+`listening on http://127.0.0.1:<port>` once it accepts connections. It stops when its standard
+input closes, so it never outlives the test process that started it."""
+
+import sys
+
+from moto.server import ThreadedMotoServer
+
+
+def main() -> None:
+    port = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    host, bound = server.get_host_and_port()
+    print(f"listening on http://{host}:{bound}", flush=True)
+    try:
+        sys.stdin.read()
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
