@@ -61,6 +61,10 @@ struct ContainerMetadata {
     image: String,
     #[serde(default)]
     labels: HashMap<String, String>,
+    /// `NORMAL` for the task definition's containers; ECS's own (the `CNI_PAUSE` container of
+    /// awsvpc tasks on EC2) have other types.
+    #[serde(rename = "Type", default)]
+    kind: Option<String>,
 }
 
 /// The tag of an image reference (`repo/name:tag`), if it has one (a digest is not a tag).
@@ -94,7 +98,8 @@ pub async fn resolve(given: Given, metadata_uri: Option<&str>) -> Result<Identit
 
 fn from_metadata(given: Given, own_container: &str, task: TaskMetadata) -> Result<Identity, ProxyError> {
     let label = |key: &str| task.containers.iter().find_map(|c| c.labels.get(key).cloned());
-    let app = task.containers.iter().find(|c| c.name != own_container);
+    // The app's container: one of the task definition's, not this proxy's.
+    let app = task.containers.iter().find(|c| c.name != own_container && c.kind.as_deref().is_none_or(|k| k == "NORMAL"));
     let service = given
         .service
         .or_else(|| label(LABEL_SERVICE))
@@ -151,7 +156,7 @@ mod tests {
     fn labels_win_over_service_name_and_image() {
         let task: TaskMetadata = serde_json::from_str(
             r#"{"TaskARN":"arn:aws:ecs:us-west-2:111122223333:task/default/abc","Family":"app","Revision":"4","ServiceName":"app-canary",
-                "Containers":[{"Name":"proxy","Image":"coalmine:1"},{"Name":"app","Image":"r/app:c0ffee","Labels":{"coalmine.service":"canary"}}]}"#,
+                "Containers":[{"Name":"~internal~ecs~pause","Image":"amazon/amazon-ecs-pause:0.1.0","Type":"CNI_PAUSE"},{"Name":"proxy","Image":"coalmine:1"},{"Name":"app","Image":"r/app:c0ffee","Labels":{"coalmine.service":"canary"}}]}"#,
         )
         .unwrap();
         let id = from_metadata(Given::default(), "proxy", task).unwrap();
