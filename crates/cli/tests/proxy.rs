@@ -405,7 +405,9 @@ async fn rust_sdk_story(upstream: &str, key: &str, secret: &str, log_upstream: i
     assert_eq!(report.upstream_errors, 1, "the missing queue");
     assert_eq!(report.app.as_deref(), Some(APP));
     assert_eq!(telemetry.failed("canary-1"), returned_ids.iter().map(|i| (i.clone(), "returned".to_string())).collect::<Vec<_>>());
-    assert!(report.requests >= 12 + 2 + 1 + 1 + 2 + 1, "{report:?}");
+    // 12 sends, at least 2 receives, a batch and a single delete, two hand-backs, one extension,
+    // the missing queue.
+    assert!(report.requests > 12 + 2 + 1 + 1 + 2 + 1, "{report:?}");
 
     // SIGTERM: the three held messages are made visible again at once.
     let status = proxy.terminate();

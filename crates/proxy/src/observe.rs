@@ -136,7 +136,7 @@ impl Observer {
         }
         match req.action {
             Action::Receive => {
-                let Some(msgs) = crate::sqs::parse_received(req.protocol, response) else { return None };
+                let msgs = crate::sqs::parse_received(req.protocol, response)?;
                 self.on_receive(req, msgs, now)
             }
             Action::Delete => {
