@@ -65,6 +65,9 @@ enum Command {
     /// The embedded SQS-compatible queue.
     #[command(subcommand)]
     Queue(cmd::queue::QueueCommand),
+    /// The queue proxy: a sidecar between one task and SQS that reports what the task does
+    /// with its messages and hands back what it holds when it stops.
+    Proxy(cmd::proxy::ProxyArgs),
     /// Send messages to the app's queue, like the guidance's send-sqs-message.sh.
     Send(cmd::send::SendArgs),
     /// Infrastructure from coalmine.toml: `synth aws` prints a CloudFormation template.
@@ -95,6 +98,7 @@ fn main() -> std::process::ExitCode {
         Command::Logs(a) => cmd::ctl::logs(a),
         Command::Validate(a) => cmd::validate::run(a),
         Command::Queue(c) => cmd::queue::run(c),
+        Command::Proxy(a) => cmd::proxy::run(a),
         Command::Send(a) => cmd::send::run(a),
         Command::Synth(c) => cmd::synth::run(c),
         Command::Supervise(a) => cmd::supervise::run(a),

@@ -4,6 +4,7 @@ pub mod ctl;
 pub mod demo;
 pub mod down;
 pub mod init;
+pub mod proxy;
 pub mod queue;
 pub mod send;
 pub mod supervise;
