@@ -4,23 +4,27 @@
 //!
 //! The environment is created here when missing or out of date (`scripts/pyenv.sh` makes it up
 //! front); without Python 3 with `venv`, or without access to PyPI, the tests that need it fail
-//! and say so. Self-contained (standard library only), so a test can take it as
-//! `support::moto` or on its own with `#[path = "support/moto.rs"] mod moto;`.
+//! and say so. A test can take it as `support::moto` or on its own with
+//! `#[path = "support/moto.rs"] mod moto;` (it brings `support/pyenv.rs` along).
 
 #![allow(dead_code)]
+
+#[path = "pyenv.rs"]
+mod pyenv;
+#[allow(unused_imports)]
+pub use pyenv::{run_checked, run_with_timeout};
+use pyenv::{python_dir, python_env, target_dir, AWS};
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Mutex};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// How long creating the environment (pip install from PyPI) may take.
-const INSTALL_TIMEOUT: Duration = Duration::from_secs(900);
 /// How long moto's server may take to say where it listens and to answer (importing moto on a
 /// loaded 2-core machine takes seconds).
 const START_TIMEOUT: Duration = Duration::from_secs(120);
@@ -31,69 +35,15 @@ pub const ACCESS_KEY_ID: &str = "testing";
 pub const SECRET_ACCESS_KEY: &str = "testing";
 pub const REGION: &str = "us-east-1";
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn python_dir() -> PathBuf {
-    repo_root().join("tests/python")
-}
-
-/// The workspace's target folder (`CARGO_TARGET_TMPDIR` is `<target>/tmp`).
-fn target_dir() -> PathBuf {
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    tmp.parent().map(Path::to_path_buf).unwrap_or_else(|| repo_root().join("target"))
-}
-
 /// The folder of the environment: `<target>/pyenv/aws`.
 pub fn aws_env_dir() -> PathBuf {
-    target_dir().join("pyenv/aws")
+    target_dir().join("pyenv").join(AWS.name)
 }
 
 /// The environment's Python interpreter (boto3 and moto import in it), creating or refreshing
-/// the environment first. Safe from parallel tests and parallel processes: a lock file
-/// serialises creation.
+/// the environment first (safe from parallel tests and processes).
 pub fn aws_python() -> PathBuf {
-    static IN_PROCESS: Mutex<()> = Mutex::new(());
-    let _guard = IN_PROCESS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-
-    let dir = aws_env_dir();
-    let root = dir.parent().expect("pyenv folder").to_path_buf();
-    fs::create_dir_all(&root).unwrap_or_else(|err| panic!("cannot create {}: {err}", root.display()));
-    let lock_path = root.join(".aws.lock");
-    let lock = File::create(&lock_path).unwrap_or_else(|err| panic!("cannot create {}: {err}", lock_path.display()));
-    lock.lock().unwrap_or_else(|err| panic!("cannot lock {}: {err}", lock_path.display()));
-
-    let requirements_path = python_dir().join("requirements-aws.txt");
-    let requirements = fs::read_to_string(&requirements_path)
-        .unwrap_or_else(|err| panic!("cannot read {}: {err}", requirements_path.display()));
-    let python = dir.join("bin/python");
-    let marker = dir.join(".coalmine-requirements");
-    if python.exists() && fs::read_to_string(&marker).ok().as_deref() == Some(requirements.as_str()) {
-        return python;
-    }
-
-    if dir.exists() {
-        fs::remove_dir_all(&dir).unwrap_or_else(|err| panic!("cannot remove the stale {}: {err}", dir.display()));
-    }
-    let interpreter = std::env::var("COALMINE_PYTHON").unwrap_or_else(|_| "python3".to_string());
-    eprintln!("creating the Python environment {} (requirements-aws.txt: moto, cfn-lint)", dir.display());
-    run_checked(
-        Command::new(&interpreter).arg("-m").arg("venv").arg(&dir),
-        INSTALL_TIMEOUT,
-        "The AWS tests need Python 3 with venv (Debian: apt-get install python3 python3-venv; \
-         or set COALMINE_PYTHON to an interpreter).",
-    );
-    run_checked(
-        Command::new(&python)
-            .args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--quiet", "-r"])
-            .arg(&requirements_path),
-        INSTALL_TIMEOUT,
-        "pip could not install moto and cfn-lint: PyPI must be reachable (check the network or pip's \
-         index settings), then run scripts/pyenv.sh again.",
-    );
-    fs::write(&marker, &requirements).unwrap_or_else(|err| panic!("cannot write {}: {err}", marker.display()));
-    python
+    python_env(&AWS)
 }
 
 /// The environment's `cfn-lint` executable.
@@ -260,48 +210,4 @@ fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
         .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {:?}", response.chars().take(80).collect::<String>())))?;
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Ok((status, body))
-}
-
-/// Run a command to completion within `timeout`, capturing its output; panic with the command,
-/// its output and `fix` when it cannot start, times out or fails.
-pub fn run_checked(command: &mut Command, timeout: Duration, fix: &str) -> String {
-    let shown = format!("{command:?}");
-    let (status, stdout, stderr) =
-        run_with_timeout(command, timeout).unwrap_or_else(|err| panic!("cannot run {shown}: {err}. {fix}"));
-    match status {
-        Some(status) if status.success() => stdout,
-        Some(status) => panic!("{shown} failed ({status}).\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n{fix}"),
-        None => panic!("{shown} did not finish within {timeout:?}.\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n{fix}"),
-    }
-}
-
-/// Run a command, collecting stdout and stderr; `None` as status when it ran past `timeout`
-/// (it is killed then).
-pub fn run_with_timeout(command: &mut Command, timeout: Duration) -> std::io::Result<(Option<ExitStatus>, String, String)> {
-    let mut child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
-    let stdout = collect(child.stdout.take().expect("piped stdout"));
-    let stderr = collect(child.stderr.take().expect("piped stderr"));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break Some(status);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    let stdout = stdout.join().unwrap_or_default();
-    let stderr = stderr.join().unwrap_or_default();
-    Ok((status, stdout, stderr))
-}
-
-fn collect(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
-    thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = pipe.read_to_end(&mut bytes);
-        String::from_utf8_lossy(&bytes).into_owned()
-    })
 }

@@ -14,7 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 /// How long creating one virtual environment (pip install from PyPI) may take.
-pub const INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
+pub const INSTALL_TIMEOUT: Duration = Duration::from_secs(900);
 
 pub struct PyEnv {
     /// Folder name under `target/pyenv/`.
@@ -27,6 +27,8 @@ pub struct PyEnv {
 
 pub const CURRENT: PyEnv = PyEnv { name: "current", requirements: "requirements-current.txt", protocol: "json" };
 pub const LEGACY: PyEnv = PyEnv { name: "legacy", requirements: "requirements-legacy.txt", protocol: "query" };
+/// moto's server and cfn-lint, for the AWS-facing tests (`support/moto.rs`).
+pub const AWS: PyEnv = PyEnv { name: "aws", requirements: "requirements-aws.txt", protocol: "json" };
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
