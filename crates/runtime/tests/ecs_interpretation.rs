@@ -52,6 +52,7 @@ fn service(task_definition: &str, desired: i64, running: i64, pending: i64, depl
     serde_json::from_value(body["services"][0].clone()).unwrap()
 }
 
+#[allow(clippy::too_many_arguments)] // one argument per field of the API's deployment object
 fn deployment(id: &str, status: &str, td: &str, desired: i64, running: i64, pending: i64, failed: i64, created: f64, rollout: &str, reason: &str) -> Value {
     json!({
         "id": id,
