@@ -1,6 +1,7 @@
 //! The controller's IAM policy for the ECS backend (`crates/runtime/iam/ecs-controller.json`)
 //! lists exactly the actions `src/ecs.rs` calls, and `coalmine synth aws`'s controller role
-//! grants them all.
+//! grants them all. The task role's (`iam/ecs-task.json`: the app and the proxy sidecar) is
+//! the one of `coalmine synth aws`.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -77,4 +78,16 @@ fn the_scan_finds_calls_split_over_lines() {
     let src = "self.client\n    .update_service()\n    .cluster(x)\n; let y = backend .client .list_tasks ( );";
     let calls = sdk_calls(src);
     assert_eq!(calls.into_iter().collect::<Vec<_>>(), ["ecs:ListTasks", "ecs:UpdateService"]);
+}
+
+#[test]
+fn the_task_role_policy_is_the_one_synth_grants() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let policy: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root.join("iam/ecs-task.json")).unwrap()).unwrap();
+    let statements = policy["Statement"].as_array().unwrap();
+    let actions = |i: usize| policy_actions(&serde_json::json!({ "Statement": [statements[i].clone()] }));
+    let set = |list: &[&str]| list.iter().map(|a| a.to_string()).collect::<BTreeSet<_>>();
+    assert_eq!(actions(0), set(coalmine_synth::policy::TASK_QUEUE), "the queue statement");
+    assert_eq!(actions(1), set(coalmine_synth::policy::TASK_TELEMETRY), "the telemetry statement");
+    assert_eq!(statements.len(), 2);
 }
