@@ -139,11 +139,14 @@ pub struct EcsConfig {
     pub telemetry_queue: Option<String>,
     /// How often the services are described.
     pub poll_interval: Duration,
+    /// The state folder (`.coalmine/`): its runtime lock is held while the runtime runs, so one
+    /// controller releases an app at a time, as with the local runtime.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl EcsConfig {
     pub fn new(app: &str, ecs: EcsSpec) -> EcsConfig {
-        EcsConfig { app: app.to_string(), ecs, telemetry_queue: None, poll_interval: Duration::from_secs(5) }
+        EcsConfig { app: app.to_string(), ecs, telemetry_queue: None, poll_interval: Duration::from_secs(5), state_dir: None }
     }
 
     /// The ECS service behind a runtime service name (`primary`, `canary`).
@@ -848,6 +851,7 @@ struct Shared {
 
 /// [`Runtime`] on ECS: a background thread deploys and polls; calls return at once.
 pub struct EcsRuntime {
+    _lock: Option<std::fs::File>,
     shared: Arc<Mutex<Shared>>,
     tx: Mutex<mpsc::Sender<Command>>,
     thread: Mutex<Option<thread::JoinHandle<()>>>,
@@ -858,6 +862,7 @@ impl EcsRuntime {
     /// Connect, describe both services once (failing with a clear error when the cluster or a
     /// service is missing), then keep polling every `cfg.poll_interval`.
     pub fn start(cfg: EcsConfig) -> Result<EcsRuntime, RuntimeError> {
+        let lock = cfg.state_dir.as_deref().map(lock_state).transpose()?;
         let shared = Arc::new(Mutex::new(Shared::default()));
         let (tx, rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -884,13 +889,38 @@ impl EcsRuntime {
             }
             Err(_) => return Err(RuntimeError::ShuttingDown),
         }
-        Ok(EcsRuntime { shared, tx: Mutex::new(tx), thread: Mutex::new(Some(thread)), container })
+        Ok(EcsRuntime { _lock: lock, shared, tx: Mutex::new(tx), thread: Mutex::new(Some(thread)), container })
     }
 
     /// The last error of a service's deploy or poll, if the last attempt failed.
     pub fn last_error(&self, service: &str) -> Option<String> {
         self.shared.lock().unwrap().errors.get(service).cloned()
     }
+}
+
+/// Take `<state>/runtime/lock` (the local runtime's lock too), writing our pid into it.
+fn lock_state(state_dir: &Path) -> Result<std::fs::File, RuntimeError> {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    let dir = state_dir.join("runtime");
+    std::fs::create_dir_all(&dir).map_err(|source| RuntimeError::Io { path: dir.clone(), source })?;
+    let path = dir.join("lock");
+    let mut lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|source| RuntimeError::Io { path: path.clone(), source })?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let mut holder = String::new();
+        let _ = lock.read_to_string(&mut holder);
+        return Err(RuntimeError::StateInUse { path: state_dir.to_path_buf(), pid: holder.trim().parse().ok() });
+    }
+    lock.set_len(0).map_err(|source| RuntimeError::Io { path: path.clone(), source })?;
+    let _ = write!(lock, "{}", std::process::id());
+    Ok(lock)
 }
 
 async fn run(

@@ -134,7 +134,12 @@ fn deploy_promote_and_roll_back_on_moto() {
     let err = EcsRuntime::start(wrong).err().expect("a missing service fails the start").to_string();
     assert!(err.contains("no-such-service") && err.contains("sample-app") && err.contains("canary_service"), "{err}");
 
+    let state = tempfile::tempdir().unwrap();
+    cfg.state_dir = Some(state.path().to_path_buf());
     let ecs = EcsRuntime::start(cfg.clone()).unwrap();
+    // One controller per state folder.
+    let err = EcsRuntime::start(cfg.clone()).err().expect("a second runtime on the same state folder is refused").to_string();
+    assert!(err.contains("used by another coalmine runtime") && err.contains(&std::process::id().to_string()), "{err}");
     let primary = ecs.service("primary").expect("the primary's status after start");
     assert_eq!(primary.desired, 3);
     assert_eq!(primary.revision, "initial", "a task definition without COALMINE_REVISION shows its image tag");

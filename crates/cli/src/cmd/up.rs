@@ -172,7 +172,9 @@ fn runtime_for(
             Ok((Arc::new(runtime), env))
         }
         coalmine_spec::RuntimeSpec::Ecs(ecs) => {
-            let runtime = EcsRuntime::start(EcsConfig::new(&spec.app, ecs.clone())).with_context(|| {
+            let mut config = EcsConfig::new(&spec.app, ecs.clone());
+            config.state_dir = Some(state.to_path_buf());
+            let runtime = EcsRuntime::start(config).with_context(|| {
                 format!(
                     "cannot start the ECS runtime (cluster `{}`, region {}{})",
                     ecs.cluster,
