@@ -426,14 +426,36 @@ fn aws_buildspec_builds_pushes_and_writes_imagedefinitions() {
 }
 
 #[test]
-fn up_refuses_the_ecs_runtime_and_says_what_exists() {
+fn up_on_ecs_reaches_the_cluster_and_says_what_is_missing() {
+    let moto = moto::Moto::start();
+    moto.run_python(&repo_root().join("tests/python/ecs_guidance.py"), &["other-app"], Duration::from_secs(120));
     let dir = init_aws("up");
-    let out = coalmine(&["up", "--queue-port", "0", "--api-port", "0"], &dir);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("cannot release on ECS yet"), "{stderr}");
+    let path = dir.join("coalmine.toml");
+    let toml = std::fs::read_to_string(&path).unwrap();
+    let with_endpoint = |cluster: &str| {
+        toml.replacen("kind = \"ecs\"\n", &format!("kind = \"ecs\"\nendpoint = \"{}\"\n", moto.endpoint), 1)
+            .replacen("cluster = \"sample-app\"", &format!("cluster = \"{cluster}\""), 1)
+    };
+    let up = |dir: &Path| {
+        let mut command = Command::new(BIN);
+        command.args(["up", "--queue-port", "0", "--api-port", "0"]).current_dir(dir).env("NO_COLOR", "1");
+        moto.configure(&mut command);
+        let (status, _stdout, stderr) = moto::run_with_timeout(&mut command, Duration::from_secs(120)).unwrap();
+        (status.expect("up ends by itself when the cluster is wrong"), stderr)
+    };
+
+    // No such cluster: the error names the cluster, the region and the endpoint.
+    std::fs::write(&path, with_endpoint("sample-app")).unwrap();
+    let (status, stderr) = up(&dir);
+    assert!(!status.success());
+    assert!(stderr.contains("cannot start the ECS runtime (cluster `sample-app`, region us-east-1, endpoint http://127.0.0.1:"), "{stderr}");
+
+    // The cluster exists, the services do not: says which, and how to make them.
+    std::fs::write(&path, with_endpoint("other-app")).unwrap();
+    let (status, stderr) = up(&dir);
+    assert!(!status.success());
+    assert!(stderr.contains("service `sample-app` not found in cluster `other-app`"), "{stderr}");
     assert!(stderr.contains("coalmine synth aws"), "{stderr}");
-    assert!(stderr.contains("kind = \"local\""), "{stderr}");
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! **deployment** bounded by `minimum_healthy_percent` / `maximum_percent`; a deployment whose
 //! new tasks keep failing trips the **circuit breaker** and the service rolls back by itself.
 //!
-//! Backends, one file each: [`local`] (processes on this machine); ECS later.
+//! Backends, one file each: [`local`] (processes on this machine) and [`ecs`] (two ECS services).
 //!
 //! Every call is cheap and non-blocking: the backend reconciles in the background and the
 //! caller polls [`Runtime::service`] for progress (level-triggered, like the pipeline).
@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod ecs;
 pub mod local;
 
 /// Errors a runtime returns.
@@ -37,6 +38,8 @@ pub enum RuntimeError {
     StateInUse { path: PathBuf, pid: Option<u32> },
     #[error("no logs for `{target}` under {dir}: name a service (`primary`) or a task (`primary-3`) that has run")]
     NoLogs { target: String, dir: PathBuf },
+    #[error("{0}")]
+    Backend(String),
     #[error("cannot start the runtime's supervisor thread: {0}")]
     Start(std::io::Error),
 }

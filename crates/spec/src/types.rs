@@ -127,7 +127,7 @@ pub enum RuntimeSpec {
     #[default]
     Local,
     /// Two ECS services on Fargate, as in the guidance. `coalmine synth aws` creates them;
-    /// `coalmine up` does not release on ECS yet.
+    /// `coalmine up` releases onto them (`coalmine_runtime::ecs`).
     Ecs(EcsSpec),
 }
 

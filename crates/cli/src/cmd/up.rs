@@ -1,5 +1,6 @@
 //! `coalmine up`: run everything for the app in this folder — the embedded queue, the two
-//! services on the local runtime, the release pipeline and the control-plane API.
+//! services on the runtime `[runtime]` names (local processes, or the ECS services), the release
+//! pipeline and the control-plane API.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use coalmine_pipeline::build::BuildspecBuilder;
 use coalmine_pipeline::source::GitSource;
 use coalmine_pipeline::{Engine, EngineParts, Paths};
 use coalmine_queue::{Broker, BrokerConfig};
+use coalmine_runtime::ecs::{EcsConfig, EcsRuntime};
 use coalmine_runtime::local::LocalRuntime;
 use coalmine_runtime::{QueueEnv, Runtime};
 
@@ -42,7 +44,7 @@ pub struct UpArgs {
 /// What a running `up` is made of; `demo` drives one in-process.
 pub struct Running {
     pub engine: Arc<Engine>,
-    pub runtime: Arc<LocalRuntime>,
+    pub runtime: Arc<dyn Runtime>,
     pub broker: Broker,
     pub queue_url: String,
     pub queue_endpoint: String,
@@ -95,13 +97,8 @@ pub async fn start(args: &UpArgs) -> anyhow::Result<Running> {
             }
         }
     }
-    if let coalmine_spec::RuntimeSpec::Ecs(ecs) = &spec.runtime {
-        anyhow::bail!(
-            "[runtime] kind = \"ecs\" (cluster `{}`): `coalmine up` cannot release on ECS yet; it runs tasks as local processes only.\n  = help: `coalmine synth aws` makes the ECS infrastructure for this file; to run here, set `kind = \"local\"` in [runtime] (or remove the section)",
-            ecs.cluster
-        );
-    }
-    if spec.queue.endpoint.is_some() {
+    // On ECS the tasks use the SQS of [queue] endpoint; locally only the embedded queue runs.
+    if spec.queue.endpoint.is_some() && spec.runtime.ecs().is_none() {
         anyhow::bail!(
             "[queue] endpoint (an external SQS) is set, but `coalmine up` runs the embedded queue only; remove `endpoint` from coalmine.toml"
         );
@@ -127,7 +124,7 @@ pub async fn start(args: &UpArgs) -> anyhow::Result<Running> {
     let queue_url = ensure_queues(&broker, &spec, &queue_endpoint)?;
 
     // The runtime, the pipeline.
-    let runtime = Arc::new(LocalRuntime::new(&state).context("cannot start the local runtime")?);
+    let (runtime, queue_env) = runtime_for(&spec, &state, &queue_endpoint, &queue_url)?;
     let paths = Paths { root: state.clone() };
     // (The runtime's lock is held now: no other coalmine runs here.)
     let left = coalmine_pipeline::build::kill_leftover_builds(&paths.build_log(0).with_file_name(""));
@@ -143,15 +140,10 @@ pub async fn start(args: &UpArgs) -> anyhow::Result<Running> {
         .filter(|(k, _)| !k.is_empty())
         .collect();
     let engine = Engine::open(EngineParts {
-        queue_env: QueueEnv {
-            endpoint_url: queue_endpoint.clone(),
-            region: spec.queue.region.clone(),
-            queue: spec.queue.name.clone(),
-            queue_url: queue_url.clone(),
-        },
+        queue_env,
         spec: spec.clone(),
         paths,
-        runtime: runtime.clone() as Arc<dyn Runtime>,
+        runtime: runtime.clone(),
         queue: queue_admin,
         source: Box::new(source),
         builder: Arc::new(BuildspecBuilder),
@@ -210,6 +202,49 @@ fn machine_address() -> Option<IpAddr> {
     (!ip.is_unspecified() && !ip.is_loopback()).then_some(ip)
 }
 
+/// The runtime `[runtime]` names, and the queue wiring its tasks get: the local runtime's
+/// tasks use the embedded queue; ECS tasks use the SQS of `[queue] endpoint`, keeping the queue
+/// URL their task definition has (the stack's queue).
+fn runtime_for(
+    spec: &coalmine_spec::AppSpec,
+    state: &std::path::Path,
+    queue_endpoint: &str,
+    queue_url: &str,
+) -> anyhow::Result<(Arc<dyn Runtime>, QueueEnv)> {
+    let q = &spec.queue;
+    match &spec.runtime {
+        coalmine_spec::RuntimeSpec::Local => {
+            let runtime = LocalRuntime::new(state).context("cannot start the local runtime")?;
+            let env = QueueEnv {
+                endpoint_url: queue_endpoint.to_string(),
+                region: q.region.clone(),
+                queue: q.name.clone(),
+                queue_url: queue_url.to_string(),
+            };
+            Ok((Arc::new(runtime), env))
+        }
+        coalmine_spec::RuntimeSpec::Ecs(ecs) => {
+            let mut config = EcsConfig::new(&spec.app, ecs.clone());
+            config.state_dir = Some(state.to_path_buf());
+            let runtime = EcsRuntime::start(config).with_context(|| {
+                format!(
+                    "cannot start the ECS runtime (cluster `{}`, region {}{})",
+                    ecs.cluster,
+                    ecs.region,
+                    ecs.endpoint.as_deref().map(|e| format!(", endpoint {e}")).unwrap_or_default()
+                )
+            })?;
+            let env = QueueEnv {
+                endpoint_url: q.endpoint.clone().unwrap_or_else(|| format!("https://sqs.{}.amazonaws.com", q.region)),
+                region: q.region.clone(),
+                queue: q.name.clone(),
+                queue_url: String::new(),
+            };
+            Ok((Arc::new(runtime), env))
+        }
+    }
+}
+
 /// Create the DLQ and the app's queue with the spec's attributes (idempotent).
 fn ensure_queues(broker: &Broker, spec: &coalmine_spec::AppSpec, endpoint: &str) -> anyhow::Result<String> {
     use std::collections::BTreeMap;
@@ -250,12 +285,22 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             }
         }
         println!("  watching   branch `{}` of {}", spec.source.branch.as_deref().unwrap_or_default(), spec.source.repo.location());
+        if let Some(ecs) = spec.runtime.ecs() {
+            println!(
+                "  runtime    ECS cluster `{}` in {}: services `{}` (primary) and `{}` (canary)",
+                ecs.cluster, ecs.region, ecs.primary_service, ecs.canary_service
+            );
+        }
         println!("Ctrl-C stops everything.");
         let engine = running.engine.clone();
         let printer = tokio::spawn(async move { print_events(engine).await });
         wait_for_signal().await;
         printer.abort();
-        println!("stopping: tasks get SIGTERM, then SIGKILL after the stop timeout");
+        if spec.runtime.ecs().is_some() {
+            println!("stopping: the ECS services keep running as they are");
+        } else {
+            println!("stopping: tasks get SIGTERM, then SIGKILL after the stop timeout");
+        }
         tokio::task::spawn_blocking(move || running.shutdown()).await?;
         Ok(ExitCode::SUCCESS)
     })
