@@ -60,6 +60,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(approve))
         .routes(routes!(reject))
         .routes(routes!(stop))
+        .routes(routes!(retry))
         .routes(routes!(build_log))
         .routes(routes!(build_log_stream))
         .routes(routes!(rollback))
@@ -287,6 +288,16 @@ async fn stop(State(s): State<AppState>, Path(id): Path<i64>, body: Option<Json<
     let actor = b.actor.unwrap_or_else(|| "api".into());
     let reason = b.reason.unwrap_or_else(|| format!("stopped by {actor}"));
     ok(blocking(&s.engine, move |e| Ok(e.stop(id, &actor, &reason)?)).await?)
+}
+
+/// Run an ended execution's commit again, as a new execution (it supersedes or queues behind
+/// the one in progress, as a new commit does). Answers the new execution.
+#[utoipa::path(post, path = "/executions/{id}/retry", tag = "pipeline",
+    params(("id" = i64, Path, description = "Execution number")), request_body(content = Because, description = "optional; `actor`"),
+    responses((status = 200, body = coalmine_pipeline::store::ExecutionRow), (status = 409, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn retry(State(s): State<AppState>, Path(id): Path<i64>, body: Option<Json<Because>>) -> ApiResult {
+    let actor = body.and_then(|b| b.0.actor).unwrap_or_else(|| "api".into());
+    ok(blocking(&s.engine, move |e| Ok(e.retry(id, &actor)?)).await?)
 }
 
 /// Put the canary back on the primary's revision and end the execution in progress RolledBack.
