@@ -455,7 +455,7 @@ fn queue_telemetry_series_and_metrics_follow_a_real_consumer() {
 
     // Receiving the 4 again moves them to the DLQ (max receive count 1) with their last receiver.
     let r = api.sqs("ReceiveMessage", &canary, json!({"QueueUrl": queue_url, "MaxNumberOfMessages": 10, "WaitTimeSeconds": 0}));
-    assert!(r["Messages"].as_array().map_or(true, |m| m.is_empty()), "{r}");
+    assert!(r["Messages"].as_array().is_none_or(|m| m.is_empty()), "{r}");
     let dl = poll("4 dead letters", || {
         let d = api.ok_json("/api/v1/queue/dead-letters");
         (d.as_array().unwrap().len() == 4).then_some(d)

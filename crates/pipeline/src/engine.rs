@@ -98,13 +98,13 @@ fn service_name(s: ServiceName) -> &'static str {
 }
 
 pub(crate) fn human_ms(ms: u64) -> String {
-    if ms % 86_400_000 == 0 && ms > 0 {
+    if ms.is_multiple_of(86_400_000) && ms > 0 {
         format!("{}d", ms / 86_400_000)
-    } else if ms % 3_600_000 == 0 && ms > 0 {
+    } else if ms.is_multiple_of(3_600_000) && ms > 0 {
         format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 && ms > 0 {
+    } else if ms.is_multiple_of(60_000) && ms > 0 {
         format!("{}m", ms / 60_000)
-    } else if ms % 1000 == 0 {
+    } else if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{:.1}s", ms as f64 / 1000.0)
@@ -255,7 +255,8 @@ impl Engine {
         };
         // Each step runs even when another failed (the queue briefly unavailable must not stop
         // the services from being reconciled); the first error is reported.
-        let steps: [(&str, &dyn Fn() -> Result<(), PipelineError>); 6] = [
+        type Step<'a> = (&'a str, &'a dyn Fn() -> Result<(), PipelineError>);
+        let steps: [Step; 6] = [
             ("source", &|| if poll { self.poll_source() } else { Ok(()) }),
             ("executions", &|| {
                 self.start_queued()?;
