@@ -665,7 +665,8 @@ mod tests {
         assert_eq!(doc["components"]["securitySchemes"]["token"]["type"], "http");
         assert_eq!(doc["security"][0]["token"], json!([]));
         let paths = doc["paths"].as_object().unwrap();
-        assert_eq!(paths.len(), 26, "{:?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(paths.len(), 27, "{:?}", paths.keys().collect::<Vec<_>>());
+        assert!(paths["/executions/{id}/retry"]["post"]["responses"]["409"].is_object());
         let approve = &paths["/executions/{id}/approve"]["post"];
         assert_eq!(approve["parameters"][0]["name"], "id");
         assert_eq!(approve["parameters"][0]["in"], "path");
@@ -673,7 +674,7 @@ mod tests {
         assert!(approve["responses"]["409"].is_object());
         let logs = &paths["/services/{name}/logs"]["get"]["parameters"];
         let names: Vec<&str> = logs.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
-        assert_eq!(names, ["name", "lines"]);
+        assert_eq!(names, ["name", "lines", "previous"]);
         assert!(doc["components"]["schemas"]["Sample"]["properties"]["revisions"].is_object());
         assert!(paths["/events/stream"]["get"]["responses"]["200"]["content"]["text/event-stream"].is_object());
     }
