@@ -56,6 +56,8 @@ enum Command {
     Stop(cmd::ctl::StopArgs),
     /// Check the branch for a new commit now.
     Trigger(cmd::ctl::TriggerArgs),
+    /// Run an execution's commit again, as a new execution (default: the newest execution).
+    Retry(cmd::ctl::RetryArgs),
     /// Past executions and how each ended.
     History(cmd::ctl::HistoryArgs),
     /// Build logs (`logs build 3`) or a service's task logs (`logs canary --follow`).
@@ -94,6 +96,7 @@ fn main() -> std::process::ExitCode {
         Command::Rollback(a) => cmd::ctl::rollback(a),
         Command::Stop(a) => cmd::ctl::stop(a),
         Command::Trigger(a) => cmd::ctl::trigger(a),
+        Command::Retry(a) => cmd::ctl::retry(a),
         Command::History(a) => cmd::ctl::history(a),
         Command::Logs(a) => cmd::ctl::logs(a),
         Command::Validate(a) => cmd::validate::run(a),

@@ -190,7 +190,7 @@ fn every_documented_route_answers_and_refuses_a_missing_or_wrong_token() {
     let paths = doc["paths"].as_object().unwrap();
     for p in [
         "/status", "/spec", "/executions", "/executions/{id}", "/executions/{id}/approve", "/executions/{id}/reject",
-        "/executions/{id}/stop", "/executions/{id}/build-log", "/executions/{id}/build-log/stream", "/rollback", "/trigger",
+        "/executions/{id}/stop", "/executions/{id}/retry", "/executions/{id}/build-log", "/executions/{id}/build-log/stream", "/rollback", "/trigger",
         "/rollbacks", "/events", "/events/stream", "/services", "/services/{name}", "/services/{name}/tasks",
         "/services/{name}/logs", "/services/{name}/logs/stream", "/tasks/{id}/logs", "/tasks/{id}/logs/stream", "/queue",
         "/queue/dead-letters", "/queue/in-flight", "/series", "/telemetry",

@@ -303,3 +303,76 @@ fn the_rolled_back_revisions_logs_from_a_subfolder_and_send_to_the_running_queue
     let info: Value = serde_json::from_str(&std::fs::read_to_string(app.path().join(".coalmine/up.json")).unwrap()).unwrap();
     assert!(sent["queue_url"].as_str().unwrap().starts_with(info["queue"].as_str().unwrap()), "{sent} vs {info}");
 }
+
+const OWN_SPEC: &str = r#"app = "own-spec"
+[source]
+poll_interval = "200ms"
+[run]
+command = "./worker.sh"
+healthy_after = "300ms"
+stop_timeout = "2s"
+env = { GREETING = "@G@" }
+[services.primary]
+tasks = PRIMARY
+[services.canary]
+tasks = 1
+"#;
+
+const GREETER: &str = "#!/usr/bin/env bash\necho \"greeting $GREETING from $COALMINE_TASK\"\nexec sleep 100000\n";
+
+#[test]
+fn each_commit_brings_its_own_coalmine_toml_and_retry_runs_one_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let mut app = App { dir, up: None };
+    git(&path, &["init", "--quiet"]);
+    git(&path, &["config", "user.email", "dev@example.com"]);
+    git(&path, &["config", "user.name", "Dev"]);
+    std::fs::write(path.join("worker.sh"), GREETER).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path.join("worker.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::write(path.join("buildspec.yml"), BUILDSPEC).unwrap();
+    std::fs::write(path.join(".gitignore"), ".coalmine/\nup.log\n").unwrap();
+    let commit = |toml: &str, message: &str| {
+        std::fs::write(path.join("coalmine.toml"), toml).unwrap();
+        git(&path, &["add", "-A"]);
+        git(&path, &["commit", "--quiet", "-m", message]);
+        git(&path, &["rev-parse", "--short=12", "HEAD"]).trim().to_string()
+    };
+    commit(&OWN_SPEC.replace("@G@", "one").replace("PRIMARY", "1"), "first");
+    app.start();
+    let t = Duration::from_secs(90);
+    let v1 = app.wait_status("the first release", t, |v| exec_status(v) == "Succeeded" && service_steady(v, "canary"));
+    let logs = || run_in(&path, &["logs", "canary", "-n", "200"]);
+    assert!(logs().contains("greeting one"), "{}", logs());
+
+    // The commit's own [run] applies to its revision; what needs a restart is named.
+    let rev2 = commit(&OWN_SPEC.replace("@G@", "two").replace("PRIMARY", "2"), "second greeting");
+    let v = app.wait_status("the second commit awaiting approval", t, waiting_for_approval);
+    let id2 = exec_id(&v);
+    assert!(exec_id(&v) > exec_id(&v1));
+    wait_for("the canary to greet with the commit's own setting", t, || logs().contains("greeting two").then_some(()), logs);
+    let events = v["execution"]["events"].to_string();
+    assert!(events.contains("[services]") && events.contains("restarts"), "{events}");
+    run_in(&path, &["reject"]);
+    app.wait_status("the rejection", t, |v| exec_id(v) == id2 && exec_status(v) == "RolledBack");
+
+    // An invalid coalmine.toml fails its execution at Source, with the diagnostics.
+    commit(&OWN_SPEC.replace("@G@", "three").replace("PRIMARY", "1").replace("healthy_after", "healthy_aftr"), "typo");
+    let v = app.wait_status("the invalid commit to fail", t, |v| exec_id(v) > id2 && exec_status(v) == "Failed");
+    let reason = v["execution"]["reason"].as_str().unwrap();
+    assert!(reason.contains("not valid") && reason.contains("healthy_aftr") && reason.contains("coalmine.toml:"), "{reason}");
+    let source = &v["execution"]["stages"][0];
+    assert_eq!((source["name"].as_str(), source["status"].as_str()), (Some("Source"), Some("Failed")), "{source}");
+
+    // retry: the rejected commit runs again, as a new execution.
+    let out = run_in(&path, &["retry", &id2.to_string(), "--output", "json"]);
+    let retried: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(retried["revision"], rev2.as_str(), "{retried}");
+    let v = app.wait_status("the retried commit awaiting approval", t, |v| waiting_for_approval(v) && v["execution"]["revision"] == rev2.as_str());
+    assert!(exec_id(&v) > id2 + 1);
+    let refused = app.cli(&["retry", &exec_id(&v).to_string()]);
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("still"), "{refused:?}");
+}

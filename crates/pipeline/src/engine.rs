@@ -98,13 +98,13 @@ fn service_name(s: ServiceName) -> &'static str {
 }
 
 pub(crate) fn human_ms(ms: u64) -> String {
-    if ms % 86_400_000 == 0 && ms > 0 {
+    if ms.is_multiple_of(86_400_000) && ms > 0 {
         format!("{}d", ms / 86_400_000)
-    } else if ms % 3_600_000 == 0 && ms > 0 {
+    } else if ms.is_multiple_of(3_600_000) && ms > 0 {
         format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 && ms > 0 {
+    } else if ms.is_multiple_of(60_000) && ms > 0 {
         format!("{}m", ms / 60_000)
-    } else if ms % 1000 == 0 {
+    } else if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{:.1}s", ms as f64 / 1000.0)
@@ -255,7 +255,8 @@ impl Engine {
         };
         // Each step runs even when another failed (the queue briefly unavailable must not stop
         // the services from being reconciled); the first error is reported.
-        let steps: [(&str, &dyn Fn() -> Result<(), PipelineError>); 6] = [
+        type Step<'a> = (&'a str, &'a dyn Fn() -> Result<(), PipelineError>);
+        let steps: [Step; 6] = [
             ("source", &|| if poll { self.poll_source() } else { Ok(()) }),
             ("executions", &|| {
                 self.start_queued()?;
@@ -335,10 +336,17 @@ impl Engine {
                 return Ok(());
             }
         };
-        let mut store = self.store.lock().unwrap();
-        if store.execution_for_commit(&commit.id)?.is_some() {
+        if self.store.lock().unwrap().execution_for_commit(&commit.id)?.is_some() {
             return Ok(());
         }
+        self.begin_execution(&commit, &format!("new commit {} \"{}\"", short(&commit.id), commit.message), ACTOR_ENGINE)?;
+        Ok(())
+    }
+
+    /// A new execution of `commit`: supersede what has not passed approval, queue behind
+    /// what has. Returns its id.
+    fn begin_execution(&self, commit: &Commit, why: &str, actor: &str) -> Result<i64, PipelineError> {
+        let mut store = self.store.lock().unwrap();
         // Supersede what has not passed approval; queue behind what has.
         let mut queue_it = false;
         for old in store.executions_in(status::IN_PROGRESS)? {
@@ -358,14 +366,26 @@ impl Engine {
             store.set_execution_status(old.id, status::SUPERSEDED, &format!("superseded by commit {}", short(&commit.id)))?;
             store.event(Some(old.id), "superseded", ACTOR_ENGINE, &format!("superseded by commit {}", short(&commit.id)))?;
         }
-        let id = self.create_execution(&store, &commit, queue_it)?;
-        store.event(
-            Some(id),
-            "created",
-            ACTOR_ENGINE,
-            &format!("new commit {} \"{}\"{}", short(&commit.id), commit.message, if queue_it { " (queued)" } else { "" }),
-        )?;
-        Ok(())
+        let id = self.create_execution(&store, commit, queue_it)?;
+        store.event(Some(id), "created", actor, &format!("{why}{}", if queue_it { " (queued)" } else { "" }))?;
+        drop(store);
+        self.wake();
+        Ok(id)
+    }
+
+    /// Run execution `id`'s commit again, as a new execution (after a failure that was not
+    /// the revision's fault, or a rejection reconsidered). Refused while `id` still runs.
+    pub fn retry(&self, id: i64, actor: &str) -> Result<ExecutionRow, PipelineError> {
+        let old = self.store.lock().unwrap().execution(id)?.ok_or(PipelineError::NoSuchExecution(id))?;
+        if old.status == status::IN_PROGRESS || old.status == status::QUEUED {
+            return Err(PipelineError::Refused(format!(
+                "execution #{id} (revision {}) is still {}: wait for it to end, or `coalmine stop {id}` first",
+                old.revision, old.status
+            )));
+        }
+        let commit = Commit { id: old.commit_id.clone(), message: old.message.clone() };
+        let new = self.begin_execution(&commit, &format!("retry of #{id}: commit {} \"{}\"", short(&old.commit_id), old.message), actor)?;
+        self.store.lock().unwrap().execution(new)?.ok_or(PipelineError::NoSuchExecution(new))
     }
 
     fn create_execution(&self, store: &Store, commit: &Commit, queued: bool) -> Result<i64, PipelineError> {
@@ -424,7 +444,7 @@ impl Engine {
         let started_ms = stage.started_ms.map(|v| v as u64).unwrap_or_else(now_ms);
         let elapsed = now_ms().saturating_sub(started_ms);
         match kind {
-            StageKind::Source => self.stage_done(exec, stage, &format!("commit {} \"{}\"", short(&exec.commit_id), exec.message)),
+            StageKind::Source => self.stage_source(exec, stage),
             StageKind::Build => self.stage_build(exec, stage),
             StageKind::Deploy { service, timeout_ms } => self.stage_deploy(exec, stage, &service, elapsed, timeout_ms),
             StageKind::Scale { service, tasks } => {
@@ -450,6 +470,84 @@ impl Engine {
             }
             StageKind::Approval { timeout_ms } => self.stage_approval(exec, stage, elapsed, timeout_ms),
             StageKind::Analysis { duration_ms, auto } => self.stage_analysis(exec, stage, elapsed, duration_ms, auto),
+        }
+    }
+
+    /// Where `coalmine.toml` is inside the repository, when it is in it (a local repository
+    /// holding the file): each commit then carries its own.
+    fn spec_in_repo(&self) -> Option<std::path::PathBuf> {
+        let coalmine_spec::Repo::Path(repo) = &self.spec.source.repo else { return None };
+        let file = self.spec.root.join("coalmine.toml").canonicalize().ok()?;
+        file.strip_prefix(repo.canonicalize().ok()?).ok().map(|p| p.to_path_buf())
+    }
+
+    /// The spec an execution runs with: its commit's coalmine.toml (read at its Source stage),
+    /// else the one coalmine started with.
+    fn exec_spec(&self, id: i64) -> AppSpec {
+        self.store
+            .lock()
+            .unwrap()
+            .kv_get(&format!("spec:{id}"))
+            .ok()
+            .flatten()
+            .and_then(|j| serde_json::from_str(&j).ok())
+            .unwrap_or_else(|| self.spec.clone())
+    }
+
+    /// Source: read and check the commit's own coalmine.toml. Invalid: the execution fails
+    /// with the diagnostics. Valid: its [build] and [run] apply to this execution; what only a
+    /// restart can change is named in an event.
+    fn stage_source(&self, exec: &ExecutionRow, stage: &StageRow) -> Result<(), PipelineError> {
+        let summary = format!("commit {} \"{}\"", short(&exec.commit_id), exec.message);
+        let Some(rel) = self.spec_in_repo() else { return self.stage_done(exec, stage, &summary) };
+        let Some(text) = self.source.read_file(&exec.commit_id, &rel)? else {
+            return self.stage_done(exec, stage, &summary);
+        };
+        let shown = self.spec.root.join("coalmine.toml");
+        match coalmine_spec::parse(&text, &shown.to_string_lossy()) {
+            Err(diags) => {
+                let reason = format!(
+                    "coalmine.toml of commit {} is not valid (fix it and commit, then `coalmine retry`):\n{diags}",
+                    short(&exec.commit_id)
+                );
+                self.fail_stage(exec, stage, &reason)?;
+                self.end_execution(exec, status::FAILED, &reason, ACTOR_ENGINE)
+            }
+            Ok(mut own) => {
+                own.source.branch = self.spec.source.branch.clone();
+                let fixed: Vec<&str> = [
+                    ("app", own.app != self.spec.app),
+                    ("[source]", own.source != self.spec.source),
+                    ("[queue]", own.queue != self.spec.queue),
+                    ("[server]", own.server != self.spec.server),
+                    ("[services]", own.services != self.spec.services),
+                    ("[[steps]]", own.steps != self.spec.steps),
+                    ("[[alarms]]", own.alarms != self.spec.alarms),
+                ]
+                .into_iter()
+                .filter_map(|(k, changed)| changed.then_some(k))
+                .collect();
+                let store = self.store.lock().unwrap();
+                store.atomic(|store| {
+                    store.kv_set(&format!("spec:{}", exec.id), &serde_json::to_string(&own).expect("spec serialises"))?;
+                    store.kv_set(&format!("run:{}", exec.revision), &serde_json::to_string(&own.run).expect("spec serialises"))?;
+                    if !fixed.is_empty() {
+                        store.event(
+                            Some(exec.id),
+                            "spec-restart-needed",
+                            ACTOR_ENGINE,
+                            &format!(
+                                "coalmine.toml of this commit changes {}: that takes effect when `coalmine up` restarts ([build] and [run] apply now)",
+                                fixed.join(", ")
+                            ),
+                        )?;
+                    }
+                    Ok(())
+                })?;
+                drop(store);
+                let note = if own.run != self.spec.run || own.build != self.spec.build { "; its own [build]/[run]" } else { "" };
+                self.stage_done(exec, stage, &format!("{summary}{note}"))
+            }
         }
     }
 
@@ -493,10 +591,10 @@ impl Engine {
                 branch: self.spec.source.branch.clone().unwrap_or_default(),
                 revision: exec.revision.clone(),
                 src_dir: work.clone(),
-                buildspec: work.join(&self.spec.build.buildspec),
+                buildspec: work.join(&self.exec_spec(exec.id).build.buildspec),
                 log_path: self.paths.build_log(exec.id),
                 artifact_dir: self.paths.artifacts(&exec.revision),
-                timeout: self.spec.build.timeout,
+                timeout: self.exec_spec(exec.id).build.timeout,
                 env: self.build_env.clone(),
             };
             let cancel = Cancel::default();
@@ -1046,7 +1144,7 @@ impl Engine {
                     continue;
                 }
             }
-            let mut spec = self.service_spec(name, &revision, tasks);
+            let mut spec = self.service_spec(&store, name, &revision, tasks);
             // Rolling back a canary: stop the bad tasks at once instead of waiting for the
             // replacements to become healthy.
             // When an alarm decided it, the bad tasks get only the short rollback grace.
@@ -1062,8 +1160,14 @@ impl Engine {
         Ok(())
     }
 
-    fn service_spec(&self, name: &str, revision: &str, tasks: u32) -> ServiceSpec {
-        let run = &self.spec.run;
+    fn service_spec(&self, store: &Store, name: &str, revision: &str, tasks: u32) -> ServiceSpec {
+        // The [run] settings of the revision's own commit, when it carried a coalmine.toml.
+        let own = store
+            .kv_get(&format!("run:{revision}"))
+            .ok()
+            .flatten()
+            .and_then(|j| serde_json::from_str::<coalmine_spec::RunSpec>(&j).ok());
+        let run = own.as_ref().unwrap_or(&self.spec.run);
         ServiceSpec {
             name: name.into(),
             revision: RevisionSpec {

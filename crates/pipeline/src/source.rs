@@ -27,6 +27,11 @@ pub trait Source: Send + Sync {
     fn newest(&self) -> Result<Commit, PipelineError>;
     /// Check out exactly `commit` into `dest` (which must not exist).
     fn checkout(&self, commit: &str, dest: &Path) -> Result<(), PipelineError>;
+    /// The text of the file at `path` (relative to the repository's root) in `commit`, or
+    /// `None` when the commit has no such file.
+    fn read_file(&self, _commit: &str, _path: &Path) -> Result<Option<String>, PipelineError> {
+        Ok(None)
+    }
 }
 
 /// The branch to watch: `branch` when given, else the repository's current branch (`HEAD`).
@@ -164,5 +169,13 @@ impl Source for GitSource {
         self.git(&["clone", "--quiet", "--no-checkout", &mirror, &dest_s], None)?;
         self.git(&["-c", "advice.detachedHead=false", "checkout", "--quiet", commit], Some(dest))?;
         Ok(())
+    }
+
+    fn read_file(&self, commit: &str, path: &Path) -> Result<Option<String>, PipelineError> {
+        let spec = format!("{commit}:{}", path.to_string_lossy());
+        if self.git(&["cat-file", "-e", &spec], Some(&self.mirror)).is_err() {
+            return Ok(None);
+        }
+        self.git(&["show", &spec], Some(&self.mirror)).map(Some)
     }
 }

@@ -60,6 +60,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(approve))
         .routes(routes!(reject))
         .routes(routes!(stop))
+        .routes(routes!(retry))
         .routes(routes!(build_log))
         .routes(routes!(build_log_stream))
         .routes(routes!(rollback))
@@ -287,6 +288,16 @@ async fn stop(State(s): State<AppState>, Path(id): Path<i64>, body: Option<Json<
     let actor = b.actor.unwrap_or_else(|| "api".into());
     let reason = b.reason.unwrap_or_else(|| format!("stopped by {actor}"));
     ok(blocking(&s.engine, move |e| Ok(e.stop(id, &actor, &reason)?)).await?)
+}
+
+/// Run an ended execution's commit again, as a new execution (it supersedes or queues behind
+/// the one in progress, as a new commit does). Answers the new execution.
+#[utoipa::path(post, path = "/executions/{id}/retry", tag = "pipeline",
+    params(("id" = i64, Path, description = "Execution number")), request_body(content = Because, description = "optional; `actor`"),
+    responses((status = 200, body = coalmine_pipeline::store::ExecutionRow), (status = 409, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn retry(State(s): State<AppState>, Path(id): Path<i64>, body: Option<Json<Because>>) -> ApiResult {
+    let actor = body.and_then(|b| b.0.actor).unwrap_or_else(|| "api".into());
+    ok(blocking(&s.engine, move |e| Ok(e.retry(id, &actor)?)).await?)
 }
 
 /// Put the canary back on the primary's revision and end the execution in progress RolledBack.
@@ -654,7 +665,8 @@ mod tests {
         assert_eq!(doc["components"]["securitySchemes"]["token"]["type"], "http");
         assert_eq!(doc["security"][0]["token"], json!([]));
         let paths = doc["paths"].as_object().unwrap();
-        assert_eq!(paths.len(), 26, "{:?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(paths.len(), 27, "{:?}", paths.keys().collect::<Vec<_>>());
+        assert!(paths["/executions/{id}/retry"]["post"]["responses"]["409"].is_object());
         let approve = &paths["/executions/{id}/approve"]["post"];
         assert_eq!(approve["parameters"][0]["name"], "id");
         assert_eq!(approve["parameters"][0]["in"], "path");
@@ -662,7 +674,7 @@ mod tests {
         assert!(approve["responses"]["409"].is_object());
         let logs = &paths["/services/{name}/logs"]["get"]["parameters"];
         let names: Vec<&str> = logs.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
-        assert_eq!(names, ["name", "lines"]);
+        assert_eq!(names, ["name", "lines", "previous"]);
         assert!(doc["components"]["schemas"]["Sample"]["properties"]["revisions"].is_object());
         assert!(paths["/events/stream"]["get"]["responses"]["200"]["content"]["text/event-stream"].is_object());
     }

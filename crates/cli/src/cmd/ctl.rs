@@ -364,6 +364,34 @@ pub fn stop(args: StopArgs) -> anyhow::Result<ExitCode> {
 }
 
 #[derive(clap::Args, Debug)]
+pub struct RetryArgs {
+    /// The execution whose commit to run again (default: the newest one).
+    pub execution: Option<i64>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+pub fn retry(args: RetryArgs) -> anyhow::Result<ExitCode> {
+    block_on(async move {
+        let client = Client::connect(&args.common)?;
+        let id = match args.execution {
+            Some(id) => id,
+            None => {
+                let st = client.json(reqwest::Method::GET, "/status", None).await?;
+                st["execution"]["id"].as_i64().context("there is no execution yet: commit to the branch first")?
+            }
+        };
+        let v = client.json(reqwest::Method::POST, &format!("/executions/{id}/retry"), Some(json!({"actor": actor()}))).await?;
+        if args.common.output == Output::Json {
+            println!("{v}");
+        } else {
+            println!("execution #{} runs commit {} of #{id} again (`coalmine status --watch`)", v["id"], s(&v, "revision"));
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+#[derive(clap::Args, Debug)]
 pub struct TriggerArgs {
     #[command(flatten)]
     pub common: Common,
