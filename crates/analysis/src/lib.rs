@@ -351,7 +351,7 @@ fn evaluate_one(alarm: &AlarmSpec, obs: &Observation) -> Verdict {
                 verdict(
                     Outcome::Fail,
                     kind,
-                    format!("canary tasks exited {exits} times, at or above the threshold of {threshold}"),
+                    format!("canary tasks exited {}, at or above the threshold of {threshold}", times(exits)),
                     &numbers,
                 )
             } else {
@@ -359,7 +359,8 @@ fn evaluate_one(alarm: &AlarmSpec, obs: &Observation) -> Verdict {
                     Outcome::Pass,
                     kind,
                     format!(
-                        "canary tasks exited {exits} times, below the threshold of {threshold}"
+                        "canary tasks exited {}, below the threshold of {threshold}",
+                        times(exits)
                     ),
                     &numbers,
                 )
@@ -541,7 +542,7 @@ fn failure_ratio(
             Outcome::Fail,
             kind,
             format!(
-                "the canary failed {} messages in a row with no success (limit {consecutive_failures}){}",
+                "the canary failed {} messages in a row with no success, the limit being {consecutive_failures}{}",
                 c.consecutive,
                 held(c.held_past_limit.min(c.consecutive))
             ),
@@ -603,6 +604,15 @@ fn failure_ratio(
             format!("{head}, not significant at {}", fmt_num(alpha)),
             &numbers,
         )
+    }
+}
+
+/// "once", "2 times".
+fn times(n: u64) -> String {
+    if n == 1 {
+        "once".to_string()
+    } else {
+        format!("{n} times")
     }
 }
 

@@ -254,7 +254,7 @@ fn crashes_at_threshold() {
     assert_eq!(v.outcome, Outcome::Fail);
     assert_eq!(
         v.reason,
-        "canary tasks exited 1 times, at or above the threshold of 1"
+        "canary tasks exited once, at or above the threshold of 1"
     );
     // The primary's exits are not the canary's business.
     o.canary.task_exits = 0;
