@@ -523,6 +523,7 @@ impl Engine {
                     ("[services]", own.services != self.spec.services),
                     ("[[steps]]", own.steps != self.spec.steps),
                     ("[[alarms]]", own.alarms != self.spec.alarms),
+                    ("[runtime]", own.runtime != self.spec.runtime),
                 ]
                 .into_iter()
                 .filter_map(|(k, changed)| changed.then_some(k))
@@ -791,6 +792,11 @@ impl Engine {
         }
         let failing = self.failing_stages.lock().unwrap().remove(&exec.id);
         let store = self.store.lock().unwrap();
+        // Every write goes through this lock: an execution another caller (the API, the loop)
+        // ended meanwhile is not ended twice.
+        if store.execution(exec.id)?.is_some_and(|e| e.status != status::IN_PROGRESS && e.status != status::QUEUED) {
+            return Ok(());
+        }
         self.fault("end-execution:before");
         // One transaction: the canary's restoration is recorded with the end, never after it
         // (a crash must not leave an ended execution with its bad canary running unwatched).
@@ -837,7 +843,7 @@ impl Engine {
             }
             for s in store.stages(exec.id)? {
                 if s.status == status::IN_PROGRESS {
-                    store.finish_stage(exec.id, s.idx, if end == status::FAILED { status::FAILED } else { end }, reason)?;
+                    store.finish_stage(exec.id, s.idx, end, reason)?;
                     step();
                 }
             }
@@ -1027,11 +1033,10 @@ impl Engine {
                 })
                 .unwrap_or(rb.at_ms) as u64;
             let telemetry = self.queue.telemetry(stage_start)?;
-            let bad_keys: Vec<String> = telemetry
-                .iter()
-                .filter(|c| TaskIdentity::parse(&c.access_key_id).is_some_and(|id| id.revision == rb.revision))
-                .map(|c| c.access_key_id.clone())
-                .collect();
+            // The canary's tasks of that revision only: a retried release of the same commit
+            // may run on the primary now, and its messages are not this rollback's.
+            let is_bad = |key: &str| TaskIdentity::parse(key).is_some_and(|id| id.revision == rb.revision && id.service == "canary");
+            let bad_keys: Vec<String> = telemetry.iter().filter(|c| is_bad(&c.access_key_id)).map(|c| c.access_key_id.clone()).collect();
             // What the bad revision still holds goes back to the queue now, not after the
             // visibility timeout — once its tasks are gone: a task still finishing a message
             // would otherwise process it while another consumer receives it again. A message
@@ -1047,7 +1052,7 @@ impl Engine {
                 .queue
                 .dead_letters()?
                 .into_iter()
-                .filter(|d| d.last_receiver.as_ref().is_some_and(|k| bad_keys.contains(k)))
+                .filter(|d| d.last_receiver.as_deref().is_some_and(is_bad))
                 .map(|d| d.message_id)
                 .collect();
             if !ids.is_empty() {
@@ -1071,6 +1076,10 @@ impl Engine {
                 expired += c.expired as i64;
                 dead += c.dead_lettered as i64;
             }
+            // Counts only grow: the queue forgets a consumer's telemetry half an hour after its
+            // last activity, while a rollback is followed for the DLQ's retention.
+            let (received, returned, expired, dead) =
+                (received.max(rb.received), returned.max(rb.returned), expired.max(rb.expired), dead.max(rb.dead_lettered));
             let failed = returned + expired + rb.released;
             if (received, failed, returned, expired, dead) != (rb.received, rb.failed, rb.returned, rb.expired, rb.dead_lettered) {
                 (rb.received, rb.failed, rb.returned, rb.expired, rb.dead_lettered) = (received, failed, returned, expired, dead);
@@ -1082,7 +1091,7 @@ impl Engine {
                 .queue
                 .dead_letters()?
                 .into_iter()
-                .filter(|d| d.last_receiver.as_ref().is_some_and(|k| bad_keys.contains(k)))
+                .filter(|d| d.last_receiver.as_deref().is_some_and(is_bad))
                 .count() as i64;
             let lost = (rb.dead_lettered - rb.redriven - waiting).max(0);
             if lost != rb.lost {

@@ -280,7 +280,7 @@ fn check_tags(tags: &BTreeMap<String, String>) -> Result<(), SqsError> {
         if n == 0 || n > 128 {
             return Err(SqsError::invalid_parameter(format!("Tag key \"{k}\" is invalid: a tag key is 1 to 128 characters long.")));
         }
-        if k.len() >= 4 && k[..4].eq_ignore_ascii_case("aws:") {
+        if k.as_bytes().get(..4).is_some_and(|p| p.eq_ignore_ascii_case(b"aws:")) {
             return Err(SqsError::invalid_parameter(format!("Tag key \"{k}\" is invalid: the prefix aws: is reserved for AWS; choose another key.")));
         }
         if v.chars().count() > 256 {

@@ -263,7 +263,6 @@ async fn long_poll_answers_as_soon_as_a_message_arrives() {
     let url = create(&c, "lp", &[]).await;
     let c2 = c.clone();
     let url2 = url.clone();
-    let started = Instant::now();
     let poll = tokio::spawn(async move { c2.receive_message().queue_url(&url2).wait_time_seconds(20).send().await.unwrap() });
     // wait until the poll is parked in the broker
     eventually(Duration::from_secs(30), "the long poll to wait", || async { (s.long_polls_waiting().await == 1).then_some(()) }).await;
@@ -274,7 +273,6 @@ async fn long_poll_answers_as_soon_as_a_message_arrives() {
     assert_eq!(out.messages().len(), 1);
     // Woken by the send, not by its 20 s wait running out (a loaded machine may take seconds).
     assert!(latency < Duration::from_secs(10), "long poll answered {latency:?} after the send");
-    assert!(started.elapsed() < Duration::from_secs(19));
 
     // a long poll with nothing to receive waits its time (1 s) and answers empty
     let t = Instant::now();

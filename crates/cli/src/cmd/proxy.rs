@@ -57,7 +57,7 @@ pub struct ProxyArgs {
     #[arg(long, default_value = "25s", value_parser = parse_duration)]
     pub grace: Duration,
     /// How often to report.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = parse_report_every)]
     pub report_every: Duration,
     /// `text`: the line `listening on URL`; `json`: {"listening": URL, "service", "revision", "task"}.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
@@ -69,6 +69,13 @@ pub struct ProxyArgs {
 }
 
 /// `250ms`, `2s`, `5m`, `1h`; a bare number is seconds.
+fn parse_report_every(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("the report interval must be more than 0; e.g. 1s".to_string()),
+        d => Ok(d),
+    }
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
