@@ -12,6 +12,11 @@
 //! The same figures are then measured against a second server with durability `none` (the
 //! thinnest mode: answers without waiting for the store), as the peer to compare with.
 //!
+//! When `BENCH_CEILING_BIN` names a built `sqsceiling` (the thinnest in-memory SQS-shaped
+//! server, ../shared/tools/sqsceiling; build it with `cargo build --release` in a copy), the
+//! same figures are measured against it too (`--threads BENCH_CEILING_THREADS`, default 1, its
+//! own default), and the broker's figures are printed as ratios to the ceiling's.
+//!
 //! `cargo bench -p coalmine-queue --bench throughput`; env: BENCH_SECS (10), BENCH_DURABILITY (commit|none),
 //! BENCH_PEER (none|commit|off), BENCH_PRODUCERS (32), BENCH_CONSUMERS (32), BENCH_THREADS (8),
 //! BENCH_RSS_MESSAGES (1000000), BENCH_SERVER_THREADS (server runtime workers; default one per core),
@@ -200,6 +205,23 @@ fn per_message(before: &std::collections::BTreeMap<String, u64>, after: &std::co
     format!("requests/msg: send {:.3}, receive {:.3}, delete {:.3}", d("SendMessageBatch"), d("ReceiveMessage"), d("DeleteMessageBatch"))
 }
 
+/// Start sqsceiling on a free port and wait until it accepts connections.
+fn start_ceiling(bin: &str, threads: u64) -> Server {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new(bin)
+        .args(["--addr", &format!("127.0.0.1:{port}"), "--threads", &threads.to_string()])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("BENCH_CEILING_BIN={bin}: cannot run it ({e}); build sqsceiling first"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "sqsceiling did not listen on 127.0.0.1:{port} within 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = child.id().to_string();
+    Server { child, url: format!("http://127.0.0.1:{port}"), pid, _dir: tempfile::tempdir().unwrap() }
+}
+
 struct Server {
     child: std::process::Child,
     url: String,
@@ -343,6 +365,20 @@ fn main() {
                 "{durability} vs {peer}: throughput {:.0}%, server CPU/msg {:.0}%, half-load p99 {:.2} ms vs {:.2} ms",
                 100.0 * main.tput / p.tput.max(1.0),
                 100.0 * main.server_us / p.server_us.max(0.001),
+                main.half_p99,
+                p.half_p99
+            );
+        }
+        if let Ok(bin) = std::env::var("BENCH_CEILING_BIN") {
+            let ceiling = start_ceiling(&bin, env("BENCH_CEILING_THREADS", 1));
+            let cc = client(&ceiling.url);
+            let p = measure(&cc, &ceiling, producers, consumers, secs).await;
+            drop(ceiling);
+            print_figures("sqsceiling       ", &p);
+            println!(
+                "{durability} vs sqsceiling: end-to-end msgs/s {:.2} x, server CPU/msg {:.2} x, half-load p99 {:.2} ms vs {:.2} ms",
+                main.tput / p.tput.max(1.0),
+                main.server_us / p.server_us.max(0.001),
                 main.half_p99,
                 p.half_p99
             );

@@ -10,6 +10,7 @@ use serde_json::{json, Map, Value};
 
 use crate::digest::{md5_hex, md5_of_attributes};
 use crate::error::{QueueError, SqsError};
+use crate::protocol::json;
 use crate::model::*;
 use crate::store::{Op, QueueRow, Store};
 use crate::telemetry::{ConsumerTelemetry, Event, Telemetry};
@@ -182,7 +183,11 @@ fn int(req: &Value, name: &str) -> Result<Option<i64>, SqsError> {
 }
 
 fn int_range(req: &Value, name: &str, lo: i64, hi: i64) -> Result<Option<i64>, SqsError> {
-    match int(req, name)? {
+    opt_range(name, int(req, name)?, lo, hi)
+}
+
+fn opt_range(name: &str, v: Option<i64>, lo: i64, hi: i64) -> Result<Option<i64>, SqsError> {
+    match v {
         Some(n) if n < lo || n > hi => Err(SqsError::invalid_parameter(format!(
             "Value {n} for parameter {name} is invalid. Reason: Must be between {lo} and {hi}, if provided."
         ))),
@@ -250,15 +255,21 @@ fn batch_entries(req: &Value) -> Result<&Vec<Value>, SqsError> {
         Some(Value::Array(a)) => a,
         Some(_) => return Err(SqsError::invalid_parameter("Entries must be a list.")),
     };
-    if entries.is_empty() {
+    check_batch_ids(entries.iter().map(|e| s(e, "Id")), entries.len())?;
+    Ok(entries)
+}
+
+/// A batch's checks of its entries' count and ids, in SQS's order.
+fn check_batch_ids<'a>(ids: impl Iterator<Item = Option<&'a str>>, n: usize) -> Result<(), SqsError> {
+    if n == 0 {
         return Err(SqsError::empty_batch());
     }
-    if entries.len() > 10 {
-        return Err(SqsError::too_many_entries(entries.len()));
+    if n > 10 {
+        return Err(SqsError::too_many_entries(n));
     }
     let mut seen = HashSet::new();
-    for e in entries {
-        let id = s(e, "Id").ok_or_else(|| SqsError::missing_parameter("Id"))?;
+    for id in ids {
+        let id = id.ok_or_else(|| SqsError::missing_parameter("Id"))?;
         if !batch_id_ok(id) {
             return Err(SqsError::invalid_batch_entry_id(id));
         }
@@ -266,7 +277,156 @@ fn batch_entries(req: &Value) -> Result<&Vec<Value>, SqsError> {
             return Err(SqsError::ids_not_distinct(id));
         }
     }
-    Ok(entries)
+    Ok(())
+}
+
+/// One message to send, as SendMessage or a batch entry gives it. A parameter's error is kept
+/// until its check's turn, so that a request with several faults gets the same error either way.
+pub(crate) struct SendArgs<'a> {
+    body: Result<&'a str, SqsError>,
+    attrs: Result<Option<&'a Map<String, Value>>, SqsError>,
+    sys_attrs: Option<&'a Map<String, Value>>,
+    delay: Result<Option<i64>, SqsError>,
+    group: Option<&'a str>,
+    dedup: Option<&'a str>,
+}
+
+impl<'a> SendArgs<'a> {
+    fn from_value(req: &'a Value) -> Self {
+        SendArgs {
+            body: match req.get("MessageBody") {
+                Some(Value::String(b)) if !b.is_empty() => Ok(b),
+                Some(Value::String(_)) | None | Some(Value::Null) => Err(SqsError::missing_parameter("MessageBody")),
+                Some(_) => Err(SqsError::invalid_parameter("MessageBody must be a string.")),
+            },
+            attrs: match req.get("MessageAttributes") {
+                Some(Value::Object(m)) => Ok(Some(m)),
+                None | Some(Value::Null) => Ok(None),
+                Some(_) => Err(SqsError::invalid_parameter("MessageAttributes must be a map.")),
+            },
+            sys_attrs: req.get("MessageSystemAttributes").and_then(Value::as_object),
+            delay: int_range(req, "DelaySeconds", 0, 900),
+            group: s(req, "MessageGroupId"),
+            dedup: s(req, "MessageDeduplicationId"),
+        }
+    }
+
+    fn from_typed(e: &'a json::SendEntry<'a>) -> Self {
+        SendArgs {
+            body: match e.message_body.as_deref() {
+                Some(b) if !b.is_empty() => Ok(b),
+                _ => Err(SqsError::missing_parameter("MessageBody")),
+            },
+            attrs: Ok(e.message_attributes.as_ref()),
+            sys_attrs: e.message_system_attributes.as_ref(),
+            delay: opt_range("DelaySeconds", e.delay_seconds, 0, 900),
+            group: e.message_group_id.as_deref(),
+            dedup: e.message_deduplication_id.as_deref(),
+        }
+    }
+
+    /// Bytes counted against a batch's total: the body and the message attributes.
+    fn size(&self) -> usize {
+        self.body.as_ref().map(|b| b.len()).unwrap_or(0)
+            + self.attrs.as_ref().ok().copied().flatten().map(|m| {
+                m.iter()
+                    .map(|(k, v)| {
+                        k.len()
+                            + s(v, "DataType").map(str::len).unwrap_or(0)
+                            + s(v, "StringValue").map(str::len).unwrap_or(0)
+                            + s(v, "BinaryValue").map(|b| b.len() * 3 / 4).unwrap_or(0)
+                    })
+                    .sum::<usize>()
+            }).unwrap_or(0)
+    }
+}
+
+/// What sending one message answers (a batch entry's answer adds its `Id`).
+#[derive(serde::Serialize)]
+pub(crate) struct Sent {
+    #[serde(rename = "Id", skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    #[serde(rename = "MessageId")]
+    message_id: String,
+    #[serde(rename = "MD5OfMessageBody")]
+    md5_body: String,
+    #[serde(rename = "MD5OfMessageAttributes", skip_serializing_if = "Option::is_none")]
+    md5_attrs: Option<String>,
+    #[serde(rename = "MD5OfMessageSystemAttributes", skip_serializing_if = "Option::is_none")]
+    md5_sys: Option<String>,
+    #[serde(rename = "SequenceNumber", skip_serializing_if = "Option::is_none")]
+    sequence_number: Option<String>,
+}
+
+/// A batch entry that failed.
+#[derive(serde::Serialize)]
+pub(crate) struct Failed {
+    #[serde(rename = "Id")]
+    id: String,
+    #[serde(rename = "SenderFault")]
+    sender_fault: bool,
+    #[serde(rename = "Code")]
+    code: &'static str,
+    #[serde(rename = "Message")]
+    message: String,
+}
+
+impl Failed {
+    fn new(id: &str, e: &SqsError) -> Self {
+        Failed { id: id.to_string(), sender_fault: e.sender_fault, code: e.code, message: e.message.clone() }
+    }
+}
+
+/// A batch entry that succeeded with nothing to say but its id.
+#[derive(serde::Serialize)]
+pub(crate) struct Done {
+    #[serde(rename = "Id")]
+    id: String,
+}
+
+#[derive(serde::Serialize)]
+pub(crate) struct BatchOut<T> {
+    #[serde(rename = "Successful")]
+    successful: Vec<T>,
+    #[serde(rename = "Failed")]
+    failed: Vec<Failed>,
+}
+
+/// One received message as ReceiveMessage returns it.
+#[derive(serde::Serialize)]
+pub(crate) struct Received {
+    #[serde(rename = "MessageId")]
+    message_id: String,
+    #[serde(rename = "ReceiptHandle")]
+    receipt_handle: String,
+    #[serde(rename = "MD5OfBody")]
+    md5_body: String,
+    #[serde(rename = "Body")]
+    body: String,
+    #[serde(rename = "Attributes", skip_serializing_if = "Option::is_none")]
+    attributes: Option<Map<String, Value>>,
+    #[serde(rename = "MD5OfMessageAttributes", skip_serializing_if = "Option::is_none")]
+    md5_attrs: Option<String>,
+    #[serde(rename = "MessageAttributes", skip_serializing_if = "Option::is_none")]
+    message_attributes: Option<Map<String, Value>>,
+}
+
+#[derive(serde::Serialize)]
+pub(crate) struct ReceiveOut {
+    #[serde(rename = "Messages", skip_serializing_if = "Vec::is_empty")]
+    messages: Vec<Received>,
+}
+
+/// The general (`Value`) form of a typed answer.
+fn to_value<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).expect("answers are plain JSON")
+}
+
+/// A typed answer as the AWS JSON 1.0 protocol's body.
+fn to_body<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(1024);
+    serde_json::to_writer(&mut buf, v).expect("answers are plain JSON");
+    buf
 }
 
 fn failed(id: &str, e: &SqsError) -> Value {
@@ -317,10 +477,32 @@ fn parse_receive(req: &Value) -> Result<RecvParams, SqsError> {
     let wait = int_range(req, "WaitTimeSeconds", 0, 20)?.map(|v| v as u64);
     let mut sys_names = str_list(req, "AttributeNames");
     sys_names.extend(str_list(req, "MessageSystemAttributeNames"));
+    let attempt = s(req, "ReceiveRequestAttemptId").map(str::to_string);
+    finish_receive(max, visibility, wait, sys_names, attempt, str_list(req, "MessageAttributeNames"))
+}
+
+fn parse_receive_typed(r: &json::Receive<'_>) -> Result<RecvParams, SqsError> {
+    let max = opt_range("MaxNumberOfMessages", r.max_number_of_messages, 1, 10)?.unwrap_or(1) as usize;
+    let visibility = opt_range("VisibilityTimeout", r.visibility_timeout, 0, 43_200)?.map(|v| v as u64);
+    let wait = opt_range("WaitTimeSeconds", r.wait_time_seconds, 0, 20)?.map(|v| v as u64);
+    let names = |l: &Option<Vec<std::borrow::Cow<'_, str>>>| l.iter().flatten().map(|n| n.to_string()).collect::<Vec<String>>();
+    let mut sys_names = names(&r.attribute_names);
+    sys_names.extend(names(&r.message_system_attribute_names));
+    let attempt = r.receive_request_attempt_id.as_deref().map(str::to_string);
+    finish_receive(max, visibility, wait, sys_names, attempt, names(&r.message_attribute_names))
+}
+
+fn finish_receive(
+    max: usize,
+    visibility: Option<u64>,
+    wait: Option<u64>,
+    sys_names: Vec<String>,
+    attempt: Option<String>,
+    attr_names: Vec<String>,
+) -> Result<RecvParams, SqsError> {
     if let Some(bad) = sys_names.iter().find(|n| !SYS_ATTRS.contains(&n.as_str())) {
         return Err(SqsError::invalid_attribute_name(bad));
     }
-    let attempt = s(req, "ReceiveRequestAttemptId").map(str::to_string);
     if let Some(a) = &attempt {
         let ok = !a.is_empty() && a.len() <= 128 && a.bytes().all(|b| b.is_ascii_graphic());
         if !ok {
@@ -329,7 +511,7 @@ fn parse_receive(req: &Value) -> Result<RecvParams, SqsError> {
             )));
         }
     }
-    Ok(RecvParams { attempt, max, visibility, wait, sys_names, attr_names: str_list(req, "MessageAttributeNames") })
+    Ok(RecvParams { attempt, max, visibility, wait, sys_names, attr_names })
 }
 
 const SYS_ATTRS: &[&str] = &[
@@ -591,46 +773,26 @@ impl Broker {
             }
             "SendMessage" => {
                 let name = self.queue_of(req)?;
-                let mut st = self.lock();
-                let mut ops = Vec::with_capacity(1);
-                let r = self.send_one(&mut st, &name, req, ctx, &mut ops);
-                self.submit(ctx, ops);
-                Self::wake_one(&st, &name);
-                r
+                self.send_single(&name, SendArgs::from_value(req), ctx).map(|r| to_value(&r))
             }
             "SendMessageBatch" => self.send_batch(req, ctx),
             "ReceiveMessage" => {
                 let p = parse_receive(req)?;
                 let name = self.queue_of(req)?;
                 let mut st = self.lock();
-                let msgs = self.receive_once(&mut st, &name, &p, ctx)?;
-                Ok(if msgs.is_empty() { json!({}) } else { json!({"Messages": msgs}) })
+                let messages = self.receive_once(&mut st, &name, &p, ctx)?;
+                Ok(to_value(&ReceiveOut { messages }))
             }
             "DeleteMessage" => {
                 let name = self.queue_of(req)?;
                 let h = req_str(req, "ReceiptHandle")?;
-                let mut st = self.lock();
-                let mut ops = Vec::new();
-                let r = Self::delete_one(&mut st, &name, h, ctx, &mut ops);
-                self.submit(ctx, ops);
-                r.map(|_| json!({}))
+                self.delete_single(&name, h, ctx).map(|_| json!({}))
             }
             "DeleteMessageBatch" => {
                 let name = self.queue_of(req)?;
                 let entries = batch_entries(req)?;
-                let mut st = self.lock();
-                st.queue(&name)?;
-                let (mut ok, mut bad, mut ops) = (Vec::new(), Vec::new(), Vec::new());
-                for e in entries {
-                    let id = s(e, "Id").unwrap_or("");
-                    let r = req_str(e, "ReceiptHandle").and_then(|h| Self::delete_one(&mut st, &name, h, ctx, &mut ops));
-                    match r {
-                        Ok(()) => ok.push(json!({"Id": id})),
-                        Err(e) => bad.push(failed(id, &e)),
-                    }
-                }
-                self.submit(ctx, ops);
-                Ok(json!({"Successful": ok, "Failed": bad}))
+                let entries = entries.iter().map(|e| (s(e, "Id").unwrap_or(""), req_str(e, "ReceiptHandle"))).collect();
+                self.delete_batch(&name, entries, ctx).map(|r| to_value(&r))
             }
             "ChangeMessageVisibility" => {
                 let name = self.queue_of(req)?;
@@ -846,7 +1008,11 @@ impl Broker {
     }
 
     fn queue_of(&self, req: &Value) -> Result<String, SqsError> {
-        let url = req_str(req, "QueueUrl")?;
+        self.queue_of_url(Some(req_str(req, "QueueUrl")?))
+    }
+
+    fn queue_of_url(&self, url: Option<&str>) -> Result<String, SqsError> {
+        let url = url.ok_or_else(|| SqsError::missing_parameter("QueueUrl"))?;
         let name = queue_name_from_url(url);
         if name.is_empty() {
             return Err(SqsError::queue_does_not_exist());
@@ -1047,29 +1213,18 @@ impl Broker {
     }
 
     /// Validate and enqueue one message. `req` is a SendMessage request or batch entry.
-    fn send_one(&self, st: &mut State, name: &str, req: &Value, ctx: &Ctx, ops: &mut Vec<Op>) -> Result<Value, SqsError> {
-        let body = match req.get("MessageBody") {
-            Some(Value::String(b)) if !b.is_empty() => b,
-            Some(Value::String(_)) | None | Some(Value::Null) => return Err(SqsError::missing_parameter("MessageBody")),
-            Some(_) => return Err(SqsError::invalid_parameter("MessageBody must be a string.")),
-        };
+    fn send_one(&self, st: &mut State, name: &str, a: SendArgs<'_>, ctx: &Ctx, ops: &mut Vec<Op>) -> Result<Sent, SqsError> {
+        let body = a.body?;
         check_body(body)?;
-        let attrs = match req.get("MessageAttributes") {
-            Some(Value::Object(m)) if !m.is_empty() => Some(m.clone()),
-            None | Some(Value::Null) | Some(Value::Object(_)) => None,
-            Some(_) => return Err(SqsError::invalid_parameter("MessageAttributes must be a map.")),
-        };
-        let sys_attrs = match req.get("MessageSystemAttributes") {
-            Some(Value::Object(m)) if !m.is_empty() => Some(m.clone()),
-            _ => None,
-        };
+        let attrs = a.attrs?.filter(|m| !m.is_empty()).cloned();
+        let sys_attrs = a.sys_attrs.filter(|m| !m.is_empty()).cloned();
         let attr_size = attrs.as_ref().map(|a| check_message_attributes(a, false)).transpose()?.unwrap_or(0);
         if let Some(sa) = &sys_attrs {
             check_message_attributes(sa, true)?;
         }
-        let delay = int_range(req, "DelaySeconds", 0, 900)?;
-        let group = s(req, "MessageGroupId");
-        let dedup = s(req, "MessageDeduplicationId");
+        let delay = a.delay?;
+        let group = a.group;
+        let dedup = a.dedup;
         let sender = KeyId::intern(&ctx.access_key);
         let State { queues, next_seq, .. } = st;
         let q = queues.get_mut(name).ok_or_else(SqsError::queue_does_not_exist)?;
@@ -1116,18 +1271,14 @@ impl Broker {
             q.forget_old_dedup(now);
             let key = if q.dedup_by_group() { format!("{g}\u{0}{d}") } else { d.clone() };
             if let Some((_, id, seqnum)) = q.dedup.get(&key) {
-                let mut out = json!({
-                    "MessageId": uuid::Uuid::from_bytes(*id).hyphenated().to_string(),
-                    "MD5OfMessageBody": md5_body,
-                    "SequenceNumber": format!("{seqnum:020}"),
+                return Ok(Sent {
+                    id: None,
+                    message_id: uuid::Uuid::from_bytes(*id).hyphenated().to_string(),
+                    md5_body,
+                    md5_attrs,
+                    md5_sys,
+                    sequence_number: Some(format!("{seqnum:020}")),
                 });
-                if let Some(m) = md5_attrs {
-                    out["MD5OfMessageAttributes"] = json!(m);
-                }
-                if let Some(m) = md5_sys {
-                    out["MD5OfMessageSystemAttributes"] = json!(m);
-                }
-                return Ok(out);
             }
             q.next_seqnum += 1;
             let seqnum = q.next_seqnum;
@@ -1173,7 +1324,7 @@ impl Broker {
         *next_seq += 1;
         let m = Msg {
             id,
-            body: body.clone().into_boxed_str(),
+            body: Box::from(body),
             extra,
             sent_ms: now,
             visible_at: now + delay_s * 1000,
@@ -1186,15 +1337,9 @@ impl Broker {
             received_at: 0,
         };
         ops.push(Op::Put(Box::new(m.row(seq, name))));
-        let mut out = json!({"MessageId": m.id_string(), "MD5OfMessageBody": md5_body});
-        if let Some(m) = md5_attrs {
-            out["MD5OfMessageAttributes"] = json!(m);
-        }
-        if let Some(m) = md5_sys {
-            out["MD5OfMessageSystemAttributes"] = json!(m);
-        }
+        let mut out = Sent { id: None, message_id: m.id_string(), md5_body, md5_attrs, md5_sys, sequence_number: None };
         if let Some(e) = m.extra.as_ref().filter(|_| q.fifo) {
-            out["SequenceNumber"] = json!(format!("{:020}", e.seqnum));
+            out.sequence_number = Some(format!("{:020}", e.seqnum));
             let key = if q.dedup_by_group() {
                 format!("{}\u{0}{}", e.group.as_deref().unwrap_or(""), e.dedup_id.as_deref().unwrap_or(""))
             } else {
@@ -1207,58 +1352,78 @@ impl Broker {
         Ok(out)
     }
 
+    fn send_single(&self, name: &str, a: SendArgs<'_>, ctx: &mut Ctx) -> Result<Sent, SqsError> {
+        let mut st = self.lock();
+        let mut ops = Vec::with_capacity(1);
+        let r = self.send_one(&mut st, name, a, ctx, &mut ops);
+        self.submit(ctx, ops);
+        Self::wake_one(&st, name);
+        r
+    }
+
     fn send_batch(&self, req: &Value, ctx: &mut Ctx) -> Result<Value, SqsError> {
         let name = self.queue_of(req)?;
         let entries = batch_entries(req)?;
-        let total: usize = entries
-            .iter()
-            .map(|e| {
-                s(e, "MessageBody").map(str::len).unwrap_or(0)
-                    + e.get("MessageAttributes").and_then(Value::as_object).map(|m| {
-                        m.iter()
-                            .map(|(k, v)| {
-                                k.len()
-                                    + s(v, "DataType").map(str::len).unwrap_or(0)
-                                    + s(v, "StringValue").map(str::len).unwrap_or(0)
-                                    + s(v, "BinaryValue").map(|b| b.len() * 3 / 4).unwrap_or(0)
-                            })
-                            .sum::<usize>()
-                    }).unwrap_or(0)
-            })
-            .sum();
+        let entries = entries.iter().map(|e| (s(e, "Id").unwrap_or(""), SendArgs::from_value(e))).collect();
+        self.send_entries(&name, entries, ctx).map(|r| to_value(&r))
+    }
+
+    fn send_entries(&self, name: &str, entries: Vec<(&str, SendArgs<'_>)>, ctx: &mut Ctx) -> Result<BatchOut<Sent>, SqsError> {
+        let total: usize = entries.iter().map(|(_, a)| a.size()).sum();
         if total > MAX_MESSAGE_BYTES {
             return Err(SqsError::batch_too_long(total, MAX_MESSAGE_BYTES));
         }
         let mut st = self.lock();
-        let q = st.queue(&name)?;
+        let q = st.queue(name)?;
         if q.fifo {
             // SQS fails the whole request, not the entry (not documented; the SDK models' errors).
             let content_dedup = q.content_dedup();
-            for e in entries {
-                if s(e, "MessageGroupId").is_none() {
+            for (_, e) in &entries {
+                if e.group.is_none() {
                     return Err(SqsError::missing_parameter("MessageGroupId"));
                 }
-                if s(e, "MessageDeduplicationId").is_none() && !content_dedup {
+                if e.dedup.is_none() && !content_dedup {
                     return Err(SqsError::invalid_parameter(
                         "The queue should either have ContentBasedDeduplication enabled or MessageDeduplicationId provided explicitly",
                     ));
                 }
             }
         }
-        let (mut ok, mut bad, mut ops) = (Vec::new(), Vec::new(), Vec::with_capacity(entries.len()));
-        for e in entries {
-            let id = s(e, "Id").unwrap_or("");
-            match self.send_one(&mut st, &name, e, ctx, &mut ops) {
+        let (mut ok, mut bad, mut ops) = (Vec::with_capacity(entries.len()), Vec::new(), Vec::with_capacity(entries.len()));
+        for (id, e) in entries {
+            match self.send_one(&mut st, name, e, ctx, &mut ops) {
                 Ok(mut v) => {
-                    v["Id"] = json!(id);
+                    v.id = Some(id.to_string());
                     ok.push(v)
                 }
-                Err(err) => bad.push(failed(id, &err)),
+                Err(err) => bad.push(Failed::new(id, &err)),
             }
         }
         self.submit(ctx, ops);
-        Self::wake_one(&st, &name);
-        Ok(json!({"Successful": ok, "Failed": bad}))
+        Self::wake_one(&st, name);
+        Ok(BatchOut { successful: ok, failed: bad })
+    }
+
+    fn delete_single(&self, name: &str, h: &str, ctx: &mut Ctx) -> Result<(), SqsError> {
+        let mut st = self.lock();
+        let mut ops = Vec::new();
+        let r = Self::delete_one(&mut st, name, h, ctx, &mut ops);
+        self.submit(ctx, ops);
+        r
+    }
+
+    fn delete_batch(&self, name: &str, entries: Vec<(&str, Result<&str, SqsError>)>, ctx: &mut Ctx) -> Result<BatchOut<Done>, SqsError> {
+        let mut st = self.lock();
+        st.queue(name)?;
+        let (mut ok, mut bad, mut ops) = (Vec::with_capacity(entries.len()), Vec::new(), Vec::with_capacity(entries.len()));
+        for (id, h) in entries {
+            match h.and_then(|h| Self::delete_one(&mut st, name, h, ctx, &mut ops)) {
+                Ok(()) => ok.push(Done { id: id.to_string() }),
+                Err(e) => bad.push(Failed::new(id, &e)),
+            }
+        }
+        self.submit(ctx, ops);
+        Ok(BatchOut { successful: ok, failed: bad })
     }
 
     /// Wake one long poll of queue `name` when it has visible messages; a receiver that
@@ -1355,7 +1520,7 @@ impl Broker {
         Ok(())
     }
 
-    fn receive_once(&self, st: &mut State, name: &str, p: &RecvParams, ctx: &mut Ctx) -> Result<Vec<Value>, SqsError> {
+    fn receive_once(&self, st: &mut State, name: &str, p: &RecvParams, ctx: &mut Ctx) -> Result<Vec<Received>, SqsError> {
         let now = ctx.now_ms;
         let kid = KeyId::intern(&ctx.access_key);
         let key = kid.get().unwrap_or_else(|| ctx.access_key.clone());
@@ -1475,10 +1640,14 @@ impl Broker {
     pub(crate) async fn receive(&self, req: &Value, ctx: &mut Ctx) -> Result<Value, SqsError> {
         let p = parse_receive(req)?;
         let name = self.queue_of(req)?;
+        self.receive_with(&p, &name, ctx).await.map(|r| to_value(&r))
+    }
+
+    async fn receive_with(&self, p: &RecvParams, name: &str, ctx: &mut Ctx) -> Result<ReceiveOut, SqsError> {
         let start = std::time::Instant::now();
         let (notify, default_wait) = {
             let mut st = self.lock();
-            let q = st.queue(&name)?;
+            let q = st.queue(name)?;
             (q.notify.clone(), q.wait_s)
         };
         let wait = p.wait.unwrap_or(default_wait);
@@ -1490,16 +1659,16 @@ impl Broker {
             ctx.now_ms = now_ms();
             let (msgs, next_wake) = {
                 let mut st = self.lock();
-                let msgs = self.receive_once(&mut st, &name, &p, ctx)?;
+                let msgs = self.receive_once(&mut st, name, p, ctx)?;
                 if !msgs.is_empty() {
-                    Self::wake_one(&st, &name);
+                    Self::wake_one(&st, name);
                 }
-                let nw = st.queues.get(&name).and_then(|q| q.next_wake());
+                let nw = st.queues.get(name).and_then(|q| q.next_wake());
                 (msgs, nw)
             };
             let now_i = std::time::Instant::now();
             if !msgs.is_empty() || now_i >= deadline {
-                return Ok(if msgs.is_empty() { json!({}) } else { json!({"Messages": msgs}) });
+                return Ok(ReceiveOut { messages: msgs });
             }
             let mut until = deadline;
             if let Some(t) = next_wake {
@@ -1521,6 +1690,58 @@ impl Broker {
         if action == "StartMessageMoveTask" && r.is_ok() {
             self.spawn_move_tasks();
         }
+        Self::await_durable(ctx).await?;
+        r
+    }
+
+    /// Run one of the busiest actions from its typed AWS JSON 1.0 request, answering the
+    /// protocol's body: the same checks, changes and answers as [`Broker::dispatch`].
+    pub(crate) async fn dispatch_json(&self, req: json::Fast<'_>, ctx: &mut Ctx) -> Result<Vec<u8>, SqsError> {
+        let r = match &req {
+            json::Fast::Receive(r) => match parse_receive_typed(r).and_then(|p| Ok((p, self.queue_of_url(r.queue_url.as_deref())?))) {
+                Ok((p, name)) => self.receive_with(&p, &name, ctx).await.map(|r| to_body(&r)),
+                Err(e) => Err(e),
+            },
+            _ => self.handle_json(&req, ctx),
+        };
+        Self::await_durable(ctx).await?;
+        r
+    }
+
+    fn handle_json(&self, req: &json::Fast<'_>, ctx: &mut Ctx) -> Result<Vec<u8>, SqsError> {
+        match req {
+            json::Fast::Send(e) => {
+                let name = self.queue_of_url(e.queue_url.as_deref())?;
+                self.send_single(&name, SendArgs::from_typed(e), ctx).map(|r| to_body(&r))
+            }
+            json::Fast::SendBatch(b) => {
+                let name = self.queue_of_url(b.queue_url.as_deref())?;
+                let entries = b.entries.as_deref().unwrap_or_default();
+                check_batch_ids(entries.iter().map(|e| e.id.as_deref()), entries.len())?;
+                let entries = entries.iter().map(|e| (e.id.as_deref().unwrap_or(""), SendArgs::from_typed(e))).collect();
+                self.send_entries(&name, entries, ctx).map(|r| to_body(&r))
+            }
+            json::Fast::Delete(e) => {
+                let name = self.queue_of_url(e.queue_url.as_deref())?;
+                let h = e.receipt_handle.as_deref().ok_or_else(|| SqsError::missing_parameter("ReceiptHandle"))?;
+                self.delete_single(&name, h, ctx).map(|_| b"{}".to_vec())
+            }
+            json::Fast::DeleteBatch(b) => {
+                let name = self.queue_of_url(b.queue_url.as_deref())?;
+                let entries = b.entries.as_deref().unwrap_or_default();
+                check_batch_ids(entries.iter().map(|e| e.id.as_deref()), entries.len())?;
+                let entries = entries
+                    .iter()
+                    .map(|e| (e.id.as_deref().unwrap_or(""), e.receipt_handle.as_deref().ok_or_else(|| SqsError::missing_parameter("ReceiptHandle"))))
+                    .collect();
+                self.delete_batch(&name, entries, ctx).map(|r| to_body(&r))
+            }
+            json::Fast::Receive(_) => unreachable!("ReceiveMessage waits: see dispatch_json"),
+        }
+    }
+
+    /// Wait until the changes this request made are committed, as its durability asks.
+    async fn await_durable(ctx: &mut Ctx) -> Result<(), SqsError> {
         if let Some(rx) = ctx.durable.take() {
             match rx.await {
                 Ok(Ok(())) => {}
@@ -1528,7 +1749,7 @@ impl Broker {
                 Err(_) => return Err(SqsError::internal("the queue store stopped before the change was committed")),
             }
         }
-        r
+        Ok(())
     }
 
     fn start_move_task(&self, req: &Value, ctx: &mut Ctx) -> Result<Value, SqsError> {
@@ -1919,14 +2140,18 @@ fn sha256(data: &[u8]) -> Vec<u8> {
 }
 
 /// One received message as ReceiveMessage returns it.
-fn render_message(m: &Msg, seq: u64, p: &RecvParams, region: &str, account: &str, fifo: bool) -> Value {
+fn render_message(m: &Msg, seq: u64, p: &RecvParams, region: &str, account: &str, fifo: bool) -> Received {
     let want_all_sys = p.sys_names.iter().any(|n| n == "All");
     let want = |n: &str| want_all_sys || p.sys_names.iter().any(|x| x == n);
-    let mut v = Map::new();
-    v.insert("MessageId".into(), json!(m.id_string()));
-    v.insert("ReceiptHandle".into(), json!(receipt(seq, m.nonce)));
-    v.insert("MD5OfBody".into(), json!(md5_hex(m.body.as_bytes())));
-    v.insert("Body".into(), json!(&*m.body));
+    let mut v = Received {
+        message_id: m.id_string(),
+        receipt_handle: receipt(seq, m.nonce),
+        md5_body: md5_hex(m.body.as_bytes()),
+        body: m.body.to_string(),
+        attributes: None,
+        md5_attrs: None,
+        message_attributes: None,
+    };
     if !p.sys_names.is_empty() {
         let mut a = Map::new();
         let e = m.extra.as_deref();
@@ -1964,7 +2189,7 @@ fn render_message(m: &Msg, seq: u64, p: &RecvParams, region: &str, account: &str
             }
         }
         if !a.is_empty() {
-            v.insert("Attributes".into(), Value::Object(a));
+            v.attributes = Some(a);
         }
     }
     if let Some(attrs) = m.extra.as_ref().and_then(|e| e.attrs.as_ref()) {
@@ -1981,12 +2206,12 @@ fn render_message(m: &Msg, seq: u64, p: &RecvParams, region: &str, account: &str
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             if let Some(md5) = md5_of_attributes(&sel) {
-                v.insert("MD5OfMessageAttributes".into(), json!(md5));
-                v.insert("MessageAttributes".into(), Value::Object(sel));
+                v.md5_attrs = Some(md5);
+                v.message_attributes = Some(sel);
             }
         }
     }
-    Value::Object(v)
+    v
 }
 
 struct WaitingGuard<'a>(&'a std::sync::atomic::AtomicI64);

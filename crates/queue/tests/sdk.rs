@@ -685,7 +685,7 @@ async fn admin_api_in_flight_release_and_stats() {
     assert_eq!((st.visible, st.in_flight), (2, 2));
     let t = s.broker.telemetry("work", 0).unwrap();
     let canary_t = t.iter().find(|c| c.access_key_id == "AKIDCANARY").unwrap();
-    assert_eq!(canary_t.buckets.iter().map(|b| b.returned).sum::<u64>(), 1);
+    assert_eq!(canary_t.buckets.iter().map(|b| b.released).sum::<u64>(), 1);
     assert!(s.broker.queue_stats("missing").is_err());
     assert_eq!(s.broker.telemetry("work", u64::MAX).unwrap(), vec![]);
 }
