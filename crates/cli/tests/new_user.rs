@@ -35,11 +35,9 @@ sys.exit(2)
 
 const PY_BUILDSPEC: &str = "version: 0.2\nphases:\n  build:\n    commands:\n      - mkdir -p out && cp worker.py out/\nartifacts:\n  base-directory: out\n  files:\n    - '**/*'\n";
 
+/// boto3's Python (`target/pyenv/current`), made first when missing.
 fn python() -> PathBuf {
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let py = tmp.parent().unwrap().join("pyenv/current/bin/python");
-    assert!(py.exists(), "{} is missing: run scripts/pyenv.sh (it makes the boto3 environment)", py.display());
-    py
+    support::pyenv::python_env(&support::pyenv::CURRENT)
 }
 
 /// A fresh folder with `git init` (git's own default branch), `coalmine init`, the worker.

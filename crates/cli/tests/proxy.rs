@@ -512,10 +512,10 @@ async fn answers_are_the_upstreams_bytes() {
     }
 }
 
+/// The Python of a client environment (`current` or `legacy`), made first when missing.
 fn pyenv(name: &str) -> PathBuf {
-    let python = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().join("pyenv").join(name).join("bin/python");
-    assert!(python.exists(), "{} is missing: run scripts/pyenv.sh (it makes the Python client environments)", python.display());
-    python
+    use support::pyenv::{python_env, CURRENT, LEGACY};
+    python_env(if name == "legacy" { &LEGACY } else { &CURRENT })
 }
 
 fn run_python(python: &Path, script: &str, env: &[(&str, &str)], args: &[&str], dir: &Path) -> String {

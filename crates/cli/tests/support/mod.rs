@@ -12,6 +12,7 @@ use serde_json::Value;
 mod common;
 pub use common::*;
 pub mod moto;
+pub mod pyenv;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_coalmine");
 
