@@ -1041,12 +1041,18 @@ impl Engine {
             // visibility timeout — once its tasks are gone: a task still finishing a message
             // would otherwise process it while another consumer receives it again. A message
             // a task held when it ended was not processed by it: a failed attempt.
+            // Whoever releases them (this, or the release of stopped tasks' messages that may
+            // come first), the queue counts them per consumer: the report takes its count.
+            let mut released_now = 0;
             if bad_tasks == 0 && !bad_keys.is_empty() {
-                let released = self.queue.release_in_flight(&bad_keys)? as i64;
-                if released > 0 {
-                    rb.released += released;
-                    changed = true;
-                }
+                released_now = self.queue.release_in_flight(&bad_keys)? as i64;
+            }
+            let released_before: i64 =
+                telemetry.iter().filter(|c| bad_keys.contains(&c.access_key_id)).map(|c| c.released as i64).sum();
+            let released = (rb.released + released_now).max(released_before + released_now);
+            if released != rb.released {
+                rb.released = released;
+                changed = true;
             }
             let ids: Vec<String> = self
                 .queue
