@@ -24,7 +24,8 @@ fn undescribed(lines: &[&str]) -> Vec<String> {
     for (i, l) in lines.iter().enumerate() {
         let indent = l.len() - l.trim_start().len();
         let t = l.trim_start();
-        let is_entry = indent <= 2 || t.starts_with('-');
+        // `- new: ...` lines list an option's possible values with their own descriptions.
+        let is_entry = (indent <= 2 || t.starts_with('-')) && !t.starts_with("- ");
         if !is_entry {
             continue;
         }

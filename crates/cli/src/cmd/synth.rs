@@ -39,7 +39,7 @@ pub enum Format {
 #[derive(clap::Args, Debug)]
 pub struct AwsArgs {
     /// The app's coalmine.toml.
-    #[arg(long, short)]
+    #[arg(long)]
     pub file: Option<PathBuf>,
     /// Write the template to FILE instead of standard output.
     #[arg(long, short, value_name = "FILE")]
