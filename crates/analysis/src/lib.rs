@@ -188,14 +188,26 @@ pub struct Censored {
 }
 
 impl RevisionSample {
-    /// The counts with messages held past `limit` counted as failures.
-    pub fn censored(&self, limit: HoldLimit) -> Censored {
+    /// The counts with messages held past `limit` counted as failures. A held message joins
+    /// the run of consecutive failures only when it was received after this revision's last
+    /// success and `other_success_ago_ms` (the other revision's last success) came after it
+    /// passed the limit: the other side kept working meanwhile, so a pause of the whole
+    /// machine or queue is not taken for a failing revision.
+    pub fn censored(&self, limit: HoldLimit, other_success_ago_ms: Option<u64>) -> Censored {
         let held_past_limit = self.held_ms.iter().filter(|a| **a as f64 > limit.ms).count() as u64;
         let failed = self.failed + held_past_limit;
-        let held_since_success = match (limit.established, self.last_success_ago_ms) {
-            (false, _) => 0,
-            (true, None) => held_past_limit,
-            (true, Some(ago)) => self.held_ms.iter().filter(|a| **a as f64 > limit.ms && **a < ago).count() as u64,
+        let held_since_success = match (limit.established, other_success_ago_ms) {
+            (true, Some(other)) => self
+                .held_ms
+                .iter()
+                .filter(|a| {
+                    let a = **a as f64;
+                    a > limit.ms
+                        && self.last_success_ago_ms.is_none_or(|ago| a < ago as f64)
+                        && (other as f64) < a - limit.ms
+                })
+                .count() as u64,
+            _ => 0,
         };
         Censored {
             held_past_limit,
@@ -520,8 +532,8 @@ fn failure_ratio(
     obs: &Observation,
 ) -> Verdict {
     let limit = hold_limit(&obs.primary.latencies_ms);
-    let c = obs.canary.censored(limit);
-    let p = obs.primary.censored(limit);
+    let c = obs.canary.censored(limit, obs.primary.last_success_ago_ms);
+    let p = obs.primary.censored(limit, obs.canary.last_success_ago_ms);
     let (nc, np) = (c.completed, p.completed);
     let mut numbers = vec![
         ("canary_n", nc as f64),

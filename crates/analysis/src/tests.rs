@@ -376,12 +376,16 @@ fn hold_limit_follows_the_primary() {
     // make a run of consecutive failures (a slow job is not a failed one).
     let mut c = sample(0, 0);
     c.held_ms = vec![6_000; 5];
-    let k = c.censored(hold_limit(&[]));
+    let primary_busy = Some(50);
+    let k = c.censored(hold_limit(&[]), primary_busy);
     assert_eq!((k.failed, k.consecutive), (5, 0));
-    let k = c.censored(hold_limit(&[100.0; 20]));
+    let k = c.censored(hold_limit(&[100.0; 20]), primary_busy);
     assert_eq!((k.failed, k.consecutive), (5, 5));
+    // The primary idle as long (the machine paused): no run of failures, only the counts.
+    let k = c.censored(hold_limit(&[100.0; 20]), Some(2_000));
+    assert_eq!((k.failed, k.consecutive), (5, 0));
     c.last_success_ago_ms = Some(5_500);
-    assert_eq!(c.censored(hold_limit(&[100.0; 20])).consecutive, 0, "held since before the last success");
+    assert_eq!(c.censored(hold_limit(&[100.0; 20]), primary_busy).consecutive, 0, "held since before the last success");
 }
 
 #[test]
