@@ -183,37 +183,23 @@ pub struct Censored {
     pub failed: u64,
     /// Completed attempts: succeeded + failed.
     pub completed: u64,
-    /// Failures since the last success, held messages received after it included.
+    /// Returns and expiries since the last success.
     pub consecutive: u64,
 }
 
 impl RevisionSample {
-    /// The counts with messages held past `limit` counted as failures. A held message joins
-    /// the run of consecutive failures only when it was received after this revision's last
-    /// success and `other_success_ago_ms` (the other revision's last success) came after it
-    /// passed the limit: the other side kept working meanwhile, so a pause of the whole
-    /// machine or queue is not taken for a failing revision.
-    pub fn censored(&self, limit: HoldLimit, other_success_ago_ms: Option<u64>) -> Censored {
+    /// The counts with messages held past `limit` counted as failures. Held messages do not
+    /// join the run of consecutive failures (the fast path): in a healthy worker that leaves
+    /// its failed messages, held ones sit beside steady successes, and a run built from them
+    /// rolled healthy canaries back; the ratio test judges them against the primary instead.
+    pub fn censored(&self, limit: HoldLimit) -> Censored {
         let held_past_limit = self.held_ms.iter().filter(|a| **a as f64 > limit.ms).count() as u64;
         let failed = self.failed + held_past_limit;
-        let held_since_success = match (limit.established, other_success_ago_ms) {
-            (true, Some(other)) => self
-                .held_ms
-                .iter()
-                .filter(|a| {
-                    let a = **a as f64;
-                    a > limit.ms
-                        && self.last_success_ago_ms.is_none_or(|ago| a < ago as f64)
-                        && (other as f64) < a - limit.ms
-                })
-                .count() as u64,
-            _ => 0,
-        };
         Censored {
             held_past_limit,
             failed,
             completed: self.succeeded + failed,
-            consecutive: self.failures_since_last_success + held_since_success,
+            consecutive: self.failures_since_last_success,
         }
     }
 
@@ -532,8 +518,8 @@ fn failure_ratio(
     obs: &Observation,
 ) -> Verdict {
     let limit = hold_limit(&obs.primary.latencies_ms);
-    let c = obs.canary.censored(limit, obs.primary.last_success_ago_ms);
-    let p = obs.primary.censored(limit, obs.canary.last_success_ago_ms);
+    let c = obs.canary.censored(limit);
+    let p = obs.primary.censored(limit);
     let (nc, np) = (c.completed, p.completed);
     let mut numbers = vec![
         ("canary_n", nc as f64),
