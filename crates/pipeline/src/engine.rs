@@ -16,7 +16,8 @@ use crate::build::{BuildRequest, Builder, Cancel};
 use crate::queue_admin::QueueAdmin;
 use crate::source::{Commit, Source};
 use crate::store::{status, ApprovalRow, ExecutionRow, RollbackRow, StageRow, Store, VerdictRow};
-use crate::{now_ms, PipelineError};
+use crate::clock::Clock;
+use crate::PipelineError;
 
 /// Where the engine keeps things (all under `.coalmine/`).
 #[derive(Debug, Clone)]
@@ -128,6 +129,9 @@ pub struct EngineParts {
     pub queue_env: QueueEnv,
     /// Extra environment for builds.
     pub build_env: BTreeMap<String, String>,
+    /// What the engine and its store read the time from: [`crate::system_clock`], or a
+    /// [`crate::ManualClock`] in tests.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// The release engine.
@@ -141,6 +145,7 @@ pub struct Engine {
     builder: Arc<dyn Builder>,
     queue_env: QueueEnv,
     build_env: BTreeMap<String, String>,
+    clock: Arc<dyn Clock>,
     builds: Mutex<HashMap<i64, RunningBuild>>,
     wake_tx: Mutex<Sender<()>>,
     wake_rx: Mutex<Option<Receiver<()>>>,
@@ -168,7 +173,7 @@ const ACTOR_ENGINE: &str = "coalmine";
 impl Engine {
     pub fn open(parts: EngineParts) -> Result<Arc<Engine>, PipelineError> {
         std::fs::create_dir_all(&parts.paths.root).map_err(|e| PipelineError::io(&parts.paths.root, e))?;
-        let store = Store::open(&parts.paths.state_db())?;
+        let store = Store::open_with_clock(&parts.paths.state_db(), parts.clock.clone())?;
         let (tx, rx) = channel();
         Ok(Arc::new(Engine {
             spec: parts.spec,
@@ -180,6 +185,7 @@ impl Engine {
             builder: parts.builder,
             queue_env: parts.queue_env,
             build_env: parts.build_env,
+            clock: parts.clock,
             builds: Mutex::new(HashMap::new()),
             wake_tx: Mutex::new(tx),
             wake_rx: Mutex::new(Some(rx)),
@@ -187,6 +193,11 @@ impl Engine {
             failing_stages: Mutex::new(HashMap::new()),
             fault_point: std::env::var("COALMINE_FAULT_INJECT").ok().filter(|p| !p.is_empty()),
         }))
+    }
+
+    /// The time, from the engine's clock.
+    fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
     }
 
     pub fn spec(&self) -> &AppSpec {
@@ -243,7 +254,7 @@ impl Engine {
 
     /// One pass of reconciliation.
     pub fn tick(&self) -> Result<(), PipelineError> {
-        let now = now_ms();
+        let now = self.now_ms();
         let poll = {
             let mut ls = self.loop_state.lock().unwrap();
             let due = ls.trigger || now >= ls.next_poll_ms;
@@ -281,7 +292,7 @@ impl Engine {
     /// Messages held by tasks that no longer exist (stopped by a deployment, killed) go back
     /// to the queue now instead of after their visibility timeout.
     fn release_orphans(&self) -> Result<(), PipelineError> {
-        let now = now_ms();
+        let now = self.now_ms();
         {
             let mut ls = self.loop_state.lock().unwrap();
             if now < ls.last_orphan_check_ms + 2000 {
@@ -441,8 +452,8 @@ impl Engine {
                 store.event(Some(exec.id), "stage-started", ACTOR_ENGINE, &format!("{} started", stage.name))
             })?;
         }
-        let started_ms = stage.started_ms.map(|v| v as u64).unwrap_or_else(now_ms);
-        let elapsed = now_ms().saturating_sub(started_ms);
+        let started_ms = stage.started_ms.map(|v| v as u64).unwrap_or_else(|| self.now_ms());
+        let elapsed = self.now_ms().saturating_sub(started_ms);
         match kind {
             StageKind::Source => self.stage_source(exec, stage),
             StageKind::Build => self.stage_build(exec, stage),
@@ -739,7 +750,7 @@ impl Engine {
                     decision: "approved".into(),
                     actor: "analysis".into(),
                     comment: "every alarm passed".into(),
-                    at_ms: now_ms() as i64,
+                    at_ms: self.now_ms() as i64,
                 })?;
                 drop(store);
                 return self.stage_done(exec, stage, "every alarm passed: promoted automatically");
@@ -820,7 +831,7 @@ impl Engine {
                     execution_id: exec.id,
                     revision: bad,
                     to_revision: primary,
-                    at_ms: now_ms() as i64,
+                    at_ms: self.now_ms() as i64,
                     actor: actor.into(),
                     reason: reason.into(),
                     canary_back_ms: None,
@@ -872,7 +883,7 @@ impl Engine {
     /// Evaluate the alarms for the execution whose canary is under watch: from the canary
     /// deploy until the primary deploy completes.
     fn watch_alarms(&self) -> Result<(), PipelineError> {
-        let now = now_ms();
+        let now = self.now_ms();
         {
             let mut ls = self.loop_state.lock().unwrap();
             if now < ls.last_alarm_ms + 500 {
@@ -923,7 +934,7 @@ impl Engine {
 
     /// Gather the numbers the analysis judges.
     pub(crate) fn observe(&self, canary_rev: &str, primary_rev: &str, since_ms: u64) -> Result<Observation, PipelineError> {
-        let now = now_ms();
+        let now = self.now_ms();
         let telemetry = self.queue.telemetry(since_ms)?;
         let mut canary = RevisionSample { revision: canary_rev.into(), ..Default::default() };
         let mut primary = RevisionSample { revision: primary_rev.into(), ..Default::default() };
@@ -999,7 +1010,7 @@ impl Engine {
     /// For recent rollbacks: note when the canary is off the bad revision, release what its
     /// tasks held, redrive what it dead-lettered, and keep the report's numbers current.
     fn follow_rollbacks(&self) -> Result<(), PipelineError> {
-        let now = now_ms() as i64;
+        let now = self.now_ms() as i64;
         let rollbacks = self.store.lock().unwrap().rollbacks(None)?;
         // Dead letters older than the DLQ's retention are gone: follow rollbacks that long.
         let window = self.spec.queue.dlq_retention.as_millis() as i64;
@@ -1266,7 +1277,7 @@ impl Engine {
             decision: if approve { "approved" } else { "rejected" }.into(),
             actor: actor.into(),
             comment: comment.into(),
-            at_ms: now_ms() as i64,
+            at_ms: self.now_ms() as i64,
         })?;
         store.event(Some(id), if approve { "approved" } else { "rejected" }, actor, &format!("{} {}{}", if approve { "approved" } else { "rejected" }, exec.revision, comment_suffix(comment)))?;
         drop(store);

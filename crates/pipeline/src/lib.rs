@@ -6,14 +6,17 @@
 //! at any point resumes where it was.
 
 pub mod build;
+pub mod clock;
 mod engine;
 pub mod queue_admin;
 pub mod source;
 pub mod store;
+pub mod testing;
 mod view;
 
 use std::path::{Path, PathBuf};
 
+pub use clock::{system_clock, Clock, ManualClock, SystemClock};
 pub use engine::{Engine, EngineParts, Paths};
 pub use queue_admin::QueueAdmin;
 pub use view::{ExecutionView, ServiceView, StatusView};
@@ -59,7 +62,8 @@ impl PipelineError {
     }
 }
 
-/// Unix time in milliseconds.
+/// Unix time in milliseconds, from the machine's clock (what [`SystemClock`] reads; the engine
+/// reads its [`Clock`] instead).
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

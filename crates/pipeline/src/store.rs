@@ -3,10 +3,12 @@
 //! decides lives only in memory.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
+use crate::clock::{Clock, SystemClock};
 use crate::PipelineError;
 
 const SCHEMA: &str = r#"
@@ -187,14 +189,18 @@ pub struct RollbackRow {
 
 pub struct Store {
     conn: Connection,
-}
-
-fn now_ms() -> i64 {
-    crate::now_ms() as i64
+    /// What stamps the rows (`created_ms`, `started_ms`, `at_ms`...).
+    clock: Arc<dyn Clock>,
 }
 
 impl Store {
+    /// Open (or create) the store, its rows stamped with the system clock.
     pub fn open(path: &Path) -> Result<Store, PipelineError> {
+        Store::open_with_clock(path, Arc::new(SystemClock))
+    }
+
+    /// Open (or create) the store, its rows stamped with `clock`.
+    pub fn open_with_clock(path: &Path, clock: Arc<dyn Clock>) -> Result<Store, PipelineError> {
         let conn = Connection::open(path).map_err(|e| PipelineError::store(path, e))?;
         conn.execute_batch(SCHEMA).map_err(|e| PipelineError::store(path, e))?;
         // Columns added after the first release of the schema.
@@ -208,7 +214,11 @@ impl Store {
             }
         }
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| PipelineError::store(path, e))?;
-        Ok(Store { conn })
+        Ok(Store { conn, clock })
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.clock.now_ms() as i64
     }
 
     /// Run `f` as one transaction: all of its writes are kept, or (on an error, or a crash
@@ -239,7 +249,7 @@ impl Store {
     pub fn event(&self, execution_id: Option<i64>, kind: &str, actor: &str, reason: &str) -> Result<(), PipelineError> {
         self.conn.execute(
             "INSERT INTO events(execution_id, at_ms, kind, actor, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![execution_id, now_ms(), kind, actor, reason],
+            params![execution_id, self.now_ms(), kind, actor, reason],
         )?;
         tracing::debug!(execution = ?execution_id, kind, actor, "{reason}");
         Ok(())
@@ -257,7 +267,7 @@ impl Store {
         let tx = self.conn.unchecked_transaction()?;
         tx.execute(
             "INSERT INTO executions(commit_id, revision, message, status, bootstrap, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![commit_id, revision, message, status, bootstrap, now_ms()],
+            params![commit_id, revision, message, status, bootstrap, self.now_ms()],
         )?;
         let id = tx.last_insert_rowid();
         for (i, (name, kind)) in stages.iter().enumerate() {
@@ -328,7 +338,7 @@ impl Store {
         let finished = matches!(status, status::QUEUED | status::IN_PROGRESS).then_some(()).is_none();
         self.conn.execute(
             "UPDATE executions SET status = ?2, reason = ?3, finished_ms = CASE WHEN ?4 THEN ?5 ELSE NULL END WHERE id = ?1",
-            params![id, status, reason, finished, now_ms()],
+            params![id, status, reason, finished, self.now_ms()],
         )?;
         Ok(())
     }
@@ -361,7 +371,7 @@ impl Store {
     pub fn start_stage(&self, execution_id: i64, idx: i64, detail: &str) -> Result<(), PipelineError> {
         self.conn.execute(
             "UPDATE stages SET status = ?3, started_ms = COALESCE(started_ms, ?4), detail = ?5 WHERE execution_id = ?1 AND idx = ?2",
-            params![execution_id, idx, status::IN_PROGRESS, now_ms(), detail],
+            params![execution_id, idx, status::IN_PROGRESS, self.now_ms(), detail],
         )?;
         Ok(())
     }
@@ -377,7 +387,7 @@ impl Store {
     pub fn finish_stage(&self, execution_id: i64, idx: i64, status: &str, detail: &str) -> Result<(), PipelineError> {
         self.conn.execute(
             "UPDATE stages SET status = ?3, finished_ms = ?4, detail = ?5 WHERE execution_id = ?1 AND idx = ?2",
-            params![execution_id, idx, status, now_ms(), detail],
+            params![execution_id, idx, status, self.now_ms(), detail],
         )?;
         Ok(())
     }

@@ -148,6 +148,7 @@ pub async fn start(args: &UpArgs) -> anyhow::Result<Running> {
         source: Box::new(source),
         builder: Arc::new(BuildspecBuilder),
         build_env,
+        clock: coalmine_pipeline::system_clock(),
     })?;
 
     // The databases exist now: owner only, like the folder.
