@@ -414,8 +414,19 @@ pub fn sqs_client(endpoint: &str) -> Client {
 /// only those.
 pub const RUSH_WORD: &str = "rush";
 
+/// Whether order `n` is a rush order: one in twenty, scattered by a hash of `n`. Not every
+/// twentieth: traffic sent in batches at a fixed pace and workers that take equally long settle
+/// into a rhythm where each worker receives the same positions of every second, and a canary
+/// could then never see one.
+fn is_rush(n: u64) -> bool {
+    let mut x = n.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (x ^ (x >> 31)) % 20 == 0
+}
+
 fn order_body(n: u64) -> String {
-    if n % 20 == 7 {
+    if is_rush(n) {
         format!("order {n} at {} {RUSH_WORD}", now_ms())
     } else {
         format!("order {n} at {}", now_ms())
