@@ -51,7 +51,18 @@ impl Driver {
     }
 
     async fn browser(&self, dark: bool) -> Client {
-        let profile = self._profile.path().join(if dark { "dark" } else { "light" });
+        self.browser_as(dark, None).await
+    }
+
+    /// A browser session; `phone_width` emulates a phone's screen of that many CSS pixels.
+    async fn browser_as(&self, dark: bool, phone_width: Option<u32>) -> Client {
+        // One profile per kind of session: two browsers cannot share one.
+        let kind = match (dark, phone_width) {
+            (_, Some(_)) => "phone",
+            (true, None) => "dark",
+            (false, None) => "light",
+        };
+        let profile = self._profile.path().join(kind);
         let mut args = vec![
             "--headless".to_string(),
             "--no-sandbox".into(),
@@ -69,6 +80,9 @@ impl Driver {
             args.push("--blink-settings=preferredColorScheme=0".into());
         }
         let mut opts = json!({"args": args});
+        if let Some(width) = phone_width {
+            opts["mobileEmulation"] = json!({"deviceMetrics": {"width": width, "height": 860, "pixelRatio": 1.0}});
+        }
         if let Ok(bin) = std::env::var("CHROMIUM") {
             opts["binary"] = json!(bin);
         } else if std::path::Path::new("/usr/bin/chromium").exists() {
@@ -264,6 +278,37 @@ async fn approve_in_the_dashboard_carries_the_revision_to_the_primary() {
     .await;
     std::fs::write(output_dir().join("dashboard-approval.png"), c.screenshot().await.unwrap()).unwrap();
 
+    // The canary's actual share of the messages, beside its share of the tasks.
+    wait_js(&c, "the canary's share of messages", "const e = document.querySelector('[data-service=canary] .share'); return e ? e.textContent : '';", |v| {
+        let t = v.as_str().unwrap_or_default();
+        t.starts_with("receives ") && t.contains(" % of messages (last minute)") && t.ends_with("1 of 3 tasks: 33 %")
+    })
+    .await;
+
+    // On a phone (400 px): nothing runs off the side, and the approval box is on screen.
+    {
+        let phone = driver.browser_as(false, Some(400)).await;
+        phone.goto(&format!("{base}/#token={token}")).await.unwrap();
+        wait_js(&phone, "the approval box on a phone", "return document.getElementById('approval').getClientRects().length > 0;", |v| v == &json!(true)).await;
+        let fit = phone
+            .execute(
+                "const w = window.innerWidth; const r = document.getElementById('approval').getBoundingClientRect(); \
+                 const out = [...document.querySelectorAll('#stages .stage, .card')].filter(e => e.getBoundingClientRect().right > w + 1).map(e => e.className); \
+                 return [w, document.documentElement.scrollWidth, r.left, r.right, out];",
+                vec![],
+            )
+            .await
+            .unwrap();
+        // Chromium's emulated viewport may be a pixel wider than asked.
+        let w = fit[0].as_f64().unwrap();
+        assert!((400.0..=410.0).contains(&w), "the phone's viewport: {fit}");
+        assert!(fit[1].as_f64().unwrap() <= w, "the page is wider than the phone: {fit}");
+        assert!(fit[2].as_f64().unwrap() >= 0.0 && fit[3].as_f64().unwrap() <= w, "the approval box is off screen: {fit}");
+        assert_eq!(fit[4], json!([]), "stages or cards run off the side: {fit}");
+        std::fs::write(output_dir().join("dashboard-phone.png"), phone.screenshot().await.unwrap()).unwrap();
+        phone.close().await.unwrap();
+    }
+
     // Approve with a comment.
     c.find(Locator::Id("actor")).await.unwrap().send_keys("erin").await.unwrap();
     c.find(Locator::Id("approval-comment")).await.unwrap().send_keys("numbers look fine").await.unwrap();
@@ -315,6 +360,8 @@ async fn approve_in_the_dashboard_carries_the_revision_to_the_primary() {
         v.as_str().is_some_and(|t| t.contains("rolled back by erin: failures on the canary"))
     })
     .await;
+    // The stage that never ran says so, not "Pending".
+    wait_js(&c, "the primary deploy marked as not run", STAGES_JS, |v| stage_status(v, "Deploy primary") == "Not run").await;
     wait_js(&c, "the rollback marker on the charts", "return document.querySelectorAll('#chart-processed .rollback-mark').length;", |v| v.as_u64() == Some(1)).await;
     app.wait_status("the canary back on v2", T, |v| exec_status(v) == "RolledBack" && service_revision(v, "canary") == v2);
     std::fs::write(output_dir().join("dashboard-rollback.png"), c.screenshot().await.unwrap()).unwrap();

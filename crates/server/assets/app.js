@@ -229,9 +229,31 @@
   }
 
   // ---------- services ----------
+  // The canary's share of the messages received over the last minute, beside its share of the
+  // tasks: a canary that receives far less than its tasks' share is judged on little. Only while
+  // the two services run different revisions (the samples count by revision).
+  function canaryShare(list) {
+    const by = Object.fromEntries((list || []).map((sv) => [sv.name, sv.status]));
+    const c = by.canary, p = by.primary;
+    if (!c || !p || c.revision === p.revision || !samples.length) return null;
+    const tEnd = samples[samples.length - 1].t_ms;
+    let mine = 0, all = 0;
+    for (const x of samples) {
+      if (x.t_ms < tEnd - 60000) continue;
+      for (const [rev, r] of Object.entries(x.revisions || {})) {
+        all += r.received || 0;
+        if (rev === c.revision) mine += r.received || 0;
+      }
+    }
+    const tasks = c.running + p.running;
+    if (!all || !tasks) return null;
+    const pct = (v) => Math.round(v * 100) + ' %';
+    return `receives ${pct(mine / all)} of messages (last minute) · ${c.running} of ${tasks} tasks: ${pct(c.running / tasks)}`;
+  }
   function renderServices(list) {
     const root = $('services');
     root.replaceChildren();
+    const share = canaryShare(list);
     for (const sv of list || []) {
       const st = sv.status;
       const tasks = st ? st.tasks : [];
@@ -242,6 +264,7 @@
           st ? badge(st.steady ? 'steady' : 'deploying', st.steady ? 'running' : 'pending') : badge('not running', 'Stopped')),
         h('div', {}, 'revision ', h('code', { text: short(st ? st.revision : sv.desired_revision) }),
           st ? ` · ${st.running}/${st.desired} running` + (st.pending ? `, ${st.pending} starting` : '') : ''),
+        sv.name === 'canary' && share ? h('div', { class: 'share', text: share }) : null,
         dep && dep.state === 'FAILED' ? h('div', { class: 'error', text: 'deployment failed: ' + dep.reason }) : null,
         dep && dep.rolled_back_to ? h('div', { class: 'muted', text: 'rolled back to ' + short(dep.rolled_back_to) }) : null,
         tasks.length ? h('table', {},
