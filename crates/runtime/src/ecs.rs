@@ -294,6 +294,14 @@ pub fn next_containers(
             containers.insert(0, proxy);
         }
     }
+    // The sidecar reports the coalmine revision it serves, not the image's tag (what the task
+    // metadata would give it). Not the service: both services run one task definition after a
+    // promotion, so the service comes from the task metadata (the ECS service's name).
+    let proxy = containers.iter_mut().find(|c| c.name() == Some(PROXY_CONTAINER)).expect("the sidecar is there");
+    let mut env = proxy.environment.take().unwrap_or_default();
+    env_set(&mut env, REVISION_ENV, &spec.revision.name);
+    env.sort_by(|a, b| a.name().cmp(&b.name()));
+    proxy.environment = Some(env);
     Ok(containers)
 }
 
@@ -630,6 +638,10 @@ pub struct EcsBackend {
     pub client: aws_sdk_ecs::Client,
     pub cfg: EcsConfig,
     task_definitions: Mutex<HashMap<String, TaskDefinition>>,
+    /// Task definitions this backend registered, by (ECS service, revision, image): a deploy
+    /// whose `UpdateService` failed reuses its registration when the loop tries again, instead
+    /// of registering a new task definition revision on every pass.
+    registered: Mutex<HashMap<(String, String, String), String>>,
 }
 
 impl EcsBackend {
@@ -641,7 +653,12 @@ impl EcsBackend {
             loader = loader.endpoint_url(endpoint);
         }
         let shared = loader.load().await;
-        EcsBackend { client: aws_sdk_ecs::Client::new(&shared), cfg, task_definitions: Mutex::new(HashMap::new()) }
+        EcsBackend {
+            client: aws_sdk_ecs::Client::new(&shared),
+            cfg,
+            task_definitions: Mutex::new(HashMap::new()),
+            registered: Mutex::new(HashMap::new()),
+        }
     }
 
     /// `DescribeServices` of one ECS service.
@@ -715,9 +732,15 @@ impl EcsBackend {
                 }
             }
         }
-        let arn = match arn {
+        let key = (ecs_name.to_string(), spec.revision.name.clone(), image.to_string());
+        let earlier = self.registered.lock().unwrap().get(&key).cloned();
+        let arn = match arn.or(earlier) {
             Some(arn) => arn,
-            None => self.register(&current, spec, image).await?,
+            None => {
+                let arn = self.register(&current, spec, image).await?;
+                self.registered.lock().unwrap().insert(key, arn.clone());
+                arn
+            }
         };
         let config = DeploymentConfiguration::builder()
             .minimum_healthy_percent(spec.minimum_healthy_percent as i32)

@@ -209,6 +209,7 @@ fn deploy_promote_and_roll_back_on_moto() {
     assert_eq!(penv.get("COALMINE_PROXY_UPSTREAM").map(String::as_str), Some("https://sqs.us-east-1.amazonaws.com"));
     assert_eq!(penv.get("COALMINE_APP").map(String::as_str), Some(APP));
     assert_eq!(penv.get("AWS_REGION").map(String::as_str), Some("us-east-1"));
+    assert_eq!(penv.get("COALMINE_REVISION").map(String::as_str), Some("rev1"), "the sidecar reports the coalmine revision");
     let plog = proxy.log_configuration().expect("the sidecar logs like the app");
     assert_eq!(plog.options().unwrap().get("awslogs-group").map(String::as_str), Some("/ecs/sample-app"));
     assert_eq!(plog.options().unwrap().get("awslogs-stream-prefix").map(String::as_str), Some(PROXY_CONTAINER));
