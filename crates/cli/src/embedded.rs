@@ -40,16 +40,28 @@ fn counts(c: ConsumerTelemetry) -> ConsumerCounts {
             out.last_success_ms = Some(b.second * 1000 + 999);
         }
     }
-    // Failures in the trailing seconds that saw no success (per-second resolution).
-    for b in c.buckets.iter().rev() {
-        if b.deleted > 0 {
-            break;
-        }
-        out.failures_since_success += b.returned + b.expired;
-    }
+    out.failures_since_success = failures_since_success(&c.buckets);
     latencies_ms(&latency, &mut out.latencies_ms);
     latencies_ms(&warm, &mut out.warm_latencies_ms);
     out
+}
+
+/// Failures in a row since the consumer's last success (per-second resolution): the returns
+/// and expiries of the trailing seconds that saw no delete, but no more than the messages it
+/// received in those seconds. An expiry reports a message received long before (a worker that
+/// leaves its failed messages sees them expire one visibility timeout later): when the queue
+/// goes quiet, a healthy worker's old failures expire one after another with no success between
+/// them, and without the bound they would look like a run of fresh failures.
+fn failures_since_success(buckets: &[coalmine_queue::TelemetryBucket]) -> u64 {
+    let (mut failed, mut received) = (0, 0);
+    for b in buckets.iter().rev() {
+        if b.deleted > 0 {
+            break;
+        }
+        failed += b.returned + b.expired;
+        received += b.received;
+    }
+    failed.min(received)
 }
 
 fn err(e: impl std::fmt::Display) -> QueueAdminError {
@@ -101,5 +113,37 @@ impl QueueAdmin for EmbeddedQueue {
 
     fn release_in_flight(&self, access_key_ids: &[String]) -> Result<usize, QueueAdminError> {
         self.broker.release_in_flight(&self.queue, access_key_ids).map_err(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::failures_since_success;
+    use coalmine_queue::TelemetryBucket;
+
+    fn b(second: u64, received: u64, deleted: u64, returned: u64, expired: u64) -> TelemetryBucket {
+        TelemetryBucket { second, received, deleted, returned, expired, ..Default::default() }
+    }
+
+    #[test]
+    fn old_failures_expiring_while_the_queue_is_quiet_are_not_a_run() {
+        // A healthy worker that leaves its failed messages: steady successes, then the traffic
+        // stops and its earlier failures expire one after another, nothing received since.
+        let quiet = [b(1, 12, 11, 0, 0), b(2, 12, 12, 0, 0), b(300, 0, 0, 0, 1), b(301, 0, 0, 0, 1), b(305, 0, 0, 0, 1)];
+        assert_eq!(failures_since_success(&quiet), 0);
+    }
+
+    #[test]
+    fn fresh_failures_after_the_last_success_are_a_run() {
+        // Handed back at once, every message received since the last success.
+        let failing = [b(1, 10, 10, 0, 0), b(2, 10, 0, 10, 0), b(3, 10, 0, 10, 0)];
+        assert_eq!(failures_since_success(&failing), 20);
+        // Never a success: everything counts.
+        assert_eq!(failures_since_success(&[b(1, 4, 0, 4, 0)]), 4);
+        // Expiries count up to what was received since the last success.
+        let mixed = [b(1, 5, 5, 0, 0), b(2, 4, 0, 4, 0), b(3, 0, 0, 0, 2)];
+        assert_eq!(failures_since_success(&mixed), 4);
+        // A success ends the run.
+        assert_eq!(failures_since_success(&[b(1, 10, 0, 10, 0), b(2, 1, 1, 0, 0)]), 0);
     }
 }

@@ -398,10 +398,17 @@ impl QueueAdmin for FakeQueue {
     fn telemetry(&self, since_ms: u64) -> Result<Vec<ConsumerCounts>, QueueAdminError> {
         let st = self.check()?;
         let mut by: BTreeMap<&str, ConsumerCounts> = BTreeMap::new();
+        // Messages received since each consumer's last success: a run of failures counts no
+        // more of them than that (as the embedded queue's admin counts it).
+        let mut received_since: BTreeMap<&str, u64> = BTreeMap::new();
         for (at, key, ev) in st.events.iter().filter(|(at, _, _)| *at >= since_ms) {
             let c = by.entry(key.as_str()).or_insert_with(|| ConsumerCounts { access_key_id: key.clone(), ..Default::default() });
+            let since = received_since.entry(key.as_str()).or_default();
             match ev {
-                Ev::Received => c.received += 1,
+                Ev::Received => {
+                    c.received += 1;
+                    *since += 1;
+                }
                 Ev::Deleted { latency_ms } => {
                     c.deleted += 1;
                     if c.latencies_ms.len() >= WARMUP_MESSAGES {
@@ -410,6 +417,7 @@ impl QueueAdmin for FakeQueue {
                     c.latencies_ms.push(*latency_ms);
                     c.last_success_ms = Some(*at);
                     c.failures_since_success = 0;
+                    *since = 0;
                 }
                 Ev::Returned => {
                     c.returned += 1;
@@ -422,6 +430,9 @@ impl QueueAdmin for FakeQueue {
                 Ev::Released => c.released += 1,
                 Ev::DeadLettered => c.dead_lettered += 1,
             }
+        }
+        for (key, c) in by.iter_mut() {
+            c.failures_since_success = c.failures_since_success.min(received_since.get(key).copied().unwrap_or(0));
         }
         Ok(by.into_values().collect())
     }

@@ -201,6 +201,31 @@ fn alarm_rolls_the_canary_back_once_and_gives_its_messages_back() {
 }
 
 #[test]
+fn a_healthy_canarys_old_failures_expiring_in_a_quiet_queue_do_not_roll_it_back() {
+    // A worker that leaves its failed messages: the canary holds 3 failed ones while it
+    // processes the rest like the primary; then the traffic stops, and one visibility timeout
+    // later the 3 expire one after another with nothing received since.
+    let (_dir, f) = fixture();
+    let (_, id, second) = canary_awaiting(&f);
+    let canary = f.canary_key(&second).expect("a canary task runs the second revision");
+    f.queue.send(3);
+    assert_eq!(f.queue.receive(&canary, 3), 3);
+    f.queue.process(&canary, 200, 0);
+    for key in f.runtime.task_keys("primary") {
+        f.queue.process(&key, 200, 4);
+    }
+    ticks(&f, 2, Duration::from_secs(1));
+    assert!(f.is_awaiting(id), "{}", f.execution(id).unwrap().reason);
+    ticks(&f, 5, Duration::from_secs(60));
+    assert!(f.is_awaiting(id), "{}", f.execution(id).unwrap().reason);
+    for _ in 0..3 {
+        assert_eq!(f.queue.expire(&canary, 1), 1);
+        ticks(&f, 1, Duration::from_secs(1));
+    }
+    assert!(f.is_awaiting(id), "old failures expiring read as a run of fresh ones: {}", f.execution(id).unwrap().reason);
+}
+
+#[test]
 fn crash_looping_canary_is_rolled_back() {
     let (_dir, f) = fixture();
     let (first, id, _) = canary_awaiting(&f);
