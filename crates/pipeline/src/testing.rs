@@ -754,23 +754,7 @@ fn status_of(name: &str, svc: &FakeService) -> ServiceStatus {
             last_output: Vec::new(),
         })
         .collect();
-    let running = tasks.iter().filter(|t| t.state == TaskState::Running).count() as u32;
-    let pending = tasks.iter().filter(|t| matches!(t.state, TaskState::Pending | TaskState::BackingOff)).count() as u32;
-    let steady = svc.deployments.last().is_some_and(|d| d.state == DeploymentState::Completed)
-        && running == svc.spec.desired
-        && tasks.len() as u32 == svc.spec.desired
-        && tasks.iter().all(|t| t.revision == svc.spec.revision.name);
-    ServiceStatus {
-        name: name.to_string(),
-        revision: svc.spec.revision.name.clone(),
-        desired: svc.spec.desired,
-        running,
-        pending,
-        steady,
-        deployments: svc.deployments.clone(),
-        tasks,
-        exits_by_revision: svc.exits_by_revision.clone(),
-    }
+    ServiceStatus::from_tasks(name, &svc.spec.revision.name, svc.spec.desired, svc.deployments.clone(), tasks, svc.exits_by_revision.clone())
 }
 
 impl Runtime for FakeRuntime {

@@ -171,6 +171,37 @@ pub struct ServiceStatus {
     pub exits_by_revision: BTreeMap<String, u64>,
 }
 
+impl ServiceStatus {
+    /// A service's status from its tasks: the running and pending counts, and steady when the
+    /// newest deployment completed and exactly `desired` tasks run, all on `revision`.
+    pub fn from_tasks(
+        name: &str,
+        revision: &str,
+        desired: u32,
+        deployments: Vec<DeploymentStatus>,
+        tasks: Vec<TaskStatus>,
+        exits_by_revision: BTreeMap<String, u64>,
+    ) -> ServiceStatus {
+        let running = tasks.iter().filter(|t| t.state == TaskState::Running).count() as u32;
+        let pending = tasks.iter().filter(|t| matches!(t.state, TaskState::Pending | TaskState::BackingOff)).count() as u32;
+        let steady = deployments.last().is_some_and(|d| d.state == DeploymentState::Completed)
+            && running == desired
+            && tasks.len() as u32 == desired
+            && tasks.iter().all(|t| t.revision == revision);
+        ServiceStatus {
+            name: name.to_string(),
+            revision: revision.to_string(),
+            desired,
+            running,
+            pending,
+            steady,
+            deployments,
+            tasks,
+            exits_by_revision,
+        }
+    }
+}
+
 /// The identity encoded in a task's access key id: `CM.<service>.<revision>.<task-number>`.
 /// The queue sees only the access key id; this recovers who made the call, even for tasks
 /// that no longer exist.

@@ -995,21 +995,5 @@ fn status(name: &str, svc: &Service) -> ServiceStatus {
             last_output: t.last_output.clone(),
         })
         .collect();
-    let running = tasks.iter().filter(|t| t.state == TaskState::Running).count() as u32;
-    let pending = tasks.iter().filter(|t| matches!(t.state, TaskState::Pending | TaskState::BackingOff)).count() as u32;
-    let steady = svc.deployments.last().is_some_and(|d| d.state == DeploymentState::Completed)
-        && running == svc.spec.desired
-        && tasks.len() as u32 == svc.spec.desired
-        && tasks.iter().all(|t| t.revision == svc.rev.name);
-    ServiceStatus {
-        name: name.to_string(),
-        revision: svc.rev.name.clone(),
-        desired: svc.spec.desired,
-        running,
-        pending,
-        steady,
-        deployments: svc.deployments.clone(),
-        tasks,
-        exits_by_revision: svc.exits_by_revision.clone(),
-    }
+    ServiceStatus::from_tasks(name, &svc.rev.name, svc.spec.desired, svc.deployments.clone(), tasks, svc.exits_by_revision.clone())
 }
