@@ -7,55 +7,24 @@
 //! message whose delete *was* answered never comes back.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, QueueAttributeName, SendMessageBatchRequestEntry};
 
-struct Serve {
-    child: Child,
-    url: String,
-}
+#[path = "support/serve.rs"]
+mod serve;
 
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(dir: &std::path::Path) -> Serve {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_coalmine"))
-        .args(["queue", "serve", "--port", "0", "--data-dir"])
-        .arg(dir)
-        .env("COALMINE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start coalmine queue serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("read the listening line");
-    let url = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_string();
-    Serve { child, url }
-}
+use serve::serve;
 
 fn client(url: &str) -> aws_sdk_sqs::Client {
-    let conf = aws_sdk_sqs::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("AKIDKILL", "secret", None, None, "test"))
-        .endpoint_url(url)
-        .build();
-    aws_sdk_sqs::Client::from_conf(conf)
+    serve::client(url, "AKIDKILL")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_under_load_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = serve(dir.path());
+    let mut server = serve(dir.path(), &[]);
     let c = client(&server.url);
     let url = c
         .create_queue()
@@ -134,7 +103,7 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
     let doubt = in_doubt.lock().unwrap().clone();
     assert!(doubt.is_disjoint(&deleted), "a body is both acknowledged-deleted and in doubt");
 
-    let server2 = serve(dir.path());
+    let server2 = serve(dir.path(), &[]);
     let c = client(&server2.url);
     let url = c.get_queue_url().queue_name("durable").send().await.unwrap().queue_url().unwrap().to_string();
     // Every acknowledged send whose delete was neither answered nor in doubt must come back.

@@ -1,50 +1,22 @@
 //! `coalmine queue serve`'s flags for accounts, limits and browsers, on the real binary.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
 
-struct Serve {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
+#[path = "support/serve.rs"]
+mod serve;
 
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(args: &[&str]) -> Serve {
+/// `coalmine queue serve` with these flags, its data in a folder of its own.
+fn serve(args: &[&str]) -> (serve::Serve, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_coalmine"))
-        .args(["queue", "serve", "--port", "0", "--data-dir"])
-        .arg(dir.path())
-        .args(args)
-        .env("COALMINE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start coalmine queue serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("read the listening line");
-    let url = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_string();
-    Serve { child, url, _dir: dir }
+    (serve::serve(dir.path(), args), dir)
 }
 
 fn client(url: &str) -> aws_sdk_sqs::Client {
-    let conf = aws_sdk_sqs::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("AKIDSERVEFLAGS01", "secret", None, None, "test"))
-        .endpoint_url(url)
-        .build();
-    aws_sdk_sqs::Client::from_conf(conf)
+    serve::client(url, "AKIDSERVEFLAGS01")
 }
 
 /// Send raw bytes, return what comes back until the server closes (or `deadline`), and whether
@@ -74,7 +46,7 @@ fn raw(url: &str, request: &[u8], deadline: Duration) -> (String, bool) {
 
 #[test]
 fn account_id_read_timeout_and_unsigned_requests() {
-    let s = serve(&["--account-id", "123456789012", "--read-timeout", "1", "--max-connections", "16"]);
+    let (s, _dir) = serve(&["--account-id", "123456789012", "--read-timeout", "1", "--max-connections", "16"]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let c = client(&s.url);
@@ -103,7 +75,7 @@ fn account_id_read_timeout_and_unsigned_requests() {
     let (text, _) = raw(&s.url, req("http://evil.example").as_bytes(), Duration::from_secs(20));
     assert!(text.starts_with("HTTP/1.1 403"), "{text}");
     drop(s);
-    let s = serve(&["--allow-origin", "http://localhost:3000"]);
+    let (s, _dir) = serve(&["--allow-origin", "http://localhost:3000"]);
     let (text, _) = raw(&s.url, req("http://localhost:3000").as_bytes(), Duration::from_secs(20));
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
 }
