@@ -2,7 +2,11 @@
 AWS_ENDPOINT_URL (moto's server in the tests), reads back what it made through each service's
 own API, deletes the stack, checks what is left, and prints all of it as one JSON document.
 
-usage: synth_stack.py TEMPLATE STACK_NAME [--existing-network] [Key=Value ...]
+usage: synth_stack.py TEMPLATE STACK_NAME [--existing-network] [--keep] [Key=Value ...]
+       synth_stack.py --delete STACK_NAME
+
+--keep leaves the stack standing (no `after_delete` in the report); --delete deletes it later
+and prints only what is left.
 
 --existing-network first makes a VPC, two subnets and a security group through the EC2 API and
 passes them as the template's Subnets / SecurityGroups / VpcId parameters."""
@@ -60,7 +64,38 @@ def existing_network(ec2, want_vpc):
     return params, subnets, group
 
 
+def delete(name, cluster):
+    """Delete the stack; return the delete error (if any) and what is left of it."""
+    cfn = boto3.client("cloudformation")
+    iam, sqs, ecr, logs, ecs = (boto3.client(n) for n in ("iam", "sqs", "ecr", "logs", "ecs"))
+    # moto deletes what it models and then gives up on a VPC whose route table it does not
+    # delete; the error is reported, not hidden.
+    try:
+        cfn.delete_stack(StackName=name)
+        error = None
+    except Exception as e:  # noqa: BLE001 - reported to the test as it is
+        error = str(e)
+    wait_for_stack(cfn, name, lambda s: s in ("DELETE_COMPLETE", "GONE"))
+    after = {
+        "roles": sorted(r["RoleName"] for r in iam.list_roles()["Roles"]),
+        "queues": sorted(sqs.list_queues().get("QueueUrls", [])),
+        "repositories": [r["repositoryName"] for r in ecr.describe_repositories()["repositories"]],
+        "log_groups": [g["logGroupName"] for g in logs.describe_log_groups(logGroupNamePrefix="/ecs/")["logGroups"]],
+        "active_clusters": [
+            c["clusterName"] for c in ecs.describe_clusters(clusters=[cluster])["clusters"] if c.get("status") == "ACTIVE"
+        ],
+    }
+    return error, after
+
+
 def main():
+    if sys.argv[1] == "--delete":
+        name = sys.argv[2]
+        cfn = boto3.client("cloudformation")
+        outputs = {o["OutputKey"]: o["OutputValue"] for o in cfn.describe_stacks(StackName=name)["Stacks"][0].get("Outputs", [])}
+        error, after = delete(name, outputs["ClusterName"])
+        print(json.dumps({"delete_error": error, "after_delete": after}, indent=1, default=str, sort_keys=True))
+        return
     template_path, name = sys.argv[1], sys.argv[2]
     rest = sys.argv[3:]
     body = open(template_path).read()
@@ -143,24 +178,8 @@ def main():
             "access_points": efs.describe_access_points(FileSystemId=fs_id)["AccessPoints"],
         }
 
-    # moto deletes what it models and then gives up on a VPC whose route table it does not
-    # delete; the error is reported, not hidden.
-    try:
-        cfn.delete_stack(StackName=name)
-        report["delete_error"] = None
-    except Exception as e:  # noqa: BLE001 - reported to the test as it is
-        report["delete_error"] = str(e)
-    wait_for_stack(cfn, name, lambda s: s in ("DELETE_COMPLETE", "GONE"))
-    after = {
-        "roles": sorted(r["RoleName"] for r in iam.list_roles()["Roles"]),
-        "queues": sorted(sqs.list_queues().get("QueueUrls", [])),
-        "repositories": [r["repositoryName"] for r in ecr.describe_repositories()["repositories"]],
-        "log_groups": [g["logGroupName"] for g in logs.describe_log_groups(logGroupNamePrefix="/ecs/")["logGroups"]],
-        "active_clusters": [
-            c["clusterName"] for c in ecs.describe_clusters(clusters=[cluster])["clusters"] if c.get("status") == "ACTIVE"
-        ],
-    }
-    report["after_delete"] = after
+    if "--keep" not in rest:
+        report["delete_error"], report["after_delete"] = delete(name, cluster)
     print(json.dumps(report, indent=1, default=str, sort_keys=True))
 
 

@@ -483,3 +483,123 @@ fn json_format_for_scripts() {
     assert_eq!(t["Resources"]["Queue"]["Properties"]["VisibilityTimeout"], 300);
     assert_eq!(t["Outputs"]["QueueUrl"]["Value"], json!({"Ref": "Queue"}));
 }
+
+/// A release on the stack `coalmine synth aws` made, on moto's server: `coalmine up` with
+/// `[runtime] kind = "ecs"` builds the first commit (the `init --aws` buildspec, with `docker` and
+/// `aws` as recording scripts), registers the next task definition revision of the stack's app
+/// (the image of the commit, its revision on the app and the proxy sidecar) and puts it on the
+/// stack's canary service, as read back from ECS itself; the primary keeps the stack's.
+///
+/// moto stops there: its deployments never leave `IN_PROGRESS` (it runs no tasks and models no
+/// rollout), so the Deploy stage waits as it would on a deployment that does not finish, and
+/// says so. Promotion, rollback and the circuit breaker on ECS are tested with moto at the
+/// runtime's level (`crates/runtime/tests/ecs_moto.rs`) and on responses shaped like the ECS API
+/// reference's (`ecs_interpretation.rs`); the whole pipeline with the local runtime.
+#[test]
+fn a_release_runs_on_the_stack_on_moto() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let moto = moto::Moto::start();
+    let dir = init_aws("pipeline");
+    let template = synth(&dir, &[]);
+    let out = moto.run_python(&repo_root().join("tests/python/synth_stack.py"), &[template.to_str().unwrap(), "sample-app", "--keep"], Duration::from_secs(600));
+    let stack: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}):\n{out}"));
+    assert_eq!(stack["status"], "CREATE_COMPLETE", "{stack:#}");
+    let cluster = stack["outputs"]["ClusterName"].as_str().unwrap().to_string();
+    let (primary, canary) = (stack["outputs"]["PrimaryServiceName"].as_str().unwrap().to_string(), stack["outputs"]["CanaryServiceName"].as_str().unwrap().to_string());
+    let services = || -> Value {
+        let out = moto.run_python(&repo_root().join("tests/python/ecs_services.py"), &[&cluster, &primary, &canary], Duration::from_secs(120));
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}):\n{out}"))
+    };
+    let before = services();
+
+    // The app's repository: coalmine.toml pointed at moto, docker and aws as recording scripts.
+    let path = dir.join("coalmine.toml");
+    let toml = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, toml.replacen("kind = \"ecs\"\n", &format!("kind = \"ecs\"\nendpoint = \"{}\"\n", moto.endpoint), 1)).unwrap();
+    let bin = dir.join("fake-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for (name, body) in [("aws", "if [ \"$1\" = sts ]; then echo 123456789012; else echo token; fi"), ("docker", "if [ \"$1\" = login ]; then cat > /dev/null; fi")] {
+        let p = bin.join(name);
+        std::fs::write(&p, format!("#!/usr/bin/env bash\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::write(dir.join(".gitignore"), "fake-bin/\n.coalmine/\nstack.yml\n").unwrap();
+    let git = |args: &[&str]| {
+        let out = Command::new("git").args(args).current_dir(&dir).output().unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&["-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"]);
+    git(&["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first"]);
+    let rev1 = git(&["rev-parse", "HEAD"])[..12].to_string();
+
+    let log = std::fs::File::create(dir.join("up.log")).unwrap();
+    let mut up = Command::new(BIN);
+    up.args(["up", "--queue-port", "0", "--api-port", "0"])
+        .current_dir(&dir)
+        .env("NO_COLOR", "1")
+        .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default()))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    moto.configure(&mut up);
+    struct Up(std::process::Child);
+    impl Drop for Up {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut up = Up(up.spawn().expect("start coalmine up"));
+    let status = |up: &mut Up| -> Value {
+        if let Ok(Some(exit)) = up.0.try_wait() {
+            panic!("coalmine up exited ({exit}):\n{}", std::fs::read_to_string(dir.join("up.log")).unwrap_or_default());
+        }
+        let out = coalmine(&["status", "--output", "json"], &dir);
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    };
+    let wait = |up: &mut Up, what: &str, ok: &dyn Fn(&Value) -> bool| -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(240);
+        loop {
+            let v = status(up);
+            if ok(&v) {
+                return v;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}; last status {v:#}\n--- up.log\n{}",
+                std::fs::read_to_string(dir.join("up.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    let image = |s: &Value, service: &str| s[service]["containers"]["sample-app"]["image"].as_str().unwrap_or_default().to_string();
+    let runs = |s: &Value, service: &str| s[service]["containers"]["sample-app"]["env"]["COALMINE_REVISION"].as_str().unwrap_or_default().to_string();
+    let td = |s: &Value, service: &str| s[service]["task_definition"].as_str().unwrap().to_string();
+
+    // The first release's canary deploy: the canary service on a new task definition revision.
+    let v = wait(&mut up, "the canary deploy to be under way on ECS", &|v| {
+        v["execution"]["revision"] == rev1.as_str()
+            && v["execution"]["stages"].as_array().is_some_and(|s| s.iter().any(|s| s["name"] == "Deploy canary" && s["status"] == "InProgress"))
+            && v["services"].as_array().is_some_and(|s| s.iter().any(|s| s["name"] == "canary" && s["status"]["revision"] == rev1.as_str()))
+    });
+    let s1 = services();
+    assert_eq!(runs(&s1, &canary), rev1, "the canary runs the first release: {s1:#}");
+    assert!(image(&s1, &canary).ends_with(&format!("/sample-app:{}", &rev1[..7])), "{s1:#}");
+    assert_eq!(s1[&canary]["containers"]["coalmine-proxy"]["env"]["COALMINE_REVISION"], rev1.as_str(), "the sidecar reports the revision: {s1:#}");
+    assert_ne!(td(&s1, &canary), td(&before, &canary), "a new task definition revision");
+    assert_eq!(td(&s1, &primary), td(&before, &primary), "the primary waits for the canary");
+    assert_eq!(s1[&canary]["desired"], 1);
+    // The stage says what ECS says of the deployment.
+    let canary_status = v["services"].as_array().unwrap().iter().find(|s| s["name"] == "canary").unwrap()["status"].clone();
+    let deployment = canary_status["deployments"].as_array().and_then(|d| d.last()).cloned().unwrap_or_default();
+    assert_eq!(deployment["state"], "IN_PROGRESS", "{canary_status:#}");
+    assert!(deployment["reason"].as_str().is_some_and(|r| r.contains("in progress")), "{canary_status:#}");
+    assert_eq!(canary_status["steady"], false);
+
+    drop(up);
+    let out = moto.run_python(&repo_root().join("tests/python/synth_stack.py"), &["--delete", "sample-app"], Duration::from_secs(600));
+    let deleted: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}):\n{out}"));
+    assert!(deleted["after_delete"]["queues"].as_array().is_some_and(|q| q.is_empty()), "{deleted:#}");
+}
