@@ -102,7 +102,7 @@ pub fn process_alive(pid: u32) -> bool {
 /// Files under `.coalmine/` that hold secrets or message bodies: only their owner may read
 /// them (mode 0600; the folder itself 0700).
 pub const PRIVATE_FILES: &[&str] =
-    &["token", "state.db", "state.db-wal", "state.db-shm", "queue.db", "queue.db-wal", "queue.db-shm", "up.json"];
+    &["token", "credentials", "state.db", "state.db-wal", "state.db-shm", "queue.db", "queue.db-wal", "queue.db-shm", "up.json"];
 
 /// Make `.coalmine/` (created if missing) 0700 and its private files 0600. Returns a warning
 /// for each one that was readable by others and is fixed now.
@@ -185,6 +185,56 @@ pub fn ensure_token(dir: &Path) -> anyhow::Result<String> {
         .with_context(|| format!("cannot write {}", path.display()))?;
     writeln!(f, "{token}")?;
     Ok(token)
+}
+
+/// The access key id of the user's key in `.coalmine/credentials` (profile `default`).
+pub const USER_KEY_ID: &str = "coalmine-user";
+/// The access key id `coalmine send` signs with (profile `coalmine-send`).
+pub const SEND_KEY_ID: &str = "coalmine-send";
+
+/// The keys in `.coalmine/credentials` (the AWS CLI's credentials format, owner only), made
+/// at the first `coalmine up` with a random secret each: the user's (profile `default`, for the
+/// AWS CLI, boto3 and SDKs: `AWS_SHARED_CREDENTIALS_FILE=.coalmine/credentials`) and
+/// `coalmine send`'s. Kept across runs; every key in the file is accepted by the queue, so a
+/// user may add profiles of their own.
+pub fn ensure_queue_credentials(dir: &Path) -> anyhow::Result<coalmine_queue::Credentials> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("credentials");
+    if path.exists() {
+        return coalmine_queue::load_credentials(&path).map_err(|e| {
+            anyhow::anyhow!(
+                "{} cannot be read as the local queue's keys: {e}. Fix it, or delete it to have new random keys made at start",
+                path.display()
+            )
+        });
+    }
+    let user = coalmine_runtime::random_secret();
+    let send = coalmine_runtime::random_secret();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    write!(
+        f,
+        "# Keys of the embedded queue of `coalmine up` (only they, and each task's own, are accepted).\n\
+         # AWS CLI, boto3, SDKs: AWS_SHARED_CREDENTIALS_FILE=.coalmine/credentials aws --endpoint-url <queue> sqs ...\n\
+         # Add profiles of your own here; they are accepted from the next start.\n\
+         [default]\naws_access_key_id = {USER_KEY_ID}\naws_secret_access_key = {user}\n\n\
+         [{SEND_KEY_ID}]\naws_access_key_id = {SEND_KEY_ID}\naws_secret_access_key = {send}\n"
+    )
+    .with_context(|| format!("cannot write {}", path.display()))?;
+    let keys = coalmine_queue::Credentials::new();
+    keys.insert(USER_KEY_ID, user);
+    keys.insert(SEND_KEY_ID, send);
+    Ok(keys)
+}
+
+/// The secret of `access_key_id` in the `.coalmine/credentials` of the app of `file`.
+pub fn queue_secret(file: Option<&Path>, access_key_id: &str) -> Option<String> {
+    coalmine_queue::load_credentials(&state_dir(file).join("credentials")).ok()?.secret(access_key_id)
 }
 
 fn getrandom(buf: &mut [u8]) -> anyhow::Result<()> {

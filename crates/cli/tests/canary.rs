@@ -49,7 +49,7 @@ fn send_more(traffic: &Traffic, more: usize) {
 fn bad_canary_is_rolled_back(fail_rate: f64, within: Duration) {
     let mut rig = rig(MANUAL_STEPS);
     let v1 = rig.bootstrap(&run_sh(WORK_MS, NOISE, false));
-    let traffic = Traffic::start(&rig.endpoint(), &rig.queue_url(APP), RATE);
+    let traffic = Traffic::start(&rig, &rig.queue_url(APP), RATE);
     send_more(&traffic, 40);
     let v2 = rig.commit(&run_sh(WORK_MS, fail_rate, false), "a bad release");
     let v = rig.wait_status("the canary rolled back and back on the primary's revision", within, |v| {
@@ -129,7 +129,7 @@ fn canary_failing_a_fifth_of_messages_is_rolled_back_without_loss() {
 fn canary_crashing_at_start_fails_the_execution_without_loss() {
     let mut rig = rig(MANUAL_STEPS);
     let v1 = rig.bootstrap(&run_sh(WORK_MS, NOISE, false));
-    let traffic = Traffic::start(&rig.endpoint(), &rig.queue_url(APP), RATE);
+    let traffic = Traffic::start(&rig, &rig.queue_url(APP), RATE);
     send_more(&traffic, 20);
     rig.commit(&run_sh(WORK_MS, NOISE, true), "crashes at start");
     let v = rig.wait_status("the execution to end", T, |v| {
@@ -160,7 +160,7 @@ fn canary_crashing_at_start_fails_the_execution_without_loss() {
 fn healthy_canary_on_a_noisy_app_is_not_rolled_back_and_can_be_approved() {
     let mut rig = rig(MANUAL_STEPS);
     let v1 = rig.bootstrap(&run_sh(WORK_MS, NOISE, false));
-    let traffic = Traffic::start(&rig.endpoint(), &rig.queue_url(APP), RATE);
+    let traffic = Traffic::start(&rig, &rig.queue_url(APP), RATE);
     send_more(&traffic, 20);
     let v2 = rig.commit(&run_sh(WORK_MS, NOISE, false), "a good release");
     let v = rig.wait_status("the healthy canary awaiting approval", T, |v| waiting_for_approval(v) && service_steady(v, "canary"));
@@ -203,7 +203,7 @@ fn healthy_canary_on_a_noisy_app_is_not_rolled_back_and_can_be_approved() {
 fn analysis_step_promotes_a_healthy_canary_by_itself() {
     let mut rig = rig(&auto_steps("10s"));
     let v1 = rig.bootstrap(&run_sh(WORK_MS, NOISE, false));
-    let traffic = Traffic::start(&rig.endpoint(), &rig.queue_url(APP), RATE);
+    let traffic = Traffic::start(&rig, &rig.queue_url(APP), RATE);
     send_more(&traffic, 20);
     let v2 = rig.commit(&run_sh(WORK_MS, NOISE, false), "promoted by its numbers");
     let v = rig.wait_status("the release promoted automatically", Duration::from_secs(180), |v| {
@@ -231,7 +231,7 @@ fn hung_canary_is_rolled_back_and_its_messages_come_back_without_the_visibility_
     // visibility timeout is 300 s; the rollback must give those messages back at once.
     let mut rig = rig(MANUAL_STEPS);
     let v1 = rig.bootstrap(&run_sh(WORK_MS, NOISE, false));
-    let traffic = Traffic::start(&rig.endpoint(), &rig.queue_url(APP), RATE);
+    let traffic = Traffic::start(&rig, &rig.queue_url(APP), RATE);
     send_more(&traffic, 20);
     let v2 = rig.commit(&run_sh(600_000, 0.0, false), "hangs on every message");
     let v = rig.wait_status("the hung canary rolled back", T, |v| {

@@ -94,7 +94,7 @@ fn all_styles(style: &str) {
     assert!(toml.contains("\"60s\""));
     let mut rig = Rig::new(&coalmine, &worker(), &toml);
     let v1 = rig.bootstrap(&noisy(style));
-    let traffic = Traffic::start(&rig.endpoint(), &rig.queue_url(APP), RATE);
+    let traffic = Traffic::start(&rig, &rig.queue_url(APP), RATE);
     send_more(&traffic, 40);
     let mut bad_revisions = Vec::new();
     for bad in bad_releases() {

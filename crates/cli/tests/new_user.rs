@@ -374,3 +374,101 @@ fn each_commit_brings_its_own_coalmine_toml_and_retry_runs_one_again() {
     let refused = app.cli(&["retry", &exec_id(&v).to_string()]);
     assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("still"), "{refused:?}");
 }
+
+/// A worker that leaves its queue key and secret where the test reads them (a real worker
+/// would only use them), then idles.
+const KEY_WORKER: &str =
+    "#!/usr/bin/env bash\nprintf '%s %s %s\\n' \"$AWS_ACCESS_KEY_ID\" \"$AWS_SECRET_ACCESS_KEY\" \"$QUEUE_URL\" > \"$KEY_DIR/$COALMINE_TASK\"\nexec sleep 100000\n";
+
+/// ListQueues and the app queue's RedrivePolicy by boto3: `ok URL DLQ_ARN`, or the HTTP status and SQS's error code. With key `-`,
+/// the credentials come from the environment (the documented way in).
+const BOTO3_CALL: &str = r#"import json, sys, boto3, botocore.exceptions
+endpoint, key, secret = sys.argv[1:4]
+kw = dict(endpoint_url=endpoint, region_name="us-east-1")
+if key != "-":
+    kw.update(aws_access_key_id=key, aws_secret_access_key=secret)
+try:
+    sqs = boto3.client("sqs", **kw)
+    urls = sqs.list_queues()["QueueUrls"]
+    url = [u for u in urls if u.endswith("/tiny")][0]
+    policy = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"])["Attributes"]["RedrivePolicy"]
+    print("ok", url, json.loads(policy)["deadLetterTargetArn"])
+except botocore.exceptions.ClientError as e:
+    print(e.response["ResponseMetadata"]["HTTPStatusCode"], e.response["Error"]["Code"])
+"#;
+
+fn boto3_call(app: &App, endpoint: &str, key: &str, secret: &str) -> String {
+    let script = app.path().join("call.py");
+    std::fs::write(&script, BOTO3_CALL).unwrap();
+    let out = Command::new(python())
+        .arg(&script)
+        .args([endpoint, key, secret])
+        .current_dir(app.path())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("AWS_SHARED_CREDENTIALS_FILE", ".coalmine/credentials")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_MAX_ATTEMPTS", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "boto3: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn a_tasks_key_works_only_with_its_own_secret_while_the_task_runs() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut app = App::new("[queue]\naccount_id = \"123456789012\"\n");
+    let keys = app.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let toml = std::fs::read_to_string(app.path().join("coalmine.toml")).unwrap();
+    std::fs::write(app.path().join("coalmine.toml"), format!("{toml}\n[run.env]\nKEY_DIR = \"{}\"\n", keys.display())).unwrap();
+    let v1 = app.commit(KEY_WORKER, BUILDSPEC, "first release");
+    app.start();
+    let v = app.wait_status("the first release", Duration::from_secs(90), |v| {
+        exec_status(v) == "Succeeded" && service_steady(v, "canary") && service_revision(v, "canary") == v1
+    });
+    let task = &service(&v, "canary")["tasks"][0];
+    let (id, key_id) = (task["id"].as_str().unwrap(), task["access_key_id"].as_str().unwrap().to_string());
+    let line = wait_for("the canary task's key file", Duration::from_secs(30), || std::fs::read_to_string(keys.join(id)).ok().filter(|l| l.split_whitespace().count() == 3), || app.up_log());
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (key, secret, queue_url) = (fields[0], fields[1].to_string(), fields[2]);
+    assert_eq!(key, key_id);
+    assert!(queue_url.ends_with("/123456789012/tiny"), "[queue] account_id in the task's QUEUE_URL: {queue_url}");
+    let endpoint: String = {
+        let info: Value = serde_json::from_str(&std::fs::read_to_string(app.path().join(".coalmine/up.json")).unwrap()).unwrap();
+        info["queue"].as_str().unwrap().to_string()
+    };
+
+    // through boto3: the task's own secret works; another, or a key nobody has, is refused
+    assert_eq!(
+        boto3_call(&app, &endpoint, &key_id, &secret),
+        format!("ok {queue_url} arn:aws:sqs:us-east-1:123456789012:tiny-dlq"),
+        "the account id in the queue's URL and its dead-letter queue's ARN"
+    );
+    assert_eq!(boto3_call(&app, &endpoint, &key_id, "not-the-secret"), "403 SignatureDoesNotMatch");
+    assert_eq!(boto3_call(&app, &endpoint, "CM.canary.0123456789ab.99", &secret), "403 InvalidClientTokenId");
+    let other = service(&v, "primary")["tasks"][0]["access_key_id"].as_str().unwrap().to_string();
+    assert_eq!(boto3_call(&app, &endpoint, &other, &secret), "403 SignatureDoesNotMatch", "one task's secret is not another's");
+    // the user's way in: the key in .coalmine/credentials, owner only
+    assert!(boto3_call(&app, &endpoint, "-", "-").starts_with("ok "));
+    let creds = app.path().join(".coalmine/credentials");
+    assert_eq!(std::fs::metadata(&creds).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(app.up_log().contains(".coalmine/credentials"), "up says where the user's key is:\n{}", app.up_log());
+
+    // no secret in the logs or the status
+    let user_secret = std::fs::read_to_string(&creds).unwrap();
+    let user_secret = user_secret.lines().find_map(|l| l.strip_prefix("aws_secret_access_key = ")).unwrap().to_string();
+    let status = app.status().to_string();
+    let logs = app.up_log() + &String::from_utf8_lossy(&app.cli(&["logs", "canary", "-n", "100"]).stdout);
+    for s in [&secret, &user_secret] {
+        assert!(!status.contains(s.as_str()) && !logs.contains(s.as_str()), "a secret is shown");
+    }
+
+    // a new revision on the canary stops its old task: that key stops working
+    app.commit(KEY_WORKER, BUILDSPEC, "second release");
+    app.wait_status("the second revision on the canary", Duration::from_secs(90), waiting_for_approval);
+    wait_for("the stopped task's key refused", Duration::from_secs(30), || {
+        (boto3_call(&app, &endpoint, &key_id, &secret) == "403 InvalidClientTokenId").then_some(())
+    }, || app.up_log());
+}

@@ -629,6 +629,7 @@ impl Broker {
         st.queues = queues;
         st.next_seq = next_seq;
         st.telemetry.restore(loaded.telemetry);
+        st.telemetry.tickets = Some(store.issued());
         let host = cfg.public_host.clone().unwrap_or_else(|| "127.0.0.1:9324".into());
         tracing::debug!(queues = st.queues.len(), "queue store loaded");
         Ok(Broker {
@@ -2061,6 +2062,8 @@ impl Broker {
                 let refused: usize = st.queues.values().map(|q| q.msgs.len()).sum::<usize>().abs_diff(queues.values().map(|q| q.msgs.len()).sum());
                 st.queues = queues;
                 st.next_seq = st.next_seq.max(next_seq);
+                self.inner.store.settled(|done, refused| st.telemetry.settle(done, refused));
+                st.telemetry.mark_all_dirty();
                 tracing::warn!(message_count_change = refused, "queue state reloaded from the store after a failed write; refused changes are gone");
             }
             Err(e) => tracing::error!(error = %e, "queue store reopened but its data could not be read"),
@@ -2079,6 +2082,7 @@ impl Broker {
         self.recover_store();
         let now = now_ms();
         let mut st = self.lock();
+        self.inner.store.settled(|done, refused| st.telemetry.settle(done, refused));
         let State { queues, telemetry, .. } = &mut *st;
         let mut ops = Vec::new();
         for q in queues.values_mut() {

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 use axum::http::{HeaderMap, Method, Uri};
 use hmac::{Hmac, KeyInit, Mac};
@@ -10,18 +11,63 @@ use sha2::{Digest, Sha256};
 use crate::digest::hex;
 use crate::error::{QueueError, SqsError};
 
-/// Access key id -> secret access key.
-pub type Credentials = HashMap<String, String>;
+/// The keys the queue accepts: access key id -> secret access key. Clones share the keys, so
+/// the holder of one adds and removes keys while the queue serves (`coalmine up` registers
+/// each task's key as it starts and removes it when it stops). `Debug` shows key ids only.
+#[derive(Clone, Default)]
+pub struct Credentials(Arc<RwLock<HashMap<String, String>>>);
+
+impl Credentials {
+    pub fn new() -> Credentials {
+        Credentials::default()
+    }
+
+    /// Accept `access_key_id` signed with `secret` (replacing its secret if known).
+    pub fn insert(&self, access_key_id: impl Into<String>, secret: impl Into<String>) {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).insert(access_key_id.into(), secret.into());
+    }
+
+    /// Stop accepting `access_key_id`; whether it was known.
+    pub fn remove(&self, access_key_id: &str) -> bool {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).remove(access_key_id).is_some()
+    }
+
+    /// The secret of `access_key_id`, if known.
+    pub fn secret(&self, access_key_id: &str) -> Option<String> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).get(access_key_id).cloned()
+    }
+
+    pub fn contains(&self, access_key_id: &str) -> bool {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).contains_key(access_key_id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let map = self.0.read().unwrap_or_else(|e| e.into_inner());
+        let mut ids: Vec<&String> = map.keys().collect();
+        ids.sort();
+        f.debug_struct("Credentials").field("access_key_ids", &ids).finish_non_exhaustive()
+    }
+}
 
 /// Read credentials: the AWS CLI's INI format (`aws_access_key_id = ...` and
 /// `aws_secret_access_key = ...` in each `[profile]`), or one `ACCESS_KEY_ID SECRET` (or
 /// `ACCESS_KEY_ID:SECRET`) per line. `#` starts a comment.
 pub fn load_credentials(path: &Path) -> Result<Credentials, QueueError> {
     let text = std::fs::read_to_string(path).map_err(|source| QueueError::Io { path: path.to_path_buf(), source })?;
-    let mut out = Credentials::new();
+    let out = Credentials::new();
     let mut akid: Option<String> = None;
     let mut secret: Option<String> = None;
-    let flush = |a: &mut Option<String>, s: &mut Option<String>, out: &mut Credentials| {
+    let flush = |a: &mut Option<String>, s: &mut Option<String>, out: &Credentials| {
         if let (Some(k), Some(v)) = (a.take(), s.take()) {
             out.insert(k, v);
         }
@@ -32,7 +78,7 @@ pub fn load_credentials(path: &Path) -> Result<Credentials, QueueError> {
             continue;
         }
         if line.starts_with('[') {
-            flush(&mut akid, &mut secret, &mut out);
+            flush(&mut akid, &mut secret, &out);
             continue;
         }
         if let Some((k, v)) = line.split_once('=') {
@@ -42,7 +88,7 @@ pub fn load_credentials(path: &Path) -> Result<Credentials, QueueError> {
                 _ => {}
             }
             if akid.is_some() && secret.is_some() {
-                flush(&mut akid, &mut secret, &mut out);
+                flush(&mut akid, &mut secret, &out);
             }
             continue;
         }
@@ -59,7 +105,7 @@ pub fn load_credentials(path: &Path) -> Result<Credentials, QueueError> {
             }
         }
     }
-    flush(&mut akid, &mut secret, &mut out);
+    flush(&mut akid, &mut secret, &out);
     if out.is_empty() {
         return Err(QueueError::Corrupt { path: path.to_path_buf(), message: "no credentials found".into() });
     }
@@ -151,8 +197,8 @@ pub fn verify(creds: &Credentials, method: &Method, uri: &Uri, headers: &HeaderM
     let akid = scope.next().unwrap_or("").to_string();
     let scope = scope.next().unwrap_or("").to_string();
     let secret = creds
-        .get(&akid)
-        .ok_or_else(|| denied("InvalidClientTokenId", format!("The access key id {akid} is not in the broker's credentials file.")))?;
+        .secret(&akid)
+        .ok_or_else(|| denied("InvalidClientTokenId", format!("The security token included in the request is invalid: the queue knows no access key id {akid}.")))?;
     let sp: Vec<&str> = scope.split('/').collect();
     if sp.len() != 4 || sp[3] != "aws4_request" {
         return Err(denied("IncompleteSignature", format!("The credential scope \"{scope}\" is not DATE/REGION/SERVICE/aws4_request.")));
@@ -204,8 +250,12 @@ mod tests {
         let p = dir.path().join("c");
         std::fs::write(&p, "[default]\naws_access_key_id = AK1\naws_secret_access_key = s1\n\nAK2 s2\nAK3:s3 # comment\n").unwrap();
         let c = load_credentials(&p).unwrap();
-        assert_eq!(c["AK1"], "s1");
-        assert_eq!(c["AK2"], "s2");
-        assert_eq!(c["AK3"], "s3");
+        assert_eq!(c.secret("AK1").as_deref(), Some("s1"));
+        assert_eq!(c.secret("AK2").as_deref(), Some("s2"));
+        assert_eq!(c.secret("AK3").as_deref(), Some("s3"));
+        assert!(!format!("{c:?}").contains("s1"), "Debug shows no secret: {c:?}");
+        let shared = c.clone();
+        shared.insert("AK4", "s4");
+        assert!(c.remove("AK4") && !shared.contains("AK4"), "clones share the keys");
     }
 }

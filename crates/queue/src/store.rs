@@ -83,6 +83,8 @@ pub struct Store {
     /// Commits to fail on purpose (tests of recovery), as a full disk would.
     fail_next: Arc<std::sync::atomic::AtomicU32>,
     next_ticket: Mutex<u64>,
+    /// The last ticket issued (what `next_ticket` holds), readable without its lock.
+    issued: Arc<std::sync::atomic::AtomicU64>,
     progress: Arc<(Mutex<Progress>, Condvar)>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     checkpointer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -185,6 +187,7 @@ impl Store {
                 tx: Mutex::new(Some(tx)),
                 fail_next,
                 next_ticket: Mutex::new(0),
+                issued: Default::default(),
                 progress,
                 thread: Mutex::new(Some(thread)),
                 checkpointer: Mutex::new(Some(checkpointer)),
@@ -212,10 +215,23 @@ impl Store {
         let mut t = self.next_ticket.lock().unwrap();
         *t += 1;
         let ticket = *t;
+        self.issued.store(ticket, std::sync::atomic::Ordering::SeqCst);
         if let Some(tx) = self.tx.lock().unwrap().as_ref() {
             let _ = tx.send(Msg::Batch((ticket, ops, done)));
         }
         ticket
+    }
+
+    /// The last ticket issued; with the state lock held, the next change submitted gets this
+    /// plus one.
+    pub fn issued(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.issued.clone()
+    }
+
+    /// Call `f` with the highest ticket dealt with and whether a ticket up to it was refused.
+    pub fn settled<R>(&self, f: impl FnOnce(u64, &dyn Fn(u64) -> bool) -> R) -> R {
+        let p = self.progress.0.lock().unwrap();
+        f(p.done, &|t| p.refused.contains_key(&t))
     }
 
     /// Whether a write failed since the last successful [`Store::reload`].

@@ -35,6 +35,13 @@ impl LatencyHistogram {
         self.counts[Self::index(us)] += 1;
     }
 
+    /// Take back one [`LatencyHistogram::record_us`] of `us`.
+    pub fn unrecord_us(&mut self, us: u64) {
+        if let Some(n) = self.counts.get_mut(Self::index(us)) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
     pub fn count(&self) -> u64 {
         self.counts.iter().sum()
     }
@@ -118,13 +125,68 @@ pub(crate) struct Telemetry {
     /// (queue, key, second) changed since the last flush to the store.
     pub(crate) dirty: HashMap<String, std::collections::HashSet<(Arc<str>, u64)>>,
     dirty_n: usize,
+    /// The store's last issued ticket (see [`crate::store::Store::issued`]): an event recorded
+    /// with the state lock held belongs to the change submitted next, ticket `issued + 1`.
+    /// `None`: events count at once (no store).
+    pub(crate) tickets: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// queue -> events whose change the store has not yet committed, with its ticket; undone
+    /// by [`Telemetry::settle`] when the store refused the change.
+    unsettled: HashMap<String, Vec<Unsettled>>,
+}
+
+/// An event counted before its change was committed.
+struct Unsettled {
+    ticket: u64,
+    key: Arc<str>,
+    second: u64,
+    ev: Event,
 }
 
 impl Telemetry {
     pub(crate) fn record(&mut self, queue: &str, key: &Arc<str>, now_ms: u64, ev: Event) {
         let sec = now_ms / 1000;
+        let counted = self.count(queue, key, sec, ev, 1);
+        // (an expiry is no change of its own: it follows from the time and what is stored)
+        if let (Some(t), Some((key, second))) = (&self.tickets, counted.filter(|_| !matches!(ev, Event::Expired))) {
+            let ticket = t.load(std::sync::atomic::Ordering::SeqCst) + 1;
+            let list = match self.unsettled.get_mut(queue) {
+                Some(l) => l,
+                None => self.unsettled.entry(queue.to_string()).or_default(),
+            };
+            list.push(Unsettled { ticket, key, second, ev });
+        }
+    }
+
+    /// Forget the events of changes the store has dealt with (tickets up to `done`), undoing
+    /// those whose change it refused: telemetry counts only what was committed.
+    pub(crate) fn settle(&mut self, done: u64, refused: impl Fn(u64) -> bool) {
+        let mut undo = Vec::new();
+        for (queue, list) in self.unsettled.iter_mut() {
+            list.retain(|u| {
+                if u.ticket > done {
+                    return true;
+                }
+                if refused(u.ticket) {
+                    undo.push((queue.clone(), u.key.clone(), u.second, u.ev));
+                }
+                false
+            });
+        }
+        self.unsettled.retain(|_, l| !l.is_empty());
+        if !undo.is_empty() {
+            tracing::debug!(events = undo.len(), "telemetry: uncounting the events of refused changes");
+        }
+        for (queue, key, second, ev) in undo {
+            self.count(&queue, &key, second, ev, -1);
+        }
+    }
+
+    /// Add `delta` (1, or -1 to undo) to the bucket of `sec`; returns the series key and the
+    /// bucket's second it went to, `None` when it went nowhere (an undo of a bucket gone).
+    fn count(&mut self, queue: &str, key: &Arc<str>, sec: u64, ev: Event, delta: i64) -> Option<(Arc<str>, u64)> {
         let per_q = match self.series.get_mut(queue) {
             Some(s) => s,
+            None if delta < 0 => return None,
             None => self.series.entry(queue.to_string()).or_default(),
         };
         let key = if per_q.contains_key(key) || per_q.len() < MAX_CONSUMERS_PER_QUEUE {
@@ -136,32 +198,42 @@ impl Telemetry {
         let key = &key;
         let series = match per_q.get_mut(key) {
             Some(s) => s,
+            None if delta < 0 => return None,
             None => per_q.entry(key.clone()).or_default(),
         };
-        let b = match series.back_mut() {
-            Some(b) if b.second == sec => b,
-            Some(b) if b.second > sec => {
-                // clock went backwards: record in the newest bucket
-                b
-            }
-            _ => {
-                series.push_back(TelemetryBucket { second: sec, ..Default::default() });
-                while series.front().is_some_and(|f| f.second + KEEP_SECONDS < sec) {
-                    series.pop_front();
+        let b = if delta < 0 {
+            series.iter_mut().rev().find(|b| b.second == sec)?
+        } else {
+            match series.back_mut() {
+                Some(b) if b.second == sec => b,
+                Some(b) if b.second > sec => {
+                    // clock went backwards: record in the newest bucket
+                    b
                 }
-                series.back_mut().unwrap()
+                _ => {
+                    series.push_back(TelemetryBucket { second: sec, ..Default::default() });
+                    while series.front().is_some_and(|f| f.second + KEEP_SECONDS < sec) {
+                        series.pop_front();
+                    }
+                    series.back_mut().unwrap()
+                }
             }
         };
+        let add = |n: &mut u64| *n = n.saturating_add_signed(delta);
         match ev {
-            Event::Received => b.received += 1,
+            Event::Received => add(&mut b.received),
             Event::Deleted { latency_us } => {
-                b.deleted += 1;
-                b.latency.record_us(latency_us);
+                add(&mut b.deleted);
+                if delta > 0 {
+                    b.latency.record_us(latency_us);
+                } else {
+                    b.latency.unrecord_us(latency_us);
+                }
             }
-            Event::Returned => b.returned += 1,
-            Event::Released => b.released += 1,
-            Event::Expired => b.expired += 1,
-            Event::DeadLettered => b.dead_lettered += 1,
+            Event::Returned => add(&mut b.returned),
+            Event::Released => add(&mut b.released),
+            Event::Expired => add(&mut b.expired),
+            Event::DeadLettered => add(&mut b.dead_lettered),
         }
         let second = b.second;
         if self.dirty_n < 100_000 {
@@ -171,6 +243,24 @@ impl Telemetry {
             };
             if set.insert((key.clone(), second)) {
                 self.dirty_n += 1;
+            }
+        }
+        Some((key.clone(), second))
+    }
+
+    /// Mark every bucket changed, so that the next flush writes them all again (after the
+    /// store refused writes, flushes among them).
+    pub(crate) fn mark_all_dirty(&mut self) {
+        for (queue, per_q) in &self.series {
+            for (key, s) in per_q {
+                for b in s {
+                    if self.dirty_n >= 100_000 {
+                        return;
+                    }
+                    if self.dirty.entry(queue.clone()).or_default().insert((key.clone(), b.second)) {
+                        self.dirty_n += 1;
+                    }
+                }
             }
         }
     }

@@ -68,17 +68,47 @@ async fn a_failed_write_is_refused_forgotten_and_recovered_from() {
         let url = url.clone();
         async move {
             let r = c.receive_message().queue_url(&url).max_number_of_messages(10).send().await.ok()?;
-            let mut v: Vec<String> = r.messages().iter().map(|m| m.body().unwrap().to_string()).collect();
+            let mut v: Vec<(String, String)> =
+                r.messages().iter().map(|m| (m.body().unwrap().to_string(), m.receipt_handle().unwrap().to_string())).collect();
             v.sort();
             (!v.is_empty()).then_some(v)
         }
     })
     .await;
-    assert_eq!(got, ["a", "c"]);
+    assert_eq!(got.iter().map(|(b, _)| b.as_str()).collect::<Vec<_>>(), ["a", "c"]);
+    // the consumer's telemetry counts the receive that was committed, not the refused ones
+    assert_eq!(counts(&s.broker), (2, 0), "(received, deleted)");
 
-    // and the store holds exactly that across a restart
+    // a delete whose change is refused is not counted either, and the message stays in flight
+    let handle = &got[0].1;
+    s.broker.fail_next_store_commits(1);
+    let e = c.delete_message().queue_url(&url).receipt_handle(handle).send().await.unwrap_err();
+    assert_eq!(e.raw_response().map(|r| r.status().as_u16()), Some(500));
+    eventually(Duration::from_secs(30), "changes accepted again", || {
+        let c = c.clone();
+        let url = url.clone();
+        async move { c.send_message().queue_url(&url).message_body("e").send().await.ok() }
+    })
+    .await;
+    assert_eq!(counts(&s.broker), (2, 0), "(received, deleted): the refused delete is not counted");
+    c.delete_message().queue_url(&url).receipt_handle(handle).send().await.unwrap();
+    assert_eq!(s.broker.queue_stats("disk").unwrap().in_flight, 1);
+    assert_eq!(counts(&s.broker), (2, 1), "(received, deleted)");
+
+    // and the store holds exactly that across a restart, telemetry included
     let dir = s.stop();
     let s = start_in(dir, Durability::Commit).await;
     let st = s.broker.queue_stats("disk").unwrap();
-    assert_eq!((st.visible, st.in_flight), (0, 2), "the two received messages, and nothing refused");
+    assert_eq!((st.visible, st.in_flight), (1, 1), "one received message left, one sent since, and nothing refused");
+    assert_eq!(counts(&s.broker), (2, 1));
+}
+
+/// The recovery client's received and deleted counts in the queue's telemetry.
+fn counts(b: &coalmine_queue::Broker) -> (u64, u64) {
+    let t = b.telemetry("disk", 0).unwrap();
+    let mine: Vec<_> = t.iter().filter(|c| c.access_key_id == "AKIDRECOVERY0001").collect();
+    assert!(t.len() == mine.len(), "only the test's client consumed: {t:?}");
+    let received = mine.iter().flat_map(|c| &c.buckets).map(|b| b.received).sum();
+    let deleted = mine.iter().flat_map(|c| &c.buckets).map(|b| b.deleted).sum();
+    (received, deleted)
 }

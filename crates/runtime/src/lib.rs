@@ -233,6 +233,33 @@ impl TaskIdentity {
     }
 }
 
+/// Where a runtime registers each task's access key and secret while the task runs, and
+/// removes them when it stops: under `coalmine up`, the keys the embedded queue accepts.
+pub trait TaskKeys: Send + Sync + std::fmt::Debug {
+    fn register(&self, access_key_id: &str, secret: &str);
+    fn remove(&self, access_key_id: &str);
+}
+
+/// A fresh random secret access key: 40 characters of `A-Za-z0-9` (as AWS's are long), from
+/// the kernel's random source.
+pub fn random_secret() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut bytes = [0u8; 40];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        // SAFETY: getrandom writes at most the given length into the buffer.
+        let n = unsafe { libc::getrandom(bytes[filled..].as_mut_ptr().cast(), bytes.len() - filled, 0) };
+        if n > 0 {
+            filled += n as usize;
+        } else if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            panic!("the kernel's random source failed: {}", std::io::Error::last_os_error());
+        }
+    }
+    // (62 does not divide 256, so the first 8 characters are a little likelier; the secret
+    // still carries over 230 bits.)
+    bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
+}
+
 /// Where services run. One file per backend.
 pub trait Runtime: Send + Sync {
     /// Create or update a service. A new revision starts a rolling deployment; a new desired
@@ -291,5 +318,13 @@ mod tests {
         assert_eq!(TaskIdentity::parse(&key), Some(id));
         assert_eq!(TaskIdentity::parse("AKIDEXAMPLE"), None);
         assert_eq!(TaskIdentity::parse("CM.a.b.c.d"), None);
+    }
+
+    #[test]
+    fn secrets_are_random_and_plain() {
+        let (a, b) = (random_secret(), random_secret());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 40);
+        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric()), "{a}");
     }
 }

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::{
     DeploymentState, DeploymentStatus, RevisionSpec, Runtime, RuntimeError, ServiceSpec, ServiceStatus, TaskIdentity,
-    TaskState, TaskStatus,
+    TaskKeys, TaskState, TaskStatus,
 };
 
 pub mod logs;
@@ -30,10 +30,6 @@ pub mod process;
 pub mod state;
 
 pub use logs::{LogFollower, LogLine};
-
-/// The secret access key every local task gets (the embedded queue identifies tasks by their
-/// access key id; it does not need a per-task secret).
-pub const LOCAL_SECRET_ACCESS_KEY: &str = "coalmine-local-secret";
 
 /// Tuning of the local runtime. The defaults suit production use; tests shorten them.
 #[derive(Debug, Clone)]
@@ -54,6 +50,10 @@ pub struct LocalOptions {
     /// Consecutive failed health checks after which a task is stopped and replaced
     /// (and counted as a failed launch by the circuit breaker).
     pub health_check_retries: u32,
+    /// Where each task's access key and random secret (`AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`) are registered while the task exists, from just before its
+    /// first start to its final exit. `None`: the secrets are made but registered nowhere.
+    pub task_keys: Option<Arc<dyn TaskKeys>>,
 }
 
 impl Default for LocalOptions {
@@ -66,6 +66,7 @@ impl Default for LocalOptions {
             health_check_interval: Duration::from_secs(1),
             health_check_timeout: Duration::from_secs(10),
             health_check_retries: 3,
+            task_keys: None,
         }
     }
 }
@@ -121,6 +122,7 @@ impl LocalRuntime {
             shutdown_replies: Vec::new(),
             shutting_down: false,
             pids_dirty: true,
+            registered: std::collections::HashSet::new(),
         };
         let thread = std::thread::Builder::new()
             .name("coalmine-runtime".into())
@@ -256,6 +258,8 @@ struct Task {
     id: String,
     revision: Arc<RevisionSpec>,
     access_key_id: String,
+    /// The task's `AWS_SECRET_ACCESS_KEY`: random, kept for its restarts, never logged.
+    secret: String,
     state: St,
     serial: u64,
     pid: Option<u32>,
@@ -300,6 +304,8 @@ struct Supervisor {
     shutdown_replies: Vec<Reply>,
     shutting_down: bool,
     pids_dirty: bool,
+    /// Access key ids registered with `options.task_keys`.
+    registered: std::collections::HashSet<String>,
 }
 
 const MAX_DEPLOYMENTS_KEPT: usize = 20;
@@ -323,6 +329,7 @@ impl Supervisor {
                 self.handle(m, &mut replies);
             }
             self.reconcile(Instant::now());
+            self.forget_keys();
             self.publish();
             for (r, res) in replies.drain(..) {
                 let _ = r.send(res);
@@ -331,6 +338,7 @@ impl Supervisor {
                 break;
             }
         }
+        self.forget_keys();
         self.shared.lock().unwrap().shut_down = true;
         // Drain the health checks and log pumps still queued, then answer.
         for r in self.shutdown_replies.drain(..) {
@@ -446,6 +454,23 @@ impl Supervisor {
             }
         }
         Ok(())
+    }
+
+    /// Remove the keys of tasks that are gone (exited for good, or stopped), so that they stop
+    /// working at once.
+    fn forget_keys(&mut self) {
+        let Some(keys) = self.options.task_keys.clone() else { return };
+        if self.registered.is_empty() {
+            return;
+        }
+        let live: std::collections::HashSet<&str> =
+            self.services.values().flat_map(|s| s.tasks.iter()).map(|t| t.access_key_id.as_str()).collect();
+        let gone: Vec<String> = self.registered.iter().filter(|k| !live.contains(k.as_str())).cloned().collect();
+        for k in gone {
+            keys.remove(&k);
+            self.registered.remove(&k);
+            tracing::debug!(access_key_id = %k, "task key removed");
+        }
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -674,6 +699,7 @@ impl Supervisor {
                 id,
                 revision: svc.rev.clone(),
                 access_key_id,
+                secret: crate::random_secret(),
                 state: St::Pending,
                 serial: 0,
                 pid: None,
@@ -745,7 +771,7 @@ impl Supervisor {
             ("COALMINE_REVISION", t.revision.name.as_str()),
             ("COALMINE_TASK", t.id.as_str()),
             ("AWS_ACCESS_KEY_ID", t.access_key_id.as_str()),
-            ("AWS_SECRET_ACCESS_KEY", LOCAL_SECRET_ACCESS_KEY),
+            ("AWS_SECRET_ACCESS_KEY", t.secret.as_str()),
             ("AWS_REGION", q.region.as_str()),
             ("AWS_DEFAULT_REGION", q.region.as_str()),
             ("AWS_ENDPOINT_URL", q.endpoint_url.as_str()),
@@ -766,6 +792,12 @@ impl Supervisor {
         self.pids_dirty = true;
         let log_path = logs::task_log_path(&self.state_dir, &svc.tasks[i].id).expect("task ids are <service>-<n>");
         let t = &mut svc.tasks[i];
+        if let Some(keys) = &self.options.task_keys {
+            if self.registered.insert(t.access_key_id.clone()) {
+                keys.register(&t.access_key_id, &t.secret);
+                tracing::debug!(service = name, task = %t.id, access_key_id = %t.access_key_id, "task key registered");
+            }
+        }
         t.serial = serial;
         t.started_at = now;
         t.started_at_ms = now_ms();

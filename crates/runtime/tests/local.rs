@@ -514,3 +514,54 @@ fn rollback_starts_the_old_revision_again_when_its_tasks_are_gone() {
     assert!(t.pid.is_some_and(|p| p != old_pid && alive(p)));
     assert_eq!(t.revision, "good");
 }
+
+/// Task keys recorded as the runtime registers and removes them.
+#[derive(Debug, Default)]
+struct Keys(std::sync::Mutex<std::collections::BTreeMap<String, String>>);
+
+impl coalmine_runtime::TaskKeys for Keys {
+    fn register(&self, access_key_id: &str, secret: &str) {
+        self.0.lock().unwrap().insert(access_key_id.to_string(), secret.to_string());
+    }
+    fn remove(&self, access_key_id: &str) {
+        self.0.lock().unwrap().remove(access_key_id);
+    }
+}
+
+#[test]
+fn each_task_has_its_own_secret_registered_while_it_exists() {
+    let state = tempfile::tempdir().unwrap();
+    let app = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let keys = std::sync::Arc::new(Keys::default());
+    let opts = LocalOptions { task_keys: Some(keys.clone()), ..LocalOptions::default() };
+    let rt = LocalRuntime::with_options(state.path(), opts).unwrap();
+    let mut rev = revision("rev1", app.path(), &program("env_then_sleep.sh"));
+    rev.env.insert("ENV_OUT".into(), out.path().display().to_string());
+    rt.apply(service("primary", rev, 2)).unwrap();
+    wait_steady(&rt, "primary", "rev1", Duration::from_secs(30));
+    let status = rt.service("primary").unwrap();
+    let mut secrets = BTreeSet::new();
+    for t in &status.tasks {
+        let path = out.path().join(format!("{}.env", t.id));
+        let text = wait_for("env file", Duration::from_secs(30), || std::fs::read_to_string(&path).ok());
+        let secret = text.lines().find_map(|l| l.strip_prefix("AWS_SECRET_ACCESS_KEY=")).unwrap().to_string();
+        assert_eq!(keys.0.lock().unwrap().get(&t.access_key_id), Some(&secret), "the task's own secret is registered");
+        assert!(secret.len() >= 32);
+        secrets.insert(secret);
+    }
+    assert_eq!(secrets.len(), 2, "every task has a secret of its own");
+    let json = serde_json::to_string(&status).unwrap();
+    assert!(secrets.iter().all(|s| !json.contains(s.as_str())), "the status shows no secret");
+
+    // a stopped task's key is removed; the others stay
+    rt.scale("primary", 1).unwrap();
+    let s = wait_for("1 task", Duration::from_secs(30), || rt.service("primary").filter(|s| s.tasks.len() == 1 && s.steady));
+    let left = &s.tasks[0].access_key_id;
+    wait_for("the stopped task's key removed", Duration::from_secs(30), || {
+        let k = keys.0.lock().unwrap();
+        (k.len() == 1 && k.contains_key(left)).then_some(())
+    });
+    rt.shutdown();
+    assert!(keys.0.lock().unwrap().is_empty(), "no key outlives its task");
+}

@@ -70,6 +70,8 @@ struct RawQueue {
     endpoint: S<String>,
     port: S<u16>,
     region: S<String>,
+    account_id: S<String>,
+    verify_signatures: S<bool>,
 }
 
 #[derive(Deserialize)]
@@ -312,6 +314,8 @@ fn known_keys(path: &[&str]) -> Option<&'static [&'static str]> {
             "endpoint",
             "port",
             "region",
+            "account_id",
+            "verify_signatures",
         ],
         ["services"] => &["primary", "canary"],
         ["services", _] => &["tasks"],
@@ -665,6 +669,8 @@ fn convert(cx: &mut Ctx, raw: RawApp, root: PathBuf) -> AppSpec {
         endpoint: None,
         port: None,
         region: None,
+        account_id: None,
+        verify_signatures: None,
     });
     let qname = string_or(&q.name, app.clone());
     let dlq = string_or(&q.dlq, format!("{app}-dlq"));
@@ -706,7 +712,18 @@ fn convert(cx: &mut Ctx, raw: RawApp, root: PathBuf) -> AppSpec {
     if region.trim().is_empty() || region.contains(char::is_whitespace) {
         cx.err(q.region.as_ref().map(|s| s.span()), "queue.region", format!("`{region}` is not a region"), "write e.g. \"us-east-1\"".to_string());
     }
+    let account_id = string_or(&q.account_id, "000000000000");
+    if account_id.len() != 12 || !account_id.bytes().all(|b| b.is_ascii_digit()) {
+        cx.err(
+            q.account_id.as_ref().map(|s| s.span()),
+            "queue.account_id",
+            format!("`{account_id}` is not an account id"),
+            "write 12 digits, e.g. \"000000000000\" (the default) or \"123456789012\"".to_string(),
+        );
+    }
     let queue = QueueSpec {
+        account_id,
+        verify_signatures: q.verify_signatures.as_ref().map(|s| *s.get_ref()).unwrap_or(true),
         name: qname,
         visibility_timeout,
         dlq,

@@ -117,6 +117,23 @@ pub struct QueueSpec {
     pub port: u16,
     /// Default `us-east-1`.
     pub region: String,
+    /// The embedded queue's account id in queue URLs and ARNs (12 digits); default
+    /// `000000000000`.
+    #[serde(default = "default_account_id")]
+    pub account_id: String,
+    /// Whether the embedded queue under `coalmine up` checks every request's signature against
+    /// the keys it knows (each task's, coalmine's own, the user's in `.coalmine/credentials`);
+    /// default true.
+    #[serde(default = "default_true")]
+    pub verify_signatures: bool,
+}
+
+fn default_account_id() -> String {
+    "000000000000".into()
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Where the two services' tasks run: `[runtime]`.

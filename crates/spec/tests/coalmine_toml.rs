@@ -450,3 +450,25 @@ fn sample_app_files_are_valid() {
     assert!(b.phases.build.is_some());
     assert_eq!(b.artifacts.unwrap().files, vec!["sample-app"]);
 }
+
+#[test]
+fn queue_account_id_and_signature_checks() {
+    let s = parse(MINIMAL, "coalmine.toml").unwrap();
+    assert_eq!(s.queue.account_id, "000000000000");
+    assert!(s.queue.verify_signatures, "signatures are checked by default");
+
+    let s = parse(&format!("{MINIMAL}[queue]\naccount_id = \"123456789012\"\nverify_signatures = false\n"), "coalmine.toml").unwrap();
+    assert_eq!(s.queue.account_id, "123456789012");
+    assert!(!s.queue.verify_signatures);
+
+    for bad in ["12345", "1234567890123", "12345678901x"] {
+        let d = errors(&format!("{MINIMAL}[queue]\naccount_id = \"{bad}\"\n"));
+        let e = one(&d, "queue.account_id");
+        assert_eq!(pos(e), (5, 14), "{e}");
+        assert!(e.message.contains(bad), "{e}");
+        assert!(e.hint.as_deref().unwrap().contains("12 digits"), "{e}");
+        assert!(e.to_string().contains("coalmine.toml"), "names the file: {e}");
+    }
+    let d = errors(&format!("{MINIMAL}[queue]\naccount_id = 123456789012\n"));
+    one(&d, "queue.account_id");
+}

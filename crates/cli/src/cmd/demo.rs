@@ -140,7 +140,12 @@ async fn story(args: &DemoArgs, dir: &std::path::Path, target: &std::path::Path)
     let mut story = Story { started: Instant::now(), failures: Vec::new() };
     println!("{}", paint("coalmine demo: a queue worker released through a canary", "1"));
     println!("  app repository  {}", dir.display());
-    println!("  queue           {}  (any SQS client works: aws --endpoint-url {} sqs ...)", running.queue_endpoint, running.queue_endpoint);
+    println!(
+        "  queue           {}  (any SQS client with the key in {}: AWS_SHARED_CREDENTIALS_FILE=<that file> aws --endpoint-url {} sqs ...)",
+        running.queue_endpoint,
+        dir.join(".coalmine/credentials").display(),
+        running.queue_endpoint
+    );
     println!("  dashboard       {}", coalmine_server::dashboard_url(&running.api, &running.token));
     println!("  builds share compiled dependencies in {}", target.display());
     let printer = tokio::spawn(up::print_events(running.engine.clone()));
@@ -161,7 +166,7 @@ async fn story(args: &DemoArgs, dir: &std::path::Path, target: &std::path::Path)
 
 async fn chapters(args: &DemoArgs, dir: &std::path::Path, running: &Running, story: &mut Story) -> anyhow::Result<()> {
     let engine = running.engine.clone();
-    let sqs = sqs_client(&running.queue_endpoint).await;
+    let sqs = sqs_client(&running.queue_endpoint, &running.queue_keys).await;
 
     // 1. The first release.
     story.step(1, "First release: build v1 and deploy it to both services (primary 3 tasks, canary 1)");
@@ -268,8 +273,11 @@ async fn chapters(args: &DemoArgs, dir: &std::path::Path, running: &Running, sto
 }
 
 /// The SDK client the demo sends with.
-async fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
-    let creds = aws_sdk_sqs::config::Credentials::new("demo-sender", "demo", None, None, "coalmine-demo");
+async fn sqs_client(endpoint: &str, keys: &coalmine_queue::Credentials) -> aws_sdk_sqs::Client {
+    // The demo's own key, accepted by the queue while the demo runs.
+    let secret = coalmine_runtime::random_secret();
+    keys.insert("demo-sender", secret.clone());
+    let creds = aws_sdk_sqs::config::Credentials::new("demo-sender", secret, None, None, "coalmine-demo");
     let conf = aws_sdk_sqs::Config::builder()
         .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
         .region(aws_sdk_sqs::config::Region::new("us-east-1"))

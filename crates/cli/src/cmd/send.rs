@@ -199,12 +199,20 @@ async fn client_for(args: &SendArgs, endpoint: &str) -> Client {
                 .operation_attempt_timeout(Duration::from_secs(20))
                 .build(),
         );
-    // The embedded queue accepts any key; Amazon SQS gets the standard credential chain.
+    // The local queue of `coalmine up` accepts `coalmine send`'s key from .coalmine/credentials
+    // (and `coalmine queue serve`, without --verify-signatures, any key); Amazon SQS gets the
+    // standard credential chain.
+    if is_loopback(endpoint) {
+        if let Some(secret) = crate::workspace::queue_secret(None, crate::workspace::SEND_KEY_ID) {
+            loader = loader.credentials_provider(Credentials::new(crate::workspace::SEND_KEY_ID, secret, None, None, "coalmine-send"));
+            return Client::new(&loader.load().await);
+        }
+    }
     let has_env_keys = std::env::var_os("AWS_ACCESS_KEY_ID").is_some();
     let has_profile = std::env::var_os("AWS_PROFILE").is_some();
     if !has_env_keys && !has_profile && is_loopback(endpoint) {
         loader = loader.credentials_provider(Credentials::new(
-            "coalmine-send",
+            crate::workspace::SEND_KEY_ID,
             "coalmine",
             None,
             None,

@@ -12,10 +12,10 @@ use anyhow::Context;
 use coalmine_pipeline::build::BuildspecBuilder;
 use coalmine_pipeline::source::GitSource;
 use coalmine_pipeline::{Engine, EngineParts, Paths};
-use coalmine_queue::{Broker, BrokerConfig};
+use coalmine_queue::{Broker, BrokerConfig, Credentials};
 use coalmine_runtime::ecs::{EcsConfig, EcsRuntime};
-use coalmine_runtime::local::LocalRuntime;
-use coalmine_runtime::{QueueEnv, Runtime};
+use coalmine_runtime::local::{LocalOptions, LocalRuntime};
+use coalmine_runtime::{QueueEnv, Runtime, TaskKeys};
 
 use crate::embedded::EmbeddedQueue;
 use crate::workspace::{self, UpInfo};
@@ -53,6 +53,10 @@ pub struct Running {
     /// Where others reach it, when it listens beyond loopback (the machine's address).
     pub public_api: Option<String>,
     pub token: String,
+    /// The keys the embedded queue accepts (checked unless `[queue] verify_signatures =
+    /// false`): the tasks' (registered by the runtime), the user's and `coalmine send`'s from
+    /// `.coalmine/credentials`. In-process clients add theirs.
+    pub queue_keys: Credentials,
     stop: Arc<AtomicBool>,
     loop_thread: Option<std::thread::JoinHandle<()>>,
     info_path: PathBuf,
@@ -104,9 +108,17 @@ pub async fn start(args: &UpArgs) -> anyhow::Result<Running> {
         );
     }
 
-    // The embedded queue.
-    let broker = Broker::open(BrokerConfig::new(state.clone()))
-        .with_context(|| format!("cannot open the queue's data in {}", state.display()))?;
+    // The embedded queue: it checks every request's signature against the keys it knows.
+    let queue_keys = workspace::ensure_queue_credentials(&state)?;
+    let mut qcfg = BrokerConfig::new(state.clone());
+    qcfg.account_id = spec.queue.account_id.clone();
+    qcfg.region = spec.queue.region.clone();
+    if spec.queue.verify_signatures {
+        qcfg.credentials = Some(queue_keys.clone());
+    } else {
+        tracing::warn!("[queue] verify_signatures = false: the embedded queue accepts any access key and secret");
+    }
+    let broker = Broker::open(qcfg).with_context(|| format!("cannot open the queue's data in {}", state.display()))?;
     let qport = args.queue_port.unwrap_or(spec.queue.port);
     let qlistener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], qport))).await.with_context(|| {
         format!("cannot listen on 127.0.0.1:{qport} for the queue: is another coalmine or SQS emulator running? Set [queue] port in coalmine.toml, or pass --queue-port 0")
@@ -124,7 +136,7 @@ pub async fn start(args: &UpArgs) -> anyhow::Result<Running> {
     let queue_url = ensure_queues(&broker, &spec, &queue_endpoint)?;
 
     // The runtime, the pipeline.
-    let (runtime, queue_env) = runtime_for(&spec, &state, &queue_endpoint, &queue_url)?;
+    let (runtime, queue_env) = runtime_for(&spec, &state, &queue_endpoint, &queue_url, &queue_keys)?;
     let paths = Paths { root: state.clone() };
     // (The runtime's lock is held now: no other coalmine runs here.)
     let left = coalmine_pipeline::build::kill_leftover_builds(&paths.build_log(0).with_file_name(""));
@@ -183,7 +195,7 @@ pub async fn start(args: &UpArgs) -> anyhow::Result<Running> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let loop_thread = Some(engine.spawn(stop.clone()));
-    Ok(Running { engine, runtime, broker, queue_url, queue_endpoint, api, public_api, token, stop, loop_thread, info_path })
+    Ok(Running { engine, runtime, broker, queue_url, queue_endpoint, api, public_api, token, queue_keys, stop, loop_thread, info_path })
 }
 
 fn loopback_like(bind: IpAddr) -> IpAddr {
@@ -211,11 +223,13 @@ fn runtime_for(
     state: &std::path::Path,
     queue_endpoint: &str,
     queue_url: &str,
+    queue_keys: &Credentials,
 ) -> anyhow::Result<(Arc<dyn Runtime>, QueueEnv)> {
     let q = &spec.queue;
     match &spec.runtime {
         coalmine_spec::RuntimeSpec::Local => {
-            let runtime = LocalRuntime::new(state).context("cannot start the local runtime")?;
+            let options = LocalOptions { task_keys: Some(Arc::new(QueueKeys(queue_keys.clone()))), ..LocalOptions::default() };
+            let runtime = LocalRuntime::with_options(state, options).context("cannot start the local runtime")?;
             let env = QueueEnv {
                 endpoint_url: queue_endpoint.to_string(),
                 region: q.region.clone(),
@@ -246,6 +260,19 @@ fn runtime_for(
     }
 }
 
+/// The runtime registers each task's key with the embedded queue while the task exists.
+#[derive(Debug)]
+struct QueueKeys(Credentials);
+
+impl TaskKeys for QueueKeys {
+    fn register(&self, access_key_id: &str, secret: &str) {
+        self.0.insert(access_key_id, secret);
+    }
+    fn remove(&self, access_key_id: &str) {
+        self.0.remove(access_key_id);
+    }
+}
+
 /// Create the DLQ and the app's queue with the spec's attributes (idempotent).
 fn ensure_queues(broker: &Broker, spec: &coalmine_spec::AppSpec, endpoint: &str) -> anyhow::Result<String> {
     use std::collections::BTreeMap;
@@ -254,7 +281,7 @@ fn ensure_queues(broker: &Broker, spec: &coalmine_spec::AppSpec, endpoint: &str)
     broker
         .ensure_queue(&q.dlq, &dlq_attrs)
         .with_context(|| format!("cannot create the dead-letter queue `{}`", q.dlq))?;
-    let dlq_arn = format!("arn:aws:sqs:{}:000000000000:{}", q.region, q.dlq);
+    let dlq_arn = coalmine_queue::arn_of(&q.region, &q.account_id, &q.dlq);
     let attrs = BTreeMap::from([
         ("VisibilityTimeout".to_string(), q.visibility_timeout.as_secs().to_string()),
         (
@@ -265,7 +292,7 @@ fn ensure_queues(broker: &Broker, spec: &coalmine_spec::AppSpec, endpoint: &str)
     broker
         .ensure_queue(&q.name, &attrs)
         .with_context(|| format!("cannot create the queue `{}`", q.name))?;
-    Ok(format!("{endpoint}/000000000000/{}", q.name))
+    Ok(format!("{endpoint}/{}/{}", q.account_id, q.name))
 }
 
 pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
@@ -275,6 +302,12 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         let spec = running.engine.spec().clone();
         println!("coalmine up: {}", spec.app);
         println!("  queue      {}  (queue `{}`, DLQ `{}`)", running.queue_endpoint, spec.queue.name, spec.queue.dlq);
+        if spec.queue.verify_signatures {
+            println!(
+                "  your key   .coalmine/credentials  (AWS_SHARED_CREDENTIALS_FILE=.coalmine/credentials aws --endpoint-url {} sqs ...)",
+                running.queue_endpoint
+            );
+        }
         match &running.public_api {
             None => {
                 println!("  dashboard  {}", coalmine_server::dashboard_url(&running.api, &running.token));

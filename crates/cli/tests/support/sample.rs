@@ -325,7 +325,7 @@ impl Rig {
     /// invisible there for 10 minutes; the DLQ has no consumer).
     pub fn dlq_ids(&self) -> BTreeSet<String> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let client = sqs_client(&self.endpoint());
+        let client = sqs_client(&self.endpoint(), self.path());
         let url = self.queue_url(DLQ);
         rt.block_on(async {
             let mut ids = BTreeSet::new();
@@ -398,12 +398,22 @@ pub fn tasks_on(v: &Value, name: &str, rev: &str) -> bool {
         .is_some_and(|t| !t.is_empty() && t.iter().all(|t| t["revision"] == rev))
 }
 
-pub fn sqs_client(endpoint: &str) -> Client {
+/// A client of `up`'s queue with the user's key, the documented way in: the `default` profile
+/// of `.coalmine/credentials` in the app folder `app`.
+pub fn sqs_client(endpoint: &str, app: &Path) -> Client {
+    let path = app.join(".coalmine/credentials");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().trim_start_matches('=').trim().to_string()))
+            .unwrap_or_else(|| panic!("no {name} in {}", path.display()))
+    };
+    let (key, secret) = (field("aws_access_key_id"), field("aws_secret_access_key"));
     let config = aws_sdk_sqs::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .endpoint_url(endpoint)
-        .credentials_provider(Credentials::new("AKIDTRAFFIC", "secret", None, None, "test"))
+        .credentials_provider(Credentials::new(key, secret, None, None, "test"))
         .build();
     Client::from_conf(config)
 }
@@ -441,16 +451,17 @@ pub struct Traffic {
 }
 
 impl Traffic {
-    pub fn start(endpoint: &str, queue_url: &str, rate: f64) -> Traffic {
+    pub fn start(rig: &Rig, queue_url: &str, rate: f64) -> Traffic {
+        let (endpoint, app) = (rig.endpoint(), rig.path().to_path_buf());
         let stop = Arc::new(AtomicBool::new(false));
         let ids = Arc::new(Mutex::new(Vec::new()));
         let errors = Arc::new(Mutex::new(Vec::new()));
         let (s, i, e) = (stop.clone(), ids.clone(), errors.clone());
-        let (endpoint, url) = (endpoint.to_string(), queue_url.to_string());
+        let url = queue_url.to_string();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async move {
-                let client = sqs_client(&endpoint);
+                let client = sqs_client(&endpoint, &app);
                 let started = Instant::now();
                 let mut n: u64 = 0;
                 let mut tick = tokio::time::interval(Duration::from_millis(100));
