@@ -17,7 +17,7 @@ fn main() {
         succeeded: n as u64 - n as u64 / 100,
         failed: n as u64 / 100,
         latencies_ms: (0..n).map(|_| 900.0 + rng.next_f64() * 200.0).collect(),
-        oldest_in_flight_ms: Some(1_200),
+        held_ms: vec![1_200],
         ..RevisionSample::default()
     };
     for n in [100usize, 1_000, 10_000] {

@@ -177,7 +177,7 @@ fn redriven(v: &Value) -> u64 {
 fn run(coalmine: &Path, sample_app: &Path, kind: Kind, style: &str, rate: f64, healthy_for: Duration, alarms: &str) -> Outcome {
     let mut rig = Rig::new(coalmine, sample_app, &coalmine_toml(3, 1, MANUAL_STEPS, alarms));
     let v1 = rig.bootstrap(&Kind::Healthy.run_sh(style));
-    let traffic = Traffic::start(&rig.endpoint(), &rig.queue_url(APP), rate);
+    let traffic = Traffic::start(&rig, &rig.queue_url(APP), rate);
     // Warm up: five seconds of traffic on the primary's revision.
     let warm = (rate * 5.0) as usize;
     wait_for("warm-up traffic", Duration::from_secs(60), || (traffic.sent() >= warm).then_some(()), String::new);
