@@ -314,6 +314,18 @@ fn hung_compares_the_canary_with_the_primary() {
     // them for the whole visibility timeout, the primary just the same.
     o.canary.last_success_ago_ms = Some(100);
     assert_eq!(evaluate(&a, &o)[0].outcome, Outcome::Pass);
+    // The queue went quiet: both stopped deleting about together (the benchmark's settle phase
+    // after its traffic stops), and the canary still holds an old left message. Idle, not stuck.
+    o.canary.held_ms = vec![142_387];
+    o.canary.last_success_ago_ms = Some(30_144);
+    o.primary.last_success_ago_ms = Some(29_144);
+    let v = &evaluate(&a, &o)[0];
+    assert_eq!(v.outcome, Outcome::Pass, "{v:?}");
+    assert!(v.reason.contains("the queue went quiet"), "{}", v.reason);
+    // The primary kept deleting for half the limit after the canary stopped: stuck.
+    o.primary.last_success_ago_ms = Some(15_144);
+    assert_eq!(evaluate(&a, &o)[0].outcome, Outcome::Fail);
+    o.canary.held_ms = vec![30_001, 200];
     // Neither side deletes anything: nothing to compare with.
     o.canary.last_success_ago_ms = None;
     o.primary.last_success_ago_ms = None;
