@@ -768,6 +768,10 @@ fn commit(conn: &Connection, s: &mut Stmts<'_>, batch: &mut [Batch], fail_next: 
     res
 }
 
+/// How long the writer waits for more requests before a commit while they come in concurrently
+/// (a lone request is committed at once).
+const GROUP_WINDOW: std::time::Duration = std::time::Duration::from_micros(500);
+
 /// Why [`serve`] returned.
 enum Stop {
     /// The store was closed.
@@ -830,6 +834,8 @@ fn serve(
     // connection opens: see `Store::open` and the reload)
     let (mut log_rows, mut compacted_at) = (0u64, std::time::Instant::now());
     let mut buf = Vec::with_capacity(64 * 1024);
+    // whether the last group held more than one request
+    let mut busy = false;
     loop {
         let first = match pending.take() {
             Some(m) => m,
@@ -842,6 +848,11 @@ fn serve(
             Msg::Batch(b) => b,
             Msg::Reload(reply) => return Stop::Reload(reply),
         };
+        if busy {
+            // Requests are coming in concurrently: give those on their way a moment to join
+            // this group, so that one commit serves more of them.
+            std::thread::sleep(GROUP_WINDOW);
+        }
         let mut batch = vec![first];
         while batch.len() < 4096 {
             match rx.try_recv() {
@@ -853,6 +864,7 @@ fn serve(
                 Err(_) => break,
             }
         }
+        busy = batch.len() > 1;
         let last = batch.last().map(|b| b.0).unwrap_or(0);
         let broken = lock.lock().unwrap().broken;
         let res: Result<(), String> = match &mut stmts {
