@@ -1039,4 +1039,43 @@ mod tests {
             assert_eq!(dump(&one), dump(&folded), "after step {step}");
         }
     }
+
+    /// Changes still in the operation log when the process stops (nothing compacted them) are
+    /// in what the store reads when it opens again.
+    #[test]
+    fn the_operation_log_is_replayed_when_the_store_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = open_conn(&dir.path().join("queue.db")).unwrap();
+            let mut s = Stmts::prepare(&conn).unwrap();
+            let fail = std::sync::atomic::AtomicU32::new(0);
+            let mut buf = Vec::new();
+            let state = |seq, nonce| Op::State {
+                seq,
+                visible_at: 50,
+                recv_count: 1,
+                first_recv_ms: 40,
+                nonce,
+                receiver: Some(Arc::from("R")),
+                received_at: 40,
+            };
+            let mut groups: Vec<Vec<Op>> = vec![
+                vec![Op::Insert(Box::new(row(1, "q", "one"))), Op::Insert(Box::new(row(2, "q", "two"))), Op::Insert(Box::new(row(3, "q", "three")))],
+                vec![state(1, 7), state(2, 8)],
+                vec![Op::Del(2)],
+            ];
+            for ops in groups.drain(..) {
+                let mut batch: Vec<Batch> = vec![(1, ops, None)];
+                assert_eq!(commit(&conn, &mut s, &mut batch, &fail, &mut buf).unwrap(), Log::Appended);
+            }
+            let n: i64 = conn.query_row("SELECT count(*) FROM messages", [], |r| r.get(0)).unwrap();
+            assert_eq!(n, 0, "the changes wait in the log");
+            // dropped without compacting, as a killed process leaves it
+        }
+        let (store, loaded) = Store::open(dir.path()).unwrap();
+        let got: Vec<(u64, &str, u32, Option<&str>)> =
+            loaded.messages.iter().map(|m| (m.seq, m.body.as_str(), m.nonce, m.receiver.as_deref())).collect();
+        assert_eq!(got, vec![(1, "one", 7, Some("R")), (3, "three", 0, None)]);
+        store.close();
+    }
 }
