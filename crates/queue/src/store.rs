@@ -617,14 +617,76 @@ mod oplog {
         }
     }
 
-    /// The changes of one log row, in order.
-    pub(super) fn decode(mut data: &[u8], out: &mut Vec<Op>) -> Result<(), String> {
+    impl Reader<'_> {
+        fn skip_str(&mut self) -> Result<(), String> {
+            let n = u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")) as usize;
+            self.take(n).map(|_| ())
+        }
+        fn skip_opt(&mut self) -> Result<(), String> {
+            match self.u8_()? {
+                0 => Ok(()),
+                1 => self.skip_str(),
+                t => Err(format!("the operation log holds an unknown option tag {t}")),
+            }
+        }
+        /// Past the rest of a change whose tag and sequence number were read.
+        fn skip_rest(&mut self, tag: u8) -> Result<(), String> {
+            match tag {
+                1 | 2 => {
+                    for _ in 0..3 {
+                        self.skip_str()?;
+                    }
+                    self.skip_opt()?;
+                    self.skip_opt()?;
+                    self.take(5 * 8)?;
+                    self.skip_str()?;
+                    self.skip_opt()?;
+                    self.take(8)?;
+                    self.skip_opt()?;
+                    self.skip_opt()?;
+                    self.take(8)?;
+                    self.skip_opt()?;
+                    self.take(8).map(|_| ())
+                }
+                3 => {
+                    self.take(4 * 8)?;
+                    self.skip_opt()?;
+                    self.take(8).map(|_| ())
+                }
+                4 => Ok(()),
+                t => Err(format!("the operation log holds an unknown change tag {t}")),
+            }
+        }
+    }
+
+    /// Each change of one log row, in order: its tag (1 insert, 2 put, 3 state, 4 delete) and
+    /// sequence number, without reading the rest.
+    pub(super) fn scan(mut data: &[u8], mut f: impl FnMut(u8, u64)) -> Result<(), String> {
         while !data.is_empty() {
             let mut r = Reader(data);
-            let op = match r.u8_()? {
+            let (tag, seq) = (r.u8_()?, r.u64_()?);
+            r.skip_rest(tag)?;
+            f(tag, seq);
+            data = r.0;
+        }
+        Ok(())
+    }
+
+    /// The changes of one log row, in order, but for those of the messages `skip` names.
+    pub(super) fn decode(mut data: &[u8], out: &mut Vec<Op>, skip: impl Fn(u64) -> bool) -> Result<(), String> {
+        while !data.is_empty() {
+            let mut r = Reader(data);
+            let tag = r.u8_()?;
+            let seq = r.u64_()?;
+            if skip(seq) {
+                r.skip_rest(tag)?;
+                data = r.0;
+                continue;
+            }
+            let op = match tag {
                 tag @ (1 | 2) => {
                     let m = Box::new(MsgRow {
-                        seq: r.u64_()?,
+                        seq,
                         queue: r.str_()?,
                         id: r.str_()?,
                         body: r.str_()?,
@@ -651,7 +713,7 @@ mod oplog {
                     }
                 }
                 3 => Op::State {
-                    seq: r.u64_()?,
+                    seq,
                     visible_at: r.u64_()?,
                     recv_count: r.u32_()?,
                     first_recv_ms: r.u64_()?,
@@ -659,7 +721,7 @@ mod oplog {
                     receiver: r.opt()?.map(|s| std::sync::Arc::from(s.as_str())),
                     received_at: r.u64_()?,
                 },
-                4 => Op::Del(r.u64_()?),
+                4 => Op::Del(seq),
                 t => return Err(format!("the operation log holds an unknown change tag {t}")),
             };
             out.push(op);
@@ -671,19 +733,42 @@ mod oplog {
 
 /// Fold the operation log into `messages` and empty it (within the caller's transaction).
 fn compact(conn: &Connection, s: &mut Stmts<'_>) -> rusqlite::Result<()> {
-    let mut ops = Vec::new();
-    let mut rows = 0usize;
+    let corrupt = |e: String| rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT), Some(e));
+    let mut blobs: Vec<Vec<u8>> = Vec::new();
     {
         let mut q = s.read_log.query([])?;
         while let Some(r) = q.next()? {
-            rows += 1;
-            oplog::decode(r.get_ref(0)?.as_blob()?, &mut ops).map_err(|e| {
-                rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT), Some(e))
-            })?;
+            blobs.push(r.get_ref(0)?.as_blob()?.to_vec());
         }
     }
-    if rows == 0 {
+    if blobs.is_empty() {
         return Ok(());
+    }
+    // Messages inserted and deleted within the log, with nothing after the delete: they leave
+    // no trace (as `coalesce` would find), so their changes are not even read.
+    let mut state: std::collections::HashMap<u64, bool> = std::collections::HashMap::new(); // seq -> gone
+    for b in &blobs {
+        oplog::scan(b, |tag, seq| match tag {
+            1 => {
+                state.insert(seq, false);
+            }
+            4 => {
+                if let Some(gone) = state.get_mut(&seq) {
+                    *gone = true;
+                }
+            }
+            _ => {
+                // written again after its delete: read it all
+                if state.get(&seq) == Some(&true) {
+                    state.remove(&seq);
+                }
+            }
+        })
+        .map_err(corrupt)?;
+    }
+    let mut ops = Vec::new();
+    for b in &blobs {
+        oplog::decode(b, &mut ops, |seq| state.get(&seq) == Some(&true)).map_err(corrupt)?;
     }
     for op in &coalesce(ops) {
         apply(conn, s, op)?;
