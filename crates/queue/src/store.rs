@@ -792,13 +792,18 @@ fn compact_now(conn: &Connection) -> rusqlite::Result<()> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Log {
     Unchanged,
-    Appended,
+    /// Rows and bytes appended.
+    Appended(u64, u64),
     Compacted,
 }
 
-/// Log rows, or time since the last compaction, that call for the next one.
+/// Log rows or bytes, or time since the last compaction, that call for the next one.
 const COMPACT_ROWS: u64 = 1024;
+const COMPACT_BYTES: u64 = 64 << 20;
 const COMPACT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+/// Largest log row (well below SQLite's largest value, whatever a group holds): a group's
+/// changes take more rows beyond it.
+const LOG_ROW_BYTES: usize = 16 << 20;
 
 /// Apply one group of changes in one transaction: the messages' changes appended to the
 /// operation log, the rest applied (a purge or a dropped queue, after compacting the log).
@@ -809,6 +814,7 @@ fn commit(conn: &Connection, s: &mut Stmts<'_>, batch: &mut [Batch], fail_next: 
     s.begin.execute([])?;
     let res = (|| -> rusqlite::Result<Log> {
         buf.clear();
+        let (mut rows, mut bytes) = (0u64, 0u64);
         if direct {
             compact(conn, s)?;
             for op in &ops {
@@ -818,13 +824,23 @@ fn commit(conn: &Connection, s: &mut Stmts<'_>, batch: &mut [Batch], fail_next: 
             for op in &ops {
                 if logged(op) {
                     oplog::encode(op, buf);
+                    if buf.len() >= LOG_ROW_BYTES {
+                        s.log.execute(params![&buf[..]])?;
+                        (rows, bytes) = (rows + 1, bytes + buf.len() as u64);
+                        buf.clear();
+                    }
                 } else {
                     apply(conn, s, op)?;
                 }
             }
             if !buf.is_empty() {
                 s.log.execute(params![&buf[..]])?;
+                (rows, bytes) = (rows + 1, bytes + buf.len() as u64);
             }
+        }
+        if buf.capacity() > 4 << 20 {
+            // (a group of large messages: do not keep its buffer)
+            *buf = Vec::with_capacity(64 << 10);
         }
         let injected = fail_next
             .fetch_update(std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst, |n| n.checked_sub(1))
@@ -839,10 +855,10 @@ fn commit(conn: &Connection, s: &mut Stmts<'_>, batch: &mut [Batch], fail_next: 
         s.commit.execute([])?;
         Ok(if direct {
             Log::Compacted
-        } else if buf.is_empty() {
+        } else if rows == 0 {
             Log::Unchanged
         } else {
-            Log::Appended
+            Log::Appended(rows, bytes)
         })
     })();
     if res.is_err() && !conn.is_autocommit() {
@@ -917,7 +933,7 @@ fn serve(
     let mut pending: Option<Msg> = None;
     // rows appended to the operation log since it was last compacted (it is empty when the
     // connection opens: see `Store::open` and the reload)
-    let (mut log_rows, mut compacted_at) = (0u64, std::time::Instant::now());
+    let (mut log_rows, mut log_bytes, mut compacted_at) = (0u64, 0u64, std::time::Instant::now());
     let mut buf = Vec::with_capacity(64 * 1024);
     // whether the last group held more than one request
     let mut busy = false;
@@ -961,8 +977,8 @@ fn serve(
             Ok(s) => match commit(conn, s, &mut batch, fail_next, &mut buf) {
                 Ok(log) => {
                     match log {
-                        Log::Appended => log_rows += 1,
-                        Log::Compacted => (log_rows, compacted_at) = (0, std::time::Instant::now()),
+                        Log::Appended(rows, bytes) => (log_rows, log_bytes) = (log_rows + rows, log_bytes + bytes),
+                        Log::Compacted => (log_rows, log_bytes, compacted_at) = (0, 0, std::time::Instant::now()),
                         Log::Unchanged => {}
                     }
                     Ok(())
@@ -993,12 +1009,12 @@ fn serve(
                 let _ = d.send(res.clone());
             }
         }
-        if log_rows > 0 && (log_rows >= COMPACT_ROWS || compacted_at.elapsed() >= COMPACT_EVERY) {
+        if log_rows > 0 && (log_rows >= COMPACT_ROWS || log_bytes >= COMPACT_BYTES || compacted_at.elapsed() >= COMPACT_EVERY) {
             if let Ok(s) = &mut stmts {
                 // (after the answers: nobody waits for it)
                 let res = s.begin.execute([]).and_then(|_| compact(conn, s)).and_then(|_| s.commit.execute([]));
                 match res {
-                    Ok(_) => log_rows = 0,
+                    Ok(_) => (log_rows, log_bytes) = (0, 0),
                     Err(e) => {
                         if !conn.is_autocommit() {
                             let _ = conn.execute_batch("ROLLBACK");
@@ -1151,7 +1167,7 @@ mod tests {
             ];
             for ops in groups.drain(..) {
                 let mut batch: Vec<Batch> = vec![(1, ops, None)];
-                assert_eq!(commit(&conn, &mut s, &mut batch, &fail, &mut buf).unwrap(), Log::Appended);
+                assert!(matches!(commit(&conn, &mut s, &mut batch, &fail, &mut buf).unwrap(), Log::Appended(1, _)));
             }
             let n: i64 = conn.query_row("SELECT count(*) FROM messages", [], |r| r.get(0)).unwrap();
             assert_eq!(n, 0, "the changes wait in the log");
@@ -1162,5 +1178,22 @@ mod tests {
             loaded.messages.iter().map(|m| (m.seq, m.body.as_str(), m.nonce, m.receiver.as_deref())).collect();
         assert_eq!(got, vec![(1, "one", 7, Some("R")), (3, "three", 0, None)]);
         store.close();
+    }
+
+    /// A group larger than a log row takes several rows, and reads back whole.
+    #[test]
+    fn a_large_group_takes_several_log_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_conn(&dir.path().join("queue.db")).unwrap();
+        let mut s = Stmts::prepare(&conn).unwrap();
+        let body = "x".repeat(LOG_ROW_BYTES / 2 + 1);
+        let ops = (1..=3).map(|seq| Op::Insert(Box::new(row(seq, "q", &body)))).collect();
+        let mut batch: Vec<Batch> = vec![(1, ops, None)];
+        let log = commit(&conn, &mut s, &mut batch, &std::sync::atomic::AtomicU32::new(0), &mut Vec::new()).unwrap();
+        assert!(matches!(log, Log::Appended(2, _)), "{log:?}");
+        compact_now(&conn).unwrap();
+        let got: Vec<(i64, i64)> =
+            conn.prepare("SELECT seq, length(body) FROM messages ORDER BY seq").unwrap().query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
+        assert_eq!(got, (1..=3).map(|seq| (seq, body.len() as i64)).collect::<Vec<_>>());
     }
 }
