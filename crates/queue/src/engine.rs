@@ -105,11 +105,24 @@ pub struct Ctx {
     /// Set by actions that change state: the store ticket to wait for.
     pub ticket: u64,
     pub(crate) durable: Option<tokio::sync::oneshot::Receiver<Result<(), String>>>,
+    /// `access_key` interned (looked up once per request, not once per message).
+    key: KeyId,
 }
 
 impl Ctx {
     pub fn new(access_key: &str, host: &str) -> Ctx {
-        Ctx { access_key: Arc::from(access_key), host: host.to_string(), now_ms: now_ms(), ticket: 0, durable: None }
+        let key = KeyId::intern(access_key);
+        let access_key = key.get().unwrap_or_else(|| Arc::from(access_key));
+        Ctx { access_key, host: host.to_string(), now_ms: now_ms(), ticket: 0, durable: None, key }
+    }
+
+    /// The interned access key id (interned again if `access_key` was changed since).
+    fn key_id(&self) -> KeyId {
+        if self.key.is(&self.access_key) {
+            self.key.clone()
+        } else {
+            KeyId::intern(&self.access_key)
+        }
     }
 }
 
@@ -1226,7 +1239,7 @@ impl Broker {
         let delay = a.delay?;
         let group = a.group;
         let dedup = a.dedup;
-        let sender = KeyId::intern(&ctx.access_key);
+        let sender = ctx.key_id();
         let State { queues, next_seq, .. } = st;
         let q = queues.get_mut(name).ok_or_else(SqsError::queue_does_not_exist)?;
         let size = body.len() + attr_size;
@@ -1337,7 +1350,8 @@ impl Broker {
             receiver: KeyId::NONE,
             received_at: 0,
         };
-        ops.push(Op::Put(Box::new(m.row(seq, name))));
+        // a sequence number never used before: a new row
+        ops.push(Op::Insert(Box::new(m.row(seq, name))));
         let mut out = Sent { id: None, message_id: m.id_string(), md5_body, md5_attrs, md5_sys, sequence_number: None };
         if let Some(e) = m.extra.as_ref().filter(|_| q.fifo) {
             out.sequence_number = Some(format!("{:020}", e.seqnum));
@@ -1523,7 +1537,7 @@ impl Broker {
 
     fn receive_once(&self, st: &mut State, name: &str, p: &RecvParams, ctx: &mut Ctx) -> Result<Vec<Received>, SqsError> {
         let now = ctx.now_ms;
-        let kid = KeyId::intern(&ctx.access_key);
+        let kid = ctx.key_id();
         let key = kid.get().unwrap_or_else(|| ctx.access_key.clone());
         let State { queues, telemetry, .. } = st;
         let q = queues.get_mut(name).ok_or_else(SqsError::queue_does_not_exist)?;

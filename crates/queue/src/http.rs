@@ -2,9 +2,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -230,7 +229,9 @@ fn error_response(proto: &Proto, err: &SqsError, rid: &str) -> Response {
     }
 }
 
-async fn entry(State(b): State<Broker>, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+async fn entry(State(b): State<Broker>, req: axum::extract::Request) -> Response {
+    // the request's parts taken as they are (extracting the headers would copy them)
+    let (axum::http::request::Parts { method, uri, headers, .. }, body) = req.into_parts();
     let rid = request_id();
     let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).map(str::to_string);
     let proto = if target.is_some() { Proto::Json } else { Proto::Query };

@@ -61,6 +61,11 @@ impl KeyId {
         self.0.clone()
     }
 
+    /// Whether this is `name`'s very allocation.
+    pub fn is(&self, name: &Arc<str>) -> bool {
+        self.0.as_ref().is_some_and(|a| Arc::ptr_eq(a, name))
+    }
+
     pub fn name(&self) -> String {
         self.0.as_deref().unwrap_or_default().to_string()
     }
@@ -154,7 +159,30 @@ pub(crate) struct MsgStore {
 
 impl MsgStore {
     fn find(&self, seq: u64) -> Result<usize, usize> {
-        self.slots.binary_search_by_key(&seq, |s| s.0)
+        // Sequence numbers are distinct and ascending, so `seq` is at most `seq - first` slots
+        // from the front: there exactly while no other queue's messages or compacted holes
+        // lie between (the usual case), else the search looks only up to there.
+        let Some(&(first, _)) = self.slots.front() else { return Err(0) };
+        let Some(guess) = seq.checked_sub(first) else { return Err(0) };
+        let end = match usize::try_from(guess) {
+            Ok(g) if g < self.slots.len() => {
+                if self.slots[g].0 == seq {
+                    return Ok(g);
+                }
+                g + 1
+            }
+            _ => self.slots.len(),
+        };
+        let (mut lo, mut hi) = (0, end);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.slots[mid].0.cmp(&seq) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Ok(mid),
+            }
+        }
+        Err(lo)
     }
 
     pub fn get(&self, seq: &u64) -> Option<&Msg> {
