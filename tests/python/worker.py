@@ -13,7 +13,8 @@ environment (the standard AWS variables for the client; QUEUE_URL or QUEUE):
   CRASH_AT_START when set, exit 1 at once
   CRASH_AFTER    exit 1 after this many messages
 
-One line per message on stdout: "processed ID revision=R task=T ms=N" or "failed ID ...".
+One line per message on stdout: "processed ID revision=R task=T ms=N order=K" or "failed ID ..."
+(order: the number in a body "order K ...", or -; a redriven message keeps its body, not its id).
 """
 
 import os
@@ -59,12 +60,14 @@ def main():
             started = time.monotonic()
             time.sleep(work)
             ms = int((time.monotonic() - started) * 1000)
+            words = m["Body"].split()
+            order = words[1] if len(words) > 1 and words[0] == "order" else "-"
             ok = random.random() >= fail_rate and not (fail_word and fail_word in m["Body"])
             if ok:
                 sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
-                print(f"processed {m['MessageId']} revision={rev} task={task} ms={ms}", flush=True)
+                print(f"processed {m['MessageId']} revision={rev} task={task} ms={ms} order={order}", flush=True)
             else:
-                print(f"failed {m['MessageId']} revision={rev} task={task} ms={ms} error=simulated", flush=True)
+                print(f"failed {m['MessageId']} revision={rev} task={task} ms={ms} order={order} error=simulated", flush=True)
                 if not leave:
                     sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=0)
             done += 1

@@ -11,6 +11,7 @@ mod cmd;
 mod embedded;
 mod output;
 mod sample;
+mod sqs_admin;
 mod workspace;
 
 /// Canary releases for queue workers.

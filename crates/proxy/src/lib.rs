@@ -10,6 +10,7 @@
 //! Parts: `sqs` reads the two wire protocols, `observe` keeps the counts and receipts held,
 //! `forward` re-signs and forwards, `identity` tells which task this is, `telemetry` is the report.
 
+pub mod collect;
 pub mod error;
 pub mod forward;
 pub mod identity;
@@ -338,6 +339,7 @@ impl Shared {
             handed_back: c.handed_back,
             held: o.held.len() as u64,
             oldest_held_ms: o.oldest_held(now).as_millis() as u64,
+            held_ages_ms: o.held_ages(now, telemetry::HELD_AGES),
             hold_limit_ms: self.hold_limit.as_millis() as u64,
             processing_ms: (&o.processing).into(),
             failed: failed.into_iter().map(Into::into).collect(),
@@ -420,7 +422,11 @@ impl Shared {
                 *self.telemetry_url.lock().await = None;
                 self.observer().restore_failed(report.failed.into_iter().map(|f| observe::Failed {
                     id: f.id,
-                    how: if f.how == "expired" { observe::FailKind::Expired } else { observe::FailKind::Returned },
+                    how: match f.how.as_str() {
+                        "expired" => observe::FailKind::Expired,
+                        "released" => observe::FailKind::Released,
+                        _ => observe::FailKind::Returned,
+                    },
                 }).collect());
                 false
             }
@@ -431,9 +437,9 @@ impl Shared {
     async fn hand_back(&self) -> (u64, u64) {
         let now = Instant::now();
         let held: Vec<(String, observe::Held)> = self.observer().held.drain().filter(|(_, h)| h.deadline.is_none_or(|d| d > now)).collect();
-        let mut by_queue: HashMap<String, Vec<String>> = HashMap::new();
+        let mut by_queue: HashMap<String, Vec<(String, String)>> = HashMap::new();
         for (receipt, h) in held {
-            by_queue.entry(h.queue_url).or_default().push(receipt);
+            by_queue.entry(h.queue_url).or_default().push((receipt, h.message_id));
         }
         let (mut ok, mut refused) = (0u64, 0u64);
         for (queue_url, receipts) in by_queue {
@@ -441,11 +447,18 @@ impl Shared {
                 let entries: Vec<ChangeMessageVisibilityBatchRequestEntry> = chunk
                     .iter()
                     .enumerate()
-                    .filter_map(|(i, r)| ChangeMessageVisibilityBatchRequestEntry::builder().id(i.to_string()).receipt_handle(r).visibility_timeout(0).build().ok())
+                    .filter_map(|(i, (r, _))| ChangeMessageVisibilityBatchRequestEntry::builder().id(i.to_string()).receipt_handle(r).visibility_timeout(0).build().ok())
                     .collect();
                 match self.sqs.change_message_visibility_batch().queue_url(&queue_url).set_entries(Some(entries)).send().await {
                     Ok(out) => {
                         ok += out.successful().len() as u64;
+                        let mut o = self.observer();
+                        for s in out.successful() {
+                            if let Some((_, id)) = s.id().parse::<usize>().ok().and_then(|i| chunk.get(i)) {
+                                o.released(id.clone());
+                            }
+                        }
+                        drop(o);
                         for f in out.failed() {
                             tracing::warn!(queue = %queue_url, code = f.code(), "the upstream refused to hand a held message back: {}", f.message().unwrap_or_default());
                         }

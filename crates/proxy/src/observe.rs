@@ -92,6 +92,8 @@ impl Histogram {
 pub enum FailKind {
     Returned,
     Expired,
+    /// Still held when the proxy stopped: made visible again by the proxy.
+    Released,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -248,6 +250,19 @@ impl Observer {
                 self.fail(h.message_id, FailKind::Expired);
             }
         }
+    }
+
+    /// How long each held message has been held, the longest first, at most `n` of them.
+    pub fn held_ages(&self, now: Instant, n: usize) -> Vec<u64> {
+        let mut ages: Vec<u64> = self.held.values().map(|h| now.saturating_duration_since(h.received).as_millis() as u64).collect();
+        ages.sort_unstable_by(|a, b| b.cmp(a));
+        ages.truncate(n);
+        ages
+    }
+
+    /// A held message made visible again when the proxy stopped: a failed attempt of its task.
+    pub fn released(&mut self, message_id: String) {
+        self.fail(message_id, FailKind::Released);
     }
 
     /// How long the oldest held message has been held.

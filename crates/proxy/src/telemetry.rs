@@ -11,6 +11,9 @@ use crate::observe::{Counts, Failed, Histogram};
 /// The format's version; a reader refuses other versions.
 pub const VERSION: u32 = 1;
 
+/// Ages of held messages carried by one report at most (the oldest).
+pub const HELD_AGES: usize = 100;
+
 /// Failed message ids carried by one report at most; the rest wait for the next one.
 pub const FAILED_PER_REPORT: usize = 100;
 
@@ -40,7 +43,8 @@ impl From<&Histogram> for HistogramReport {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FailedReport {
     pub id: String,
-    /// `returned` (handed back with ChangeMessageVisibility 0) or `expired`.
+    /// `returned` (handed back with ChangeMessageVisibility 0), `expired`, or `released` (held
+    /// when the proxy stopped, made visible again by it).
     pub how: String,
 }
 
@@ -85,6 +89,9 @@ pub struct Report {
     /// Messages held now, and how long the oldest has been held.
     pub held: u64,
     pub oldest_held_ms: u64,
+    /// How long each held message has been held, the longest first (at most `HELD_AGES`).
+    #[serde(default)]
+    pub held_ages_ms: Vec<u64>,
     /// The censoring limit: holds longer than this count in `over_limit`.
     pub hold_limit_ms: u64,
     /// Processing times (receive to successful delete), cumulative.

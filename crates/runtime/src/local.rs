@@ -54,6 +54,11 @@ pub struct LocalOptions {
     /// `AWS_SECRET_ACCESS_KEY`) are registered while the task exists, from just before its
     /// first start to its final exit. `None`: the secrets are made but registered nowhere.
     pub task_keys: Option<Arc<dyn TaskKeys>>,
+    /// A command each task runs behind, as ECS runs a sidecar beside the app: the task's
+    /// command is appended as `bash -c "exec <command>"` (e.g. `coalmine proxy ... --`). With
+    /// it the task keeps coalmine's AWS credentials and gets no AWS endpoint variables (the
+    /// sidecar sets the app's).
+    pub sidecar: Option<Vec<String>>,
 }
 
 impl Default for LocalOptions {
@@ -67,6 +72,7 @@ impl Default for LocalOptions {
             health_check_timeout: Duration::from_secs(10),
             health_check_retries: 3,
             task_keys: None,
+            sidecar: None,
         }
     }
 }
@@ -766,16 +772,21 @@ impl Supervisor {
         let spec = &svc.spec;
         let mut env = t.revision.env.clone();
         let q = &spec.queue;
+        let own = [
+            ("AWS_ACCESS_KEY_ID", t.access_key_id.as_str()),
+            ("AWS_SECRET_ACCESS_KEY", t.secret.as_str()),
+            ("AWS_ENDPOINT_URL", q.endpoint_url.as_str()),
+            ("AWS_ENDPOINT_URL_SQS", q.endpoint_url.as_str()),
+        ];
+        if self.options.sidecar.is_none() {
+            env.extend(own.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        }
         for (k, v) in [
             ("COALMINE_SERVICE", name),
             ("COALMINE_REVISION", t.revision.name.as_str()),
             ("COALMINE_TASK", t.id.as_str()),
-            ("AWS_ACCESS_KEY_ID", t.access_key_id.as_str()),
-            ("AWS_SECRET_ACCESS_KEY", t.secret.as_str()),
             ("AWS_REGION", q.region.as_str()),
             ("AWS_DEFAULT_REGION", q.region.as_str()),
-            ("AWS_ENDPOINT_URL", q.endpoint_url.as_str()),
-            ("AWS_ENDPOINT_URL_SQS", q.endpoint_url.as_str()),
             ("QUEUE", q.queue.as_str()),
             ("QUEUE_URL", q.queue_url.as_str()),
         ] {
@@ -809,7 +820,7 @@ impl Supervisor {
         t.health_in_flight = false;
         t.next_health_at = None;
         t.health_failures = 0;
-        match process::spawn_task(&t.revision.dir, &t.revision.command, &env) {
+        match process::spawn_task(&t.revision.dir, &t.revision.command, &env, self.options.sidecar.as_deref()) {
             Ok(started) => {
                 t.pid = Some(started.pid);
                 t.start_ticks = process::proc_stat(started.pid).map(|s| s.start_ticks).unwrap_or(0);

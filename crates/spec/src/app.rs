@@ -62,6 +62,7 @@ struct RawRun {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawQueue {
+    url: S<String>,
     name: S<String>,
     visibility_timeout: S<String>,
     dlq: S<String>,
@@ -218,6 +219,19 @@ impl Ctx<'_> {
     }
 }
 
+/// `https://sqs.<region>.amazonaws.com/<account>/<name>` (or any `http(s)://host/.../<name>`) as
+/// (endpoint, name, region when the host names one).
+fn parse_queue_url(url: &str) -> Option<(String, String, Option<String>)> {
+    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"))?;
+    let (host, path) = rest.split_once('/')?;
+    let name = path.trim_end_matches('/').rsplit('/').next().filter(|n| is_queue_name(n))?;
+    if host.is_empty() {
+        return None;
+    }
+    let region = host.strip_prefix("sqs.").and_then(|h| h.split_once('.')).map(|(r, _)| r.to_string()).filter(|r| r.contains('-'));
+    Some((url[..url.len() - rest.len() + host.len()].to_string(), name.to_string(), region))
+}
+
 fn string_or(v: &S<String>, default: impl Into<String>) -> String {
     v.as_ref().map(|s| s.get_ref().clone()).unwrap_or_else(|| default.into())
 }
@@ -306,6 +320,7 @@ fn known_keys(path: &[&str]) -> Option<&'static [&'static str]> {
             "maximum_percent",
         ],
         ["queue"] => &[
+            "url",
             "name",
             "visibility_timeout",
             "dlq",
@@ -671,8 +686,22 @@ fn convert(cx: &mut Ctx, raw: RawApp, root: PathBuf) -> AppSpec {
         region: None,
         account_id: None,
         verify_signatures: None,
+        url: None,
     });
-    let qname = string_or(&q.name, app.clone());
+    // `url` = the endpoint and the name in one (and the region, from an AWS host).
+    let from_url = q.url.as_ref().and_then(|u| {
+        let parsed = parse_queue_url(u.get_ref());
+        if parsed.is_none() {
+            cx.err(Some(u.span()), "queue.url", format!("`{}` is not a queue URL", u.get_ref()), "write e.g. \"https://sqs.eu-west-1.amazonaws.com/123456789012/orders\"".to_string());
+        } else if q.name.is_some() || q.endpoint.is_some() {
+            cx.err(Some(u.span()), "queue.url", "`url` names the queue and its endpoint; `name` or `endpoint` is set too".to_string(), "keep either `url`, or `name` and `endpoint`".to_string());
+        }
+        parsed
+    });
+    let qname = match &from_url {
+        Some((_, name, _)) => name.clone(),
+        None => string_or(&q.name, app.clone()),
+    };
     let dlq = string_or(&q.dlq, format!("{app}-dlq"));
     for (v, value, path) in [(&q.name, &qname, "queue.name"), (&q.dlq, &dlq, "queue.dlq")] {
         if !is_queue_name(value) {
@@ -699,7 +728,7 @@ fn convert(cx: &mut Ctx, raw: RawApp, root: PathBuf) -> AppSpec {
     if dlq_retention < Duration::from_secs(60) || dlq_retention > Duration::from_secs(14 * 86_400) {
         cx.err(q.dlq_retention.as_ref().map(|s| s.span()), "queue.dlq_retention", format!("a retention of {} is outside SQS's range of 1m to 14d", duration::format(dlq_retention)), "use a value from \"1m\" to \"14d\"; the guidance uses \"60m\"".to_string());
     }
-    let endpoint = q.endpoint.as_ref().map(|s| s.get_ref().clone());
+    let endpoint = q.endpoint.as_ref().map(|s| s.get_ref().clone()).or_else(|| from_url.as_ref().map(|(e, _, _)| e.clone()));
     if let Some(e) = &q.endpoint {
         let v = e.get_ref();
         if !(v.starts_with("http://") || v.starts_with("https://")) || v.len() <= "https://".len() {
@@ -708,7 +737,8 @@ fn convert(cx: &mut Ctx, raw: RawApp, root: PathBuf) -> AppSpec {
     }
     // On ECS the queue lives in the runtime's region unless the file says otherwise.
     let ecs_region = raw.runtime.as_ref().filter(|_| on_ecs).and_then(|r| r.get_ref().region.clone());
-    let region = string_or(&q.region, ecs_region.as_ref().map(|r| r.get_ref().clone()).unwrap_or_else(|| "us-east-1".into()));
+    let url_region = from_url.as_ref().and_then(|(_, _, r)| r.clone());
+    let region = string_or(&q.region, url_region.or(ecs_region.as_ref().map(|r| r.get_ref().clone())).unwrap_or_else(|| "us-east-1".into()));
     if region.trim().is_empty() || region.contains(char::is_whitespace) {
         cx.err(q.region.as_ref().map(|s| s.span()), "queue.region", format!("`{region}` is not a region"), "write e.g. \"us-east-1\"".to_string());
     }

@@ -165,3 +165,18 @@ fn init_aws_file_parses_to_the_ecs_defaults() {
     assert_eq!((s.services, s.steps, s.alarms), (local.services, local.steps, local.alarms));
     assert_eq!(local.runtime, RuntimeSpec::Local);
 }
+
+#[test]
+fn a_queue_url_names_the_endpoint_the_queue_and_the_region() {
+    let spec = parse(&format!("{MINIMAL}[queue]\nurl = \"https://sqs.eu-west-1.amazonaws.com/123456789012/orders-in\"\n"), "coalmine.toml").unwrap();
+    assert_eq!(spec.queue.endpoint.as_deref(), Some("https://sqs.eu-west-1.amazonaws.com"));
+    assert_eq!(spec.queue.name, "orders-in");
+    assert_eq!(spec.queue.region, "eu-west-1");
+    let local = parse(&format!("{MINIMAL}[queue]\nurl = \"http://127.0.0.1:4566/000000000000/orders\"\n"), "coalmine.toml").unwrap();
+    assert_eq!(local.queue.endpoint.as_deref(), Some("http://127.0.0.1:4566"));
+    assert_eq!(local.queue.region, "us-east-1");
+    let both = errors(&format!("{MINIMAL}[queue]\nurl = \"http://127.0.0.1:4566/000000000000/orders\"\nname = \"x\"\n"));
+    assert!(one(&both, "queue.url").message.contains("`name` or `endpoint` is set too"), "{both:?}");
+    let bad = errors(&format!("{MINIMAL}[queue]\nurl = \"orders\"\n"));
+    assert!(one(&bad, "queue.url").message.contains("not a queue URL"), "{bad:?}");
+}

@@ -489,6 +489,7 @@ fn first_failure_ms(running: &Running, revision: &str, since_ms: u64) -> Option<
     let queue = &running.engine.spec().queue.name;
     running
         .broker
+        .as_ref()?
         .telemetry(queue, since_ms)
         .ok()?
         .into_iter()

@@ -18,6 +18,7 @@ use coalmine_runtime::local::{LocalOptions, LocalRuntime};
 use coalmine_runtime::{QueueEnv, Runtime, TaskKeys};
 
 use crate::embedded::EmbeddedQueue;
+use crate::sqs_admin::SqsQueue;
 use crate::workspace::{self, UpInfo};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -45,7 +46,8 @@ pub struct UpArgs {
 pub struct Running {
     pub engine: Arc<Engine>,
     pub runtime: Arc<dyn Runtime>,
-    pub broker: Broker,
+    /// The embedded queue; `None` on an external SQS.
+    pub broker: Option<Broker>,
     pub queue_url: String,
     pub queue_endpoint: String,
     /// The API's address for clients on this machine.
@@ -101,39 +103,53 @@ pub async fn start(args: &UpArgs) -> anyhow::Result<Running> {
             }
         }
     }
-    // On ECS the tasks use the SQS of [queue] endpoint; locally only the embedded queue runs.
-    if spec.queue.endpoint.is_some() && spec.runtime.ecs().is_none() {
-        anyhow::bail!(
-            "[queue] endpoint (an external SQS) is set, but `coalmine up` runs the embedded queue only; remove `endpoint` from coalmine.toml"
-        );
-    }
-
-    // The embedded queue: it checks every request's signature against the keys it knows.
+    // The queue: the embedded one, or an external SQS (`[queue] endpoint`, or ECS) that the
+    // tasks reach through their queue proxies.
     let queue_keys = workspace::ensure_queue_credentials(&state)?;
-    let mut qcfg = BrokerConfig::new(state.clone());
-    qcfg.account_id = spec.queue.account_id.clone();
-    qcfg.region = spec.queue.region.clone();
-    if spec.queue.verify_signatures {
-        qcfg.credentials = Some(queue_keys.clone());
-    } else {
-        tracing::warn!("[queue] verify_signatures = false: the embedded queue accepts any access key and secret");
-    }
-    let broker = Broker::open(qcfg).with_context(|| format!("cannot open the queue's data in {}", state.display()))?;
-    let qport = args.queue_port.unwrap_or(spec.queue.port);
-    let qlistener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], qport))).await.with_context(|| {
-        format!("cannot listen on 127.0.0.1:{qport} for the queue: is another coalmine or SQS emulator running? Set [queue] port in coalmine.toml, or pass --queue-port 0")
-    })?;
-    let qaddr = qlistener.local_addr()?;
-    let queue_endpoint = format!("http://{qaddr}");
-    {
-        let b = broker.clone();
-        tokio::spawn(async move {
-            if let Err(e) = b.serve(qlistener).await {
-                tracing::error!("queue server stopped: {e}");
+    let external = spec.queue.endpoint.is_some() || spec.runtime.ecs().is_some();
+    let (broker, queue_endpoint, queue_url, queue_admin): (Option<Broker>, String, String, Arc<dyn coalmine_pipeline::queue_admin::QueueAdmin>) =
+        if external {
+            let (sqs, differences) = tokio::task::block_in_place(|| SqsQueue::connect(&spec, &state)).with_context(|| {
+                format!(
+                    "cannot set up the queues on SQS ({}); check the endpoint, the region and the AWS credentials (environment, profile or role)",
+                    spec.queue.endpoint.clone().unwrap_or_else(|| format!("region {}", spec.queue.region))
+                )
+            })?;
+            for d in differences {
+                eprintln!("warning: {d} (the queue is used as it is; change it, or coalmine.toml, to match)");
             }
-        });
-    }
-    let queue_url = ensure_queues(&broker, &spec, &queue_endpoint)?;
+            let endpoint = spec.queue.endpoint.clone().unwrap_or_else(|| coalmine_proxy::aws_endpoint(&spec.queue.region));
+            let url = sqs.queue_url.clone();
+            (None, endpoint, url, Arc::new(sqs))
+        } else {
+            // The embedded queue: it checks every request's signature against the keys it knows.
+            let mut qcfg = BrokerConfig::new(state.clone());
+            qcfg.account_id = spec.queue.account_id.clone();
+            qcfg.region = spec.queue.region.clone();
+            if spec.queue.verify_signatures {
+                qcfg.credentials = Some(queue_keys.clone());
+            } else {
+                tracing::warn!("[queue] verify_signatures = false: the embedded queue accepts any access key and secret");
+            }
+            let broker = Broker::open(qcfg).with_context(|| format!("cannot open the queue's data in {}", state.display()))?;
+            let qport = args.queue_port.unwrap_or(spec.queue.port);
+            let qlistener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], qport))).await.with_context(|| {
+                format!("cannot listen on 127.0.0.1:{qport} for the queue: is another coalmine or SQS emulator running? Set [queue] port in coalmine.toml, or pass --queue-port 0")
+            })?;
+            let qaddr = qlistener.local_addr()?;
+            let queue_endpoint = format!("http://{qaddr}");
+            {
+                let b = broker.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = b.serve(qlistener).await {
+                        tracing::error!("queue server stopped: {e}");
+                    }
+                });
+            }
+            let queue_url = ensure_queues(&broker, &spec, &queue_endpoint)?;
+            let admin = Arc::new(EmbeddedQueue { broker: broker.clone(), queue: spec.queue.name.clone(), dlq: spec.queue.dlq.clone() });
+            (Some(broker), queue_endpoint, queue_url, admin)
+        };
 
     // The runtime, the pipeline.
     let (runtime, queue_env) = runtime_for(&spec, &state, &queue_endpoint, &queue_url, &queue_keys)?;
@@ -144,7 +160,6 @@ pub async fn start(args: &UpArgs) -> anyhow::Result<Running> {
         tracing::warn!(count = left, "killed build processes a previous coalmine run left behind");
     }
     let source = GitSource::new(spec.source.repo.location(), branch, paths.source_mirror());
-    let queue_admin = Arc::new(EmbeddedQueue { broker: broker.clone(), queue: spec.queue.name.clone(), dlq: spec.queue.dlq.clone() });
     // `COALMINE_BUILD_<NAME>=value` in coalmine's environment sets `<NAME>` for the builds
     // (e.g. COALMINE_BUILD_CARGO_TARGET_DIR to share compiled dependencies between revisions).
     let build_env: std::collections::BTreeMap<String, String> = std::env::vars()
@@ -228,7 +243,11 @@ fn runtime_for(
     let q = &spec.queue;
     match &spec.runtime {
         coalmine_spec::RuntimeSpec::Local => {
-            let options = LocalOptions { task_keys: Some(Arc::new(QueueKeys(queue_keys.clone()))), ..LocalOptions::default() };
+            let options = match &q.endpoint {
+                // An external SQS: each task runs behind its own queue proxy, as on ECS.
+                Some(endpoint) => LocalOptions { sidecar: Some(proxy_sidecar(spec, endpoint)?), ..LocalOptions::default() },
+                None => LocalOptions { task_keys: Some(Arc::new(QueueKeys(queue_keys.clone()))), ..LocalOptions::default() },
+            };
             let runtime = LocalRuntime::with_options(state, options).context("cannot start the local runtime")?;
             let env = QueueEnv {
                 endpoint_url: queue_endpoint.to_string(),
@@ -258,6 +277,31 @@ fn runtime_for(
             Ok((Arc::new(runtime), env))
         }
     }
+}
+
+/// The command a local task runs behind on an external SQS: `coalmine proxy` with the
+/// queue's endpoint and region; the task's identity comes from its COALMINE_* variables.
+fn proxy_sidecar(spec: &coalmine_spec::AppSpec, endpoint: &str) -> anyhow::Result<Vec<String>> {
+    let exe = std::env::current_exe().context("cannot find coalmine's own executable to run the queue proxies")?;
+    // The proxy waits for its app a little less than the runtime does before SIGKILL (a
+    // rolled-back canary's shorter timeout included), then hands back what the app held.
+    let stop = spec.run.stop_timeout.min(spec.run.rollback_stop_timeout);
+    let grace = stop.saturating_sub(std::time::Duration::from_secs(1)).max(std::time::Duration::from_secs(1));
+    Ok(vec![
+        exe.display().to_string(),
+        "proxy".into(),
+        "--port".into(),
+        "0".into(),
+        "--upstream".into(),
+        endpoint.to_string(),
+        "--region".into(),
+        spec.queue.region.clone(),
+        "--app".into(),
+        spec.app.clone(),
+        "--grace".into(),
+        format!("{}ms", grace.as_millis()),
+        "--".into(),
+    ])
 }
 
 /// The runtime registers each task's key with the embedded queue while the task exists.
@@ -302,7 +346,9 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         let spec = running.engine.spec().clone();
         println!("coalmine up: {}", spec.app);
         println!("  queue      {}  (queue `{}`, DLQ `{}`)", running.queue_endpoint, spec.queue.name, spec.queue.dlq);
-        if spec.queue.verify_signatures {
+        if running.broker.is_none() {
+            println!("  telemetry  {}  (the tasks' queue proxies report here)", coalmine_proxy::telemetry_queue_name(&spec.app));
+        } else if spec.queue.verify_signatures {
             println!(
                 "  your key   .coalmine/credentials  (AWS_SHARED_CREDENTIALS_FILE=.coalmine/credentials aws --endpoint-url {} sqs ...)",
                 running.queue_endpoint

@@ -168,13 +168,15 @@ pub struct Rig {
     pub coalmine: PathBuf,
     pub sample_app: PathBuf,
     pub up: Option<Child>,
+    /// Extra environment of `coalmine up` (e.g. AWS credentials for an external SQS).
+    pub env: Vec<(String, String)>,
 }
 
 impl Rig {
     pub fn new(coalmine: &Path, sample_app: &Path, toml: &str) -> Rig {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("coalmine.toml"), toml).unwrap();
-        let rig = Rig { dir, coalmine: coalmine.into(), sample_app: sample_app.into(), up: None };
+        let rig = Rig { dir, coalmine: coalmine.into(), sample_app: sample_app.into(), up: None, env: Vec::new() };
         let repo = rig.repo();
         std::fs::create_dir_all(&repo).unwrap();
         git(&repo, &["init", "--quiet", "--initial-branch=main"]);
@@ -215,6 +217,7 @@ impl Rig {
             .args(["up", "--queue-port", "0", "--api-port", "0"])
             .current_dir(self.path())
             .env("COALMINE_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))

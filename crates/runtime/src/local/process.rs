@@ -41,14 +41,26 @@ pub(crate) struct Started {
     pub output: pipe::Receiver,
 }
 
-/// Start `bash -c "exec <command>"` in `dir` with `env` on top of coalmine's environment.
-pub(crate) fn spawn_task(dir: &Path, command: &str, env: &BTreeMap<String, String>) -> io::Result<Started> {
+/// Start `bash -c "exec <command>"` in `dir` with `env` on top of coalmine's environment —
+/// or, with a sidecar, `<sidecar...> bash -c "exec <command>"` with coalmine's credentials
+/// left in place (the sidecar uses them; the app talks to the sidecar).
+pub(crate) fn spawn_task(dir: &Path, command: &str, env: &BTreeMap<String, String>, sidecar: Option<&[String]>) -> io::Result<Started> {
     let (tx, rx) = pipe::pipe()?;
     let out: OwnedFd = tx.into_blocking_fd()?;
     let err = out.try_clone()?;
-    let mut cmd = Command::new("bash");
-    cmd.arg("-c").arg(format!("exec {command}"));
-    configure(&mut cmd, dir, env);
+    let mut cmd = match sidecar {
+        Some([program, args @ ..]) => {
+            let mut cmd = Command::new(program);
+            cmd.args(args).args(["bash", "-c"]).arg(format!("exec {command}"));
+            cmd
+        }
+        _ => {
+            let mut cmd = Command::new("bash");
+            cmd.arg("-c").arg(format!("exec {command}"));
+            cmd
+        }
+    };
+    configure(&mut cmd, dir, env, sidecar.is_none());
     cmd.stdin(Stdio::null()).stdout(Stdio::from(out)).stderr(Stdio::from(err));
     let child = cmd.spawn()?;
     // `cmd` (and with it our copies of the pipe's write end) is dropped here, so the reader
@@ -62,15 +74,17 @@ pub(crate) fn spawn_task(dir: &Path, command: &str, env: &BTreeMap<String, Strin
 pub(crate) fn spawn_check(dir: &Path, command: &str, env: &BTreeMap<String, String>) -> io::Result<Child> {
     let mut cmd = Command::new("bash");
     cmd.arg("-c").arg(command);
-    configure(&mut cmd, dir, env);
+    configure(&mut cmd, dir, env, true);
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true);
     cmd.spawn()
 }
 
-fn configure(cmd: &mut Command, dir: &Path, env: &BTreeMap<String, String>) {
+fn configure(cmd: &mut Command, dir: &Path, env: &BTreeMap<String, String>, scrub: bool) {
     cmd.current_dir(dir);
-    for k in SCRUBBED {
-        cmd.env_remove(k);
+    if scrub {
+        for k in SCRUBBED {
+            cmd.env_remove(k);
+        }
     }
     cmd.envs(env);
     cmd.process_group(0);

@@ -1,0 +1,447 @@
+//! The pipeline's `QueueAdmin` over an SQS coalmine does not run (Amazon SQS, moto, LocalStack,
+//! another coalmine): depth from `GetQueueAttributes`, per-task telemetry from the queue
+//! proxies' reports on the telemetry queue, dead letters attributed by the failures the proxies
+//! reported, and a selective redrive that is journaled step by step.
+//!
+//! What SQS cannot do is said, not faked: it cannot make visible the messages another consumer
+//! holds (`release_in_flight` moves nothing: each task's proxy hands its messages back when the
+//! task stops), and it knows no message's last receiver (only the proxies' reports do).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, Message, MessageSystemAttributeName, QueueAttributeName};
+use aws_sdk_sqs::Client;
+use coalmine_pipeline::queue_admin::{ConsumerCounts, DeadLetter, InFlight, QueueAdmin, QueueAdminError, QueueDepth};
+use coalmine_proxy::collect::Collector;
+use coalmine_proxy::telemetry::Report;
+use coalmine_runtime::TaskIdentity;
+use coalmine_spec::AppSpec;
+
+/// A DLQ scan is reused this long (the engine asks several times a tick).
+const DLQ_CACHE: Duration = Duration::from_secs(2);
+/// Receives of one DLQ scan at most (10 messages each).
+const DLQ_SCAN_RECEIVES: usize = 100;
+/// How long a scanned DLQ message stays invisible before the scan hands it back.
+const SCAN_VISIBILITY: i32 = 30;
+/// The telemetry queue's retention: reports are read within seconds; older ones are useless.
+const TELEMETRY_RETENTION_S: u64 = 600;
+
+fn err(e: impl std::fmt::Display) -> QueueAdminError {
+    QueueAdminError(e.to_string())
+}
+
+fn sdk_err<E: std::error::Error + 'static>(what: &str, e: aws_sdk_sqs::error::SdkError<E>) -> QueueAdminError {
+    QueueAdminError(format!("{what}: {}", aws_sdk_sqs::error::DisplayErrorContext(&e)))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The app's queue, its DLQ and the telemetry queue on an external SQS.
+pub struct SqsQueue {
+    client: Client,
+    /// Its own runtime (the engine calls from plain threads and from the API's handlers);
+    /// `None` only while dropping.
+    rt: Option<tokio::runtime::Runtime>,
+    pub queue_url: String,
+    pub dlq_url: String,
+    collector: Arc<Mutex<Collector>>,
+    dlq: Mutex<Option<(Instant, Vec<DeadLetter>)>>,
+    /// Message ids each task's failures sent to the DLQ (seen there by a scan).
+    dead_seen: Mutex<HashMap<String, HashSet<String>>>,
+    journal: PathBuf,
+}
+
+/// An SQS client for `[queue]`: its region and endpoint, credentials from the standard chain.
+pub async fn client(spec: &AppSpec) -> Client {
+    let q = &spec.queue;
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(q.region.clone()))
+        .load()
+        .await;
+    let mut conf = aws_sdk_sqs::config::Builder::from(&sdk);
+    if let Some(e) = &q.endpoint {
+        conf = conf.endpoint_url(e);
+    }
+    Client::from_conf(conf.build())
+}
+
+/// Find a queue, or create it with `attrs`; an existing queue whose attributes differ is
+/// adopted as it is, and the differences are reported.
+async fn ensure(client: &Client, name: &str, attrs: &BTreeMap<QueueAttributeName, String>) -> anyhow::Result<(String, Vec<String>)> {
+    if let Ok(out) = client.get_queue_url().queue_name(name).send().await {
+        let url = out.queue_url().unwrap_or_default().to_string();
+        let have = client
+            .get_queue_attributes()
+            .queue_url(&url)
+            .attribute_names(QueueAttributeName::All)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the attributes of `{name}`: {}", aws_sdk_sqs::error::DisplayErrorContext(&e)))?;
+        let have = have.attributes().cloned().unwrap_or_default();
+        let mut differences = Vec::new();
+        for (k, want) in attrs {
+            let got = have.get(k).map(String::as_str).unwrap_or("(unset)");
+            let same = match k {
+                QueueAttributeName::RedrivePolicy => serde_json::from_str::<serde_json::Value>(got).ok().is_some_and(|g| {
+                    let w: serde_json::Value = serde_json::from_str(want).unwrap_or_default();
+                    g["deadLetterTargetArn"] == w["deadLetterTargetArn"] && g["maxReceiveCount"].to_string().trim_matches('"') == w["maxReceiveCount"].to_string()
+                }),
+                _ => got == want,
+            };
+            if !same {
+                differences.push(format!("queue `{name}`: {} is {got}, coalmine.toml asks for {want}", k.as_str()));
+            }
+        }
+        return Ok((url, differences));
+    }
+    let out = client
+        .create_queue()
+        .queue_name(name)
+        .set_attributes(Some(attrs.iter().map(|(k, v)| (k.clone(), v.clone())).collect()))
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the queue `{name}`: {}", aws_sdk_sqs::error::DisplayErrorContext(&e)))?;
+    tracing::info!(queue = name, "queue created");
+    Ok((out.queue_url().unwrap_or_default().to_string(), Vec::new()))
+}
+
+impl SqsQueue {
+    /// Connect, create or adopt the queue, DLQ and telemetry queue with the file's settings
+    /// (the guidance's by default), and start reading the proxies' reports.
+    pub fn connect(spec: &AppSpec, state: &std::path::Path) -> anyhow::Result<(SqsQueue, Vec<String>)> {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+        let q = &spec.queue;
+        let (client, dlq_url, queue_url, telemetry_url, differences) = rt.block_on(async {
+            let client = client(spec).await;
+            let mut differences = Vec::new();
+            let dlq_attrs = BTreeMap::from([(QueueAttributeName::MessageRetentionPeriod, q.dlq_retention.as_secs().to_string())]);
+            let (dlq_url, d) = ensure(&client, &q.dlq, &dlq_attrs).await?;
+            differences.extend(d);
+            let dlq_arn = client
+                .get_queue_attributes()
+                .queue_url(&dlq_url)
+                .attribute_names(QueueAttributeName::QueueArn)
+                .send()
+                .await
+                .map_err(|e| anyhow::anyhow!("reading the DLQ's ARN: {}", aws_sdk_sqs::error::DisplayErrorContext(&e)))?
+                .attributes()
+                .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+                .context("the DLQ has no QueueArn attribute")?;
+            let attrs = BTreeMap::from([
+                (QueueAttributeName::VisibilityTimeout, q.visibility_timeout.as_secs().to_string()),
+                (
+                    QueueAttributeName::RedrivePolicy,
+                    serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": q.max_receive_count}).to_string(),
+                ),
+            ]);
+            let (queue_url, d) = ensure(&client, &q.name, &attrs).await?;
+            differences.extend(d);
+            let tattrs = BTreeMap::from([(QueueAttributeName::MessageRetentionPeriod, TELEMETRY_RETENTION_S.to_string())]);
+            let (telemetry_url, _) = ensure(&client, &coalmine_proxy::telemetry_queue_name(&spec.app), &tattrs).await?;
+            anyhow::Ok((client, dlq_url, queue_url, telemetry_url, differences))
+        })?;
+        let collector = Arc::new(Mutex::new(Collector::default()));
+        rt.spawn(read_reports(client.clone(), telemetry_url, collector.clone()));
+        let sqs = SqsQueue {
+            client,
+            rt: Some(rt),
+            queue_url,
+            dlq_url,
+            collector,
+            dlq: Mutex::new(None),
+            dead_seen: Mutex::new(HashMap::new()),
+            journal: state.join("sqs-redrive.journal"),
+        };
+        Ok((sqs, differences))
+    }
+
+    /// Run `fut` on this queue's own runtime and wait for it (callable from any thread, also
+    /// from inside another tokio runtime).
+    fn run<T: Send + 'static>(&self, fut: impl std::future::Future<Output = T> + Send + 'static) -> Result<T, QueueAdminError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let rt = self.rt.as_ref().ok_or_else(|| QueueAdminError("the SQS client is shutting down".into()))?;
+        rt.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.recv_timeout(Duration::from_secs(60)).map_err(|_| QueueAdminError("the SQS request did not finish within 60 s".into()))
+    }
+
+    /// Receive everything in the DLQ for a moment: (message, receipt) pairs, not yet handed back.
+    fn scan_dlq(&self) -> Result<Vec<Message>, QueueAdminError> {
+        let (client, url) = (self.client.clone(), self.dlq_url.clone());
+        self.run(async move {
+            let mut out: Vec<Message> = Vec::new();
+            let mut seen = HashSet::new();
+            for _ in 0..DLQ_SCAN_RECEIVES {
+                let r = client
+                    .receive_message()
+                    .queue_url(&url)
+                    .max_number_of_messages(10)
+                    .visibility_timeout(SCAN_VISIBILITY)
+                    .wait_time_seconds(0)
+                    .message_system_attribute_names(MessageSystemAttributeName::All)
+                    .message_attribute_names("All")
+                    .send()
+                    .await
+                    .map_err(|e| sdk_err("receiving from the DLQ", e))?;
+                let batch = r.messages().to_vec();
+                if batch.is_empty() {
+                    break;
+                }
+                for m in batch {
+                    if seen.insert(m.message_id().unwrap_or_default().to_string()) {
+                        out.push(m);
+                    }
+                }
+            }
+            Ok(out)
+        })?
+    }
+
+    /// Make these DLQ messages visible again now.
+    fn hand_back(&self, messages: Vec<Message>) -> Result<(), QueueAdminError> {
+        let (client, url) = (self.client.clone(), self.dlq_url.clone());
+        self.run(async move {
+            for chunk in messages.chunks(10) {
+                let entries: Vec<_> = chunk
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, m)| {
+                        ChangeMessageVisibilityBatchRequestEntry::builder().id(i.to_string()).receipt_handle(m.receipt_handle()?).visibility_timeout(0).build().ok()
+                    })
+                    .collect();
+                if let Err(e) = client.change_message_visibility_batch().queue_url(&url).set_entries(Some(entries)).send().await {
+                    tracing::warn!("handing scanned DLQ messages back (they come back within {SCAN_VISIBILITY} s): {}", aws_sdk_sqs::error::DisplayErrorContext(&e));
+                }
+            }
+        })
+    }
+
+    fn receiver_of(&self, message_id: &str) -> Option<String> {
+        let c = self.collector.lock().unwrap();
+        c.failed_by(message_id).map(|(service, revision, task)| {
+            TaskIdentity { service: service.clone(), revision: revision.clone(), task: task.clone() }.access_key_id()
+        })
+    }
+
+    fn journal_read(&self) -> HashSet<String> {
+        std::fs::read_to_string(&self.journal)
+            .map(|t| t.lines().filter_map(|l| l.strip_prefix("sent ")).map(str::to_string).collect())
+            .unwrap_or_default()
+    }
+
+    fn journal_write(&self, line: &str) -> Result<(), QueueAdminError> {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.journal)
+            .map_err(|e| err(format!("{}: {e}", self.journal.display())))?;
+        writeln!(f, "{line}").and_then(|_| f.sync_data()).map_err(|e| err(format!("{}: {e}", self.journal.display())))
+    }
+}
+
+impl Drop for SqsQueue {
+    fn drop(&mut self) {
+        // Without blocking: the last reference may go inside an async task.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Read the proxies' reports for as long as the queue exists.
+async fn read_reports(client: Client, url: String, collector: Arc<Mutex<Collector>>) {
+    let mut failing = false;
+    loop {
+        let r = client.receive_message().queue_url(&url).max_number_of_messages(10).wait_time_seconds(1).send().await;
+        let messages = match r {
+            Ok(r) => {
+                if failing {
+                    tracing::info!("the telemetry queue answers again");
+                    failing = false;
+                }
+                r.messages().to_vec()
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!("reading the telemetry queue: {}", aws_sdk_sqs::error::DisplayErrorContext(&e));
+                    failing = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut done = Vec::new();
+        {
+            let mut c = collector.lock().unwrap();
+            for (i, m) in messages.iter().enumerate() {
+                match Report::parse(m.body().unwrap_or_default()) {
+                    Ok(report) => c.add(report),
+                    Err(e) => {
+                        c.refused += 1;
+                        tracing::warn!(message_id = m.message_id().unwrap_or_default(), "not a telemetry report, dropped: {e}");
+                    }
+                }
+                if let Some(h) = m.receipt_handle() {
+                    if let Ok(e) = aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder().id(i.to_string()).receipt_handle(h).build() {
+                        done.push(e);
+                    }
+                }
+            }
+            c.forget_before(now_ms().saturating_sub(30 * 60_000));
+        }
+        if !done.is_empty() {
+            if let Err(e) = client.delete_message_batch().queue_url(&url).set_entries(Some(done)).send().await {
+                tracing::debug!("deleting read reports (they are read again, and ignored): {}", aws_sdk_sqs::error::DisplayErrorContext(&e));
+            }
+        }
+    }
+}
+
+impl QueueAdmin for SqsQueue {
+    fn telemetry(&self, since_ms: u64) -> Result<Vec<ConsumerCounts>, QueueAdminError> {
+        let window = self.collector.lock().unwrap().window(since_ms, now_ms());
+        let dead = self.dead_seen.lock().unwrap();
+        Ok(window
+            .into_iter()
+            .map(|t| {
+                let access_key_id = TaskIdentity { service: t.service, revision: t.revision, task: t.task }.access_key_id();
+                ConsumerCounts {
+                    dead_lettered: dead.get(&access_key_id).map_or(0, |s| s.len() as u64),
+                    access_key_id,
+                    received: t.received,
+                    deleted: t.deleted,
+                    returned: t.returned,
+                    released: t.released,
+                    expired: t.expired,
+                    latencies_ms: t.latencies_ms,
+                    warm_latencies_ms: t.warm_latencies_ms,
+                    failures_since_success: t.failures_since_success,
+                    last_success_ms: t.last_success_ms,
+                }
+            })
+            .collect())
+    }
+
+    fn depth(&self) -> Result<QueueDepth, QueueAdminError> {
+        let (client, q, d) = (self.client.clone(), self.queue_url.clone(), self.dlq_url.clone());
+        self.run(async move {
+            let get = |url: String| {
+                let client = client.clone();
+                async move {
+                    let out = client
+                        .get_queue_attributes()
+                        .queue_url(&url)
+                        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+                        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+                        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+                        .send()
+                        .await
+                        .map_err(|e| sdk_err("GetQueueAttributes", e))?;
+                    let a = out.attributes().cloned().unwrap_or_default();
+                    let n = |k: QueueAttributeName| a.get(&k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                    Ok::<_, QueueAdminError>((
+                        n(QueueAttributeName::ApproximateNumberOfMessages),
+                        n(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+                        n(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
+                    ))
+                }
+            };
+            let (v, i, dl) = get(q).await?;
+            let (dv, di, _) = get(d).await?;
+            // SQS tells the oldest message's age only through CloudWatch: 0 here.
+            Ok(QueueDepth { visible: v, in_flight: i, delayed: dl, oldest_age_ms: 0, dlq_visible: dv, dlq_in_flight: di })
+        })?
+    }
+
+    fn in_flight(&self) -> Result<Vec<InFlight>, QueueAdminError> {
+        let now = now_ms();
+        let window = self.collector.lock().unwrap().window(now.saturating_sub(30 * 60_000), now);
+        Ok(window
+            .into_iter()
+            .flat_map(|t| {
+                let key = TaskIdentity { service: t.service, revision: t.revision, task: t.task }.access_key_id();
+                // The proxies report how long, not which: SQS does not say who holds a message.
+                t.held_ms.into_iter().map(move |age| InFlight { message_id: String::new(), access_key_id: key.clone(), received_at_ms: now.saturating_sub(age) })
+            })
+            .collect())
+    }
+
+    fn dead_letters(&self) -> Result<Vec<DeadLetter>, QueueAdminError> {
+        if let Some((at, cached)) = self.dlq.lock().unwrap().as_ref() {
+            if at.elapsed() < DLQ_CACHE {
+                return Ok(cached.clone());
+            }
+        }
+        let messages = self.scan_dlq()?;
+        let out: Vec<DeadLetter> = messages
+            .iter()
+            .map(|m| {
+                let id = m.message_id().unwrap_or_default().to_string();
+                DeadLetter { last_receiver: self.receiver_of(&id), message_id: id }
+            })
+            .collect();
+        self.hand_back(messages)?;
+        {
+            let mut dead = self.dead_seen.lock().unwrap();
+            for d in &out {
+                if let Some(k) = &d.last_receiver {
+                    dead.entry(k.clone()).or_default().insert(d.message_id.clone());
+                }
+            }
+        }
+        *self.dlq.lock().unwrap() = Some((Instant::now(), out.clone()));
+        Ok(out)
+    }
+
+    /// Receive the DLQ, send the chosen messages to the app's queue and delete them from the
+    /// DLQ, handing the others back at once. Each send is journaled before its delete, so a
+    /// crash between the two deletes the DLQ copy on the next try instead of sending it again.
+    fn redrive(&self, message_ids: &[String]) -> Result<usize, QueueAdminError> {
+        let wanted: HashSet<&String> = message_ids.iter().collect();
+        let messages = self.scan_dlq()?;
+        *self.dlq.lock().unwrap() = None;
+        let (chosen, others): (Vec<Message>, Vec<Message>) =
+            messages.into_iter().partition(|m| m.message_id().is_some_and(|id| wanted.contains(&id.to_string())));
+        self.hand_back(others)?;
+        let sent_before = self.journal_read();
+        let mut moved = 0;
+        for m in chosen {
+            let id = m.message_id().unwrap_or_default().to_string();
+            if !sent_before.contains(&id) {
+                let (client, url, m2) = (self.client.clone(), self.queue_url.clone(), m.clone());
+                self.run(async move {
+                    client
+                        .send_message()
+                        .queue_url(url)
+                        .message_body(m2.body().unwrap_or_default())
+                        .set_message_attributes(m2.message_attributes().cloned())
+                        .send()
+                        .await
+                        .map_err(|e| sdk_err("sending a redriven message to the queue", e))
+                })??;
+                self.journal_write(&format!("sent {id}"))?;
+            }
+            let (client, url, receipt) = (self.client.clone(), self.dlq_url.clone(), m.receipt_handle().unwrap_or_default().to_string());
+            self.run(async move {
+                client.delete_message().queue_url(url).receipt_handle(receipt).send().await.map_err(|e| sdk_err("deleting a redriven message from the DLQ", e))
+            })??;
+            self.journal_write(&format!("done {id}"))?;
+            moved += 1;
+        }
+        Ok(moved)
+    }
+
+    fn release_in_flight(&self, _access_key_ids: &[String]) -> Result<usize, QueueAdminError> {
+        // SQS cannot make visible what another consumer holds; each task's proxy does it when
+        // its task stops.
+        Ok(0)
+    }
+}
