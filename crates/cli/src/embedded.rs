@@ -1,6 +1,6 @@
 //! The pipeline's `QueueAdmin` over the embedded queue, in the same process.
 
-use coalmine_pipeline::queue_admin::{ConsumerCounts, DeadLetter, InFlight, QueueAdmin, QueueAdminError, QueueDepth};
+use coalmine_pipeline::queue_admin::{ConsumerCounts, DeadLetter, InFlight, QueueAdmin, QueueAdminError, QueueDepth, RedriveAll};
 use coalmine_queue::{Broker, ConsumerTelemetry, LatencyHistogram};
 
 pub struct EmbeddedQueue {
@@ -89,6 +89,8 @@ impl QueueAdmin for EmbeddedQueue {
             oldest_age_ms: q.oldest_age_ms,
             dlq_visible: d.visible,
             dlq_in_flight: d.in_flight,
+            backend: "embedded".into(),
+            lacks: Vec::new(),
         })
     }
 
@@ -114,6 +116,12 @@ impl QueueAdmin for EmbeddedQueue {
 
     fn redrive(&self, message_ids: &[String]) -> Result<usize, QueueAdminError> {
         self.broker.redrive(&self.dlq, message_ids).map_err(err)
+    }
+
+    fn redrive_all(&self) -> Result<RedriveAll, QueueAdminError> {
+        let ids: Vec<String> = self.broker.dead_letters(&self.dlq).map_err(err)?.into_iter().map(|d| d.message_id).collect();
+        let moved = self.broker.redrive(&self.dlq, &ids).map_err(err)?;
+        Ok(RedriveAll { moved: Some(moved as u64), move_task: None, how: format!("moved {moved} message(s) from {} to {}", self.dlq, self.queue) })
     }
 
     fn release_in_flight(&self, access_key_ids: &[String]) -> Result<usize, QueueAdminError> {

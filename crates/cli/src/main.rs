@@ -53,6 +53,8 @@ enum Command {
     Reject(cmd::ctl::DecideArgs),
     /// Roll the canary back to the primary's revision now and end the execution.
     Rollback(cmd::ctl::RollbackArgs),
+    /// Move every message of the DLQ back to the queue (a rollback redrives its own already).
+    Redrive(cmd::ctl::RedriveArgs),
     /// Abandon an execution.
     Stop(cmd::ctl::StopArgs),
     /// Check the branch for a new commit now.
@@ -95,6 +97,7 @@ fn main() -> std::process::ExitCode {
         Command::Approve(a) => cmd::ctl::decide(a, true),
         Command::Reject(a) => cmd::ctl::decide(a, false),
         Command::Rollback(a) => cmd::ctl::rollback(a),
+        Command::Redrive(a) => cmd::ctl::redrive(a),
         Command::Stop(a) => cmd::ctl::stop(a),
         Command::Trigger(a) => cmd::ctl::trigger(a),
         Command::Retry(a) => cmd::ctl::retry(a),

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, Message, MessageSystemAttributeName, QueueAttributeName};
 use aws_sdk_sqs::Client;
-use coalmine_pipeline::queue_admin::{ConsumerCounts, DeadLetter, InFlight, QueueAdmin, QueueAdminError, QueueDepth};
+use coalmine_pipeline::queue_admin::{ConsumerCounts, DeadLetter, InFlight, QueueAdmin, QueueAdminError, QueueDepth, RedriveAll};
 use coalmine_proxy::collect::Collector;
 use coalmine_proxy::telemetry::Report;
 use coalmine_runtime::TaskIdentity;
@@ -30,6 +30,14 @@ const DLQ_SCAN_RECEIVES: usize = 100;
 const SCAN_VISIBILITY: i32 = 30;
 /// The telemetry queue's retention: reports are read within seconds; older ones are useless.
 const TELEMETRY_RETENTION_S: u64 = 600;
+
+/// What SQS cannot tell or do, and what stands in for it (shown with the queue's depth).
+const LACKS: &[&str] = &[
+    "oldest_age_ms: SQS tells the oldest message's age only through CloudWatch",
+    "release held messages: SQS cannot make visible what another consumer holds; each task's proxy hands its messages back when the task stops",
+    "last receiver of a dead letter: SQS does not say; coalmine attributes it from the failures the proxies reported",
+    "message ids across a redrive: SQS gives a redriven message a new id",
+];
 
 fn err(e: impl std::fmt::Display) -> QueueAdminError {
     QueueAdminError(e.to_string())
@@ -56,6 +64,9 @@ pub struct SqsQueue {
     /// Message ids each task's failures sent to the DLQ (seen there by a scan).
     dead_seen: Mutex<HashMap<String, HashSet<String>>>,
     journal: PathBuf,
+    /// ECS service names -> coalmine's (`primary`, `canary`): on ECS a proxy names its task's
+    /// service from the task metadata.
+    services: HashMap<String, String>,
 }
 
 /// An SQS client for `[queue]`: its region and endpoint, credentials from the standard chain.
@@ -75,7 +86,13 @@ pub async fn client(spec: &AppSpec) -> Client {
 /// Find a queue, or create it with `attrs`; an existing queue whose attributes differ is
 /// adopted as it is, and the differences are reported.
 async fn ensure(client: &Client, name: &str, attrs: &BTreeMap<QueueAttributeName, String>) -> anyhow::Result<(String, Vec<String>)> {
-    if let Ok(out) = client.get_queue_url().queue_name(name).send().await {
+    let found = match client.get_queue_url().queue_name(name).send().await {
+        Ok(out) => Some(out),
+        // Only "no such queue" means create it; anything else (unreachable, refused) is said.
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_queue_does_not_exist()) => None,
+        Err(e) => anyhow::bail!("looking up the queue `{name}`: {}", aws_sdk_sqs::error::DisplayErrorContext(&e)),
+    };
+    if let Some(out) = found {
         let url = out.queue_url().unwrap_or_default().to_string();
         let have = client
             .get_queue_attributes()
@@ -158,6 +175,11 @@ impl SqsQueue {
             dlq: Mutex::new(None),
             dead_seen: Mutex::new(HashMap::new()),
             journal: state.join("sqs-redrive.journal"),
+            services: spec
+                .runtime
+                .ecs()
+                .map(|e| HashMap::from([(e.primary_service.clone(), "primary".to_string()), (e.canary_service.clone(), "canary".to_string())]))
+                .unwrap_or_default(),
         };
         Ok((sqs, differences))
     }
@@ -224,11 +246,15 @@ impl SqsQueue {
         })
     }
 
+    /// The access key id coalmine knows a task by (`CM.<service>.<revision>.<n>`), from what
+    /// its proxy reports.
+    fn key(&self, service: &str, revision: &str, task: &str) -> String {
+        key_of(&self.services, service, revision, task)
+    }
+
     fn receiver_of(&self, message_id: &str) -> Option<String> {
         let c = self.collector.lock().unwrap();
-        c.failed_by(message_id).map(|(service, revision, task)| {
-            TaskIdentity { service: service.clone(), revision: revision.clone(), task: task.clone() }.access_key_id()
-        })
+        c.failed_by(message_id).map(|(service, revision, task)| self.key(service, revision, task))
     }
 
     fn journal_read(&self) -> HashSet<String> {
@@ -245,6 +271,11 @@ impl SqsQueue {
             .map_err(|e| err(format!("{}: {e}", self.journal.display())))?;
         writeln!(f, "{line}").and_then(|_| f.sync_data()).map_err(|e| err(format!("{}: {e}", self.journal.display())))
     }
+}
+
+fn key_of(services: &HashMap<String, String>, service: &str, revision: &str, task: &str) -> String {
+    let service = services.get(service).map_or(service, String::as_str);
+    TaskIdentity { service: service.to_string(), revision: revision.to_string(), task: task.to_string() }.access_key_id()
 }
 
 impl Drop for SqsQueue {
@@ -312,7 +343,7 @@ impl QueueAdmin for SqsQueue {
         Ok(window
             .into_iter()
             .map(|t| {
-                let access_key_id = TaskIdentity { service: t.service, revision: t.revision, task: t.task }.access_key_id();
+                let access_key_id = self.key(&t.service, &t.revision, &t.task);
                 ConsumerCounts {
                     dead_lettered: dead.get(&access_key_id).map_or(0, |s| s.len() as u64),
                     access_key_id,
@@ -356,8 +387,16 @@ impl QueueAdmin for SqsQueue {
             };
             let (v, i, dl) = get(q).await?;
             let (dv, di, _) = get(d).await?;
-            // SQS tells the oldest message's age only through CloudWatch: 0 here.
-            Ok(QueueDepth { visible: v, in_flight: i, delayed: dl, oldest_age_ms: 0, dlq_visible: dv, dlq_in_flight: di })
+            Ok(QueueDepth {
+                visible: v,
+                in_flight: i,
+                delayed: dl,
+                oldest_age_ms: 0,
+                dlq_visible: dv,
+                dlq_in_flight: di,
+                backend: "sqs".into(),
+                lacks: LACKS.iter().map(|s| s.to_string()).collect(),
+            })
         })?
     }
 
@@ -367,7 +406,7 @@ impl QueueAdmin for SqsQueue {
         Ok(window
             .into_iter()
             .flat_map(|t| {
-                let key = TaskIdentity { service: t.service, revision: t.revision, task: t.task }.access_key_id();
+                let key = self.key(&t.service, &t.revision, &t.task);
                 // The proxies report how long, not which: SQS does not say who holds a message.
                 t.held_ms.into_iter().map(move |age| InFlight { message_id: String::new(), access_key_id: key.clone(), received_at_ms: now.saturating_sub(age) })
             })
@@ -439,9 +478,108 @@ impl QueueAdmin for SqsQueue {
         Ok(moved)
     }
 
+    /// SQS's own message move task (StartMessageMoveTask, as the console's "DLQ redrive");
+    /// where the endpoint does not offer it (moto, older emulators), coalmine's journaled
+    /// move of every message the DLQ holds now.
+    fn redrive_all(&self) -> Result<RedriveAll, QueueAdminError> {
+        let (client, dlq, queue) = (self.client.clone(), self.dlq_url.clone(), self.queue_url.clone());
+        let started = self.run(async move {
+            let arn = |url: String| {
+                let client = client.clone();
+                async move {
+                    client
+                        .get_queue_attributes()
+                        .queue_url(url)
+                        .attribute_names(QueueAttributeName::QueueArn)
+                        .send()
+                        .await
+                        .map_err(|e| sdk_err("reading a queue's ARN", e))?
+                        .attributes()
+                        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+                        .ok_or_else(|| QueueAdminError("the queue has no QueueArn attribute".into()))
+                }
+            };
+            let (source, destination) = (arn(dlq).await?, arn(queue).await?);
+            match client.start_message_move_task().source_arn(&source).destination_arn(&destination).send().await {
+                Ok(out) => Ok(Some(out.task_handle().unwrap_or_default().to_string())),
+                Err(e) => {
+                    let code = e.as_service_error().and_then(|s| aws_sdk_sqs::error::ProvideErrorMetadata::code(s).map(str::to_string));
+                    let status = e.raw_response().map(|r| r.status().as_u16());
+                    // Not offered here: an unknown action, no such route, or an answer that is
+                    // no SQS error at all (moto answers an HTML page); AWS's errors have codes.
+                    let unknown = match code.as_deref() {
+                        Some(c) => matches!(c, "InvalidAction" | "UnknownOperationException" | "UnsupportedOperation"),
+                        None => e.as_service_error().is_some(),
+                    };
+                    if unknown || matches!(status, Some(404 | 501)) {
+                        tracing::info!("the SQS endpoint offers no StartMessageMoveTask ({}); moving the messages one by one", code.unwrap_or_default());
+                        Ok(None)
+                    } else {
+                        Err(sdk_err("StartMessageMoveTask", e))
+                    }
+                }
+            }
+        })??;
+        if let Some(handle) = started {
+            return Ok(RedriveAll { moved: None, move_task: Some(handle), how: "started an SQS message move task from the DLQ to the queue".into() });
+        }
+        let ids: Vec<String> = self.scan_dlq().and_then(|m| {
+            let ids = m.iter().filter_map(|m| m.message_id().map(str::to_string)).collect();
+            self.hand_back(m)?;
+            Ok(ids)
+        })?;
+        let moved = self.redrive(&ids)? as u64;
+        Ok(RedriveAll { moved: Some(moved), move_task: None, how: format!("moved {moved} message(s) one by one (send, then delete from the DLQ; journaled)") })
+    }
+
     fn release_in_flight(&self, _access_key_ids: &[String]) -> Result<usize, QueueAdminError> {
         // SQS cannot make visible what another consumer holds; each task's proxy does it when
         // its task stops.
         Ok(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_of;
+    use std::collections::{BTreeSet, HashMap};
+
+    /// The SQS operations this file calls (`client.<operation>()`, across line breaks), as IAM
+    /// actions (a batch is authorised by the action without `Batch`).
+    fn actions(source: &str) -> BTreeSet<String> {
+        let compact: String = source.split_whitespace().collect();
+        let mut out = BTreeSet::new();
+        for (i, _) in compact.match_indices("client.") {
+            let rest = &compact[i + "client.".len()..];
+            let op: String = rest.chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+            if op.is_empty() || !rest[op.len()..].starts_with("()") || op == "clone" {
+                continue;
+            }
+            let camel: String = op.split('_').map(|w| w[..1].to_uppercase() + &w[1..]).collect();
+            out.insert(format!("sqs:{}", camel.trim_end_matches("Batch")));
+        }
+        out
+    }
+
+    #[test]
+    fn every_sqs_call_of_the_controller_is_granted_by_the_synth_role() {
+        let calls = actions(include_str!("sqs_admin.rs"));
+        for expected in ["sqs:ReceiveMessage", "sqs:StartMessageMoveTask", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"] {
+            assert!(calls.contains(expected), "the scan missed {expected}: {calls:?}");
+        }
+        let granted: BTreeSet<&str> =
+            coalmine_synth::policy::CONTROLLER_QUEUES.iter().chain(coalmine_synth::policy::CONTROLLER_TELEMETRY).copied().collect();
+        // CreateQueue only runs when a queue is missing: the stack creates all three.
+        let missing: Vec<_> = calls.iter().filter(|a| !granted.contains(a.as_str()) && *a != "sqs:CreateQueue").collect();
+        assert!(missing.is_empty(), "the controller calls {missing:?}, which synth's controller role does not grant");
+    }
+
+    #[test]
+    fn a_proxys_identity_is_the_tasks_key_with_ecs_service_names_mapped() {
+        let local = HashMap::new();
+        assert_eq!(key_of(&local, "canary", "4f1e2d3", "canary-1"), "CM.canary.4f1e2d3.1");
+        let ecs = HashMap::from([("orders".to_string(), "primary".to_string()), ("orders-canary".to_string(), "canary".to_string())]);
+        assert_eq!(key_of(&ecs, "orders-canary", "4f1e2d3", "0123abcd"), "CM.canary.4f1e2d3.0123abcd");
+        assert_eq!(key_of(&ecs, "orders", "4f1e2d3", "9a8b"), "CM.primary.4f1e2d3.9a8b");
     }
 }

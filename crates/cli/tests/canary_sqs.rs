@@ -4,8 +4,9 @@
 //! ones the bad release dead-lettered redriven selectively from the DLQ.
 //!
 //! The worker is the plain boto3 one (`tests/python/worker.py`) in both failure styles. One
-//! `coalmine up` per style: a primary of 3 tasks failing 1 % as noise, a canary of 1; a release
-//! that fails every message must be rolled back, a healthy one kept and approved. Nothing may be
+//! `coalmine up` per style: a primary of 3 tasks failing 1 % as noise, a canary of 1; releases
+//! that fail every message, a fifth of them, hang, or crash after 5 messages must be rolled
+//! back, a healthy one kept and approved. Nothing may be
 //! lost: every order sent is processed in the end, or failed by a kept revision and left in
 //! the DLQ. (Orders are followed by their body, not their message id: SQS gives a redriven
 //! message a new id.)
@@ -22,12 +23,17 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sample::*;
+use serde_json::Value;
 
 
 const RATE: f64 = 20.0;
 const T: Duration = Duration::from_secs(240);
-/// moto's account id in queue URLs.
-const ACCOUNT: &str = "123456789012";
+/// The URL of the queue `name` at `endpoint`.
+fn queue_url(endpoint: &str, app: &Path, name: &str) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let client = sqs_client(endpoint, app);
+    rt.block_on(client.get_queue_url().queue_name(name).send()).expect("GetQueueUrl").queue_url.expect("a queue URL")
+}
 
 fn worker() -> PathBuf {
     pyenv::python_dir().join("worker.py")
@@ -122,32 +128,48 @@ fn send_more(traffic: &Traffic, more: usize) {
 }
 
 fn story(style: &str) {
-    let moto = moto::Moto::start();
+    // moto's server, or another SQS (LocalStack: scripts/localstack-sqs.sh) with test credentials.
+    let external = std::env::var("COALMINE_TEST_SQS_ENDPOINT").ok().filter(|e| !e.is_empty());
+    let moto = external.is_none().then(moto::Moto::start);
+    let endpoint = external.clone().unwrap_or_else(|| moto.as_ref().map(|m| m.endpoint.clone()).unwrap_or_default());
     let coalmine = PathBuf::from(env!("CARGO_BIN_EXE_coalmine"));
     let toml = coalmine_toml(3, 1, MANUAL_STEPS, "")
-        .replace("visibility_timeout = \"300s\"", &format!("visibility_timeout = \"60s\"\nendpoint = \"{}\"", moto.endpoint));
+        .replace("visibility_timeout = \"300s\"", &format!("visibility_timeout = \"60s\"\nendpoint = \"{endpoint}\"\nname = \"{APP}-{style}\"\ndlq = \"{APP}-{style}-dlq\""));
     let mut rig = Rig::new(&coalmine, &worker(), &toml);
-    rig.env = moto.client_env().into_iter().filter(|(k, _)| *k != "AWS_ENDPOINT_URL").map(|(k, v)| (k.to_string(), v)).collect();
+    rig.env = match &moto {
+        Some(moto) => moto.client_env().into_iter().filter(|(k, _)| *k != "AWS_ENDPOINT_URL").map(|(k, v)| (k.to_string(), v)).collect(),
+        None => [("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_REGION", "us-east-1")].map(|(k, v)| (k.to_string(), v.to_string())).to_vec(),
+    };
     let noisy = run_py(style, &[("FAIL_RATE", "0.01")]);
     let v1 = rig.bootstrap(&noisy);
-    let (queue, dlq) = (format!("{}/{ACCOUNT}/{APP}", moto.endpoint), format!("{}/{ACCOUNT}/{DLQ}", moto.endpoint));
+    let (queue, dlq) = (queue_url(&endpoint, rig.path(), &format!("{APP}-{style}")), queue_url(&endpoint, rig.path(), &format!("{APP}-{style}-dlq")));
     let traffic = Traffic::start(&rig, &queue, RATE);
     send_more(&traffic, 60);
 
-    // A release that fails every message: rolled back on the proxies' telemetry.
-    let bad = rig.commit(&run_py(style, &[("FAIL_RATE", "1")]), "fails every message");
-    let v = rig.wait_status(&format!("the failing release rolled back ({style})"), T, |v| {
-        v["execution"]["revision"] == bad.as_str()
-            && exec_status(v) == "RolledBack"
-            && rollback(v).is_some_and(|r| r["canary_back_ms"].is_i64())
-            && tasks_on(v, "canary", &v1)
-            && service_steady(v, "canary")
-    });
-    let reason = v["execution"]["reason"].as_str().unwrap_or_default().to_string();
-    assert!(reason.contains("failure-ratio") || reason.contains("hung"), "{style}: rolled back by {reason:?}");
-    eprintln!("{style}: the failing release: {reason}");
-    assert_eq!(service_revision(&v, "primary"), v1, "the primary never left its revision");
-    send_more(&traffic, 20);
+    // Bad releases, one after another: each rolled back on the proxies' telemetry (or put back
+    // by the circuit breaker).
+    let mut bad_revisions = Vec::new();
+    for (name, settings, decided_by) in [
+        ("fails every message", vec![("FAIL_RATE", "1")], &["failure-ratio"][..]),
+        ("fails a fifth of messages", vec![("FAIL_RATE", "0.2")], &["failure-ratio"][..]),
+        ("hangs", vec![("HANG", "1")], &["hung", "failure-ratio"][..]),
+        ("crashes after 5 messages", vec![("CRASH_AFTER", "5")], &["crashes", "circuit breaker"][..]),
+    ] {
+        let bad = rig.commit(&run_py(style, &settings), name);
+        let v = rig.wait_status(&format!("the release that {name} to end ({style})"), T, |v| {
+            v["execution"]["revision"] == bad.as_str()
+                && matches!(exec_status(v), "RolledBack" | "Failed")
+                && rollback(v).is_none_or(|r| r["canary_back_ms"].is_i64())
+                && tasks_on(v, "canary", &v1)
+                && service_steady(v, "canary")
+        });
+        let reason = v["execution"]["reason"].as_str().unwrap_or_default().to_string();
+        assert!(decided_by.iter().any(|d| reason.contains(d)), "{style}: the release that {name} ended by {reason:?}, expected one of {decided_by:?}");
+        eprintln!("{style}: the release that {name}: {}: {reason}", exec_status(&v));
+        assert_eq!(service_revision(&v, "primary"), v1, "the primary never left its revision");
+        bad_revisions.push(bad);
+        send_more(&traffic, 20);
+    }
 
     // A healthy release: kept under watch, then approved.
     let good = rig.commit(&run_py(style, &[("FAIL_RATE", "0.01")]), "a good release");
@@ -177,17 +199,24 @@ fn story(style: &str) {
     assert!(errors.is_empty(), "every send acknowledged: {errors:?}");
     let sent = sent.len() as u64;
 
-    // The bad release's report: what it dead-lettered was redriven, nothing lost.
-    let rb = wait_for(
-        "the rollback report complete",
-        T,
-        || {
-            let all = rig.api_get("/rollbacks");
-            all.as_array()?.iter().find(|r| r["revision"] == bad.as_str()).cloned().filter(|r| r["lost"] == 0 && r["redriven"] == r["dead_lettered"])
-        },
-        || format!("{}\n--- up.log ---\n{}", rig.api_get("/rollbacks"), tail(&rig.up_log(), 40)),
-    );
-    eprintln!("{style}: rollback report {rb}");
+    // Each bad release's report: what it dead-lettered was redriven, nothing lost.
+    for bad in &bad_revisions {
+        let rb = wait_for(
+            "the rollback report complete",
+            T,
+            || {
+                let all = rig.api_get("/rollbacks");
+                let rb = all.as_array()?.iter().find(|r| r["revision"] == bad.as_str()).cloned();
+                // None: put back by the circuit breaker, before any rollback of coalmine's.
+                match rb {
+                    None => Some(Value::Null),
+                    Some(r) => (r["lost"] == 0 && r["redriven"] == r["dead_lettered"]).then_some(r),
+                }
+            },
+            || format!("{}\n--- up.log ---\n{}", rig.api_get("/rollbacks"), tail(&rig.up_log(), 40)),
+        );
+        eprintln!("{style}: rollback report {rb}");
+    }
 
     // Every order sent ends processed, or failed by a kept revision and in the DLQ.
     let dir = rig.path().join(".coalmine/logs/tasks");
@@ -207,7 +236,7 @@ fn story(style: &str) {
     assert!(missing.is_empty(), "{style}: {} of {sent} orders have no end, e.g. {:?}\n{}", missing.len(), &missing[..missing.len().min(10)], tail(&rig.up_log(), 40));
     // coalmine reads the DLQ too (and holds what it reads for a moment): stop it first.
     rig.stop();
-    let in_dlq = orders_in(&moto.endpoint, rig.path(), &dlq);
+    let in_dlq = orders_in(&endpoint, rig.path(), &dlq);
     for n in 0..sent {
         if !o.processed.contains_key(&n) {
             assert!(in_dlq.contains(&n), "{style}: order {n} was neither processed nor kept in the DLQ: lost");
@@ -219,7 +248,7 @@ fn story(style: &str) {
             "{style}: order {n} is in the DLQ, but only the rolled-back release failed it: not redriven"
         );
     }
-    assert!(o.failed.values().flatten().any(|r| *r == bad), "{style}: the bad release failed nothing");
+    assert!(o.failed.values().flatten().any(|r| *r == bad_revisions[0]), "{style}: the release that fails every message failed nothing");
 }
 
 #[test]

@@ -434,6 +434,7 @@ fn up_on_ecs_reaches_the_cluster_and_says_what_is_missing() {
     let toml = std::fs::read_to_string(&path).unwrap();
     let with_endpoint = |cluster: &str| {
         toml.replacen("kind = \"ecs\"\n", &format!("kind = \"ecs\"\nendpoint = \"{}\"\n", moto.endpoint), 1)
+            .replacen("endpoint = \"https://sqs.us-east-1.amazonaws.com\"", &format!("endpoint = \"{}\"", moto.endpoint), 1)
             .replacen("cluster = \"sample-app\"", &format!("cluster = \"{cluster}\""), 1)
     };
     let up = |dir: &Path| {
@@ -516,7 +517,11 @@ fn a_release_runs_on_the_stack_on_moto() {
     // The app's repository: coalmine.toml pointed at moto, docker and aws as recording scripts.
     let path = dir.join("coalmine.toml");
     let toml = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(&path, toml.replacen("kind = \"ecs\"\n", &format!("kind = \"ecs\"\nendpoint = \"{}\"\n", moto.endpoint), 1)).unwrap();
+    let toml = toml
+        .replacen("kind = \"ecs\"\n", &format!("kind = \"ecs\"\nendpoint = \"{}\"\n", moto.endpoint), 1)
+        .replacen("endpoint = \"https://sqs.us-east-1.amazonaws.com\"", &format!("endpoint = \"{}\"", moto.endpoint), 1);
+    assert!(toml.matches(moto.endpoint.as_str()).count() == 2, "runtime and queue on moto: {toml}");
+    std::fs::write(&path, toml).unwrap();
     let bin = dir.join("fake-bin");
     std::fs::create_dir_all(&bin).unwrap();
     for (name, body) in [("aws", "if [ \"$1\" = sts ]; then echo 123456789012; else echo token; fi"), ("docker", "if [ \"$1\" = login ]; then cat > /dev/null; fi")] {

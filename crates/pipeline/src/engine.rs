@@ -1305,6 +1305,13 @@ impl Engine {
     }
 
     /// Abandon an execution.
+    /// Move every message of the DLQ back to the app's queue, recorded as an event by `actor`.
+    pub fn redrive_all(&self, actor: &str) -> Result<crate::queue_admin::RedriveAll, PipelineError> {
+        let done = self.queue.redrive_all()?;
+        self.store.lock().unwrap().event(None, "redrive", actor, &format!("the whole DLQ back to the queue: {}", done.how))?;
+        Ok(done)
+    }
+
     pub fn stop(&self, id: i64, actor: &str, reason: &str) -> Result<ExecutionRow, PipelineError> {
         let exec = self.store.lock().unwrap().execution(id)?.ok_or(PipelineError::NoSuchExecution(id))?;
         if exec.status != status::IN_PROGRESS && exec.status != status::QUEUED {

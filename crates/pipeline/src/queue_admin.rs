@@ -42,6 +42,13 @@ pub struct QueueDepth {
     pub oldest_age_ms: u64,
     pub dlq_visible: u64,
     pub dlq_in_flight: u64,
+    /// The queue's backend: `embedded`, or `sqs` (any SQS, through the queue proxies).
+    #[serde(default)]
+    pub backend: String,
+    /// What this backend cannot tell or do, each with what stands in for it (empty on the
+    /// embedded queue). Fields it cannot tell read 0 and are named here.
+    #[serde(default)]
+    pub lacks: Vec<String>,
 }
 
 /// A message held by a consumer right now.
@@ -59,6 +66,17 @@ pub struct DeadLetter {
     pub last_receiver: Option<String>,
 }
 
+/// What a redrive of the whole DLQ did.
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+pub struct RedriveAll {
+    /// Messages moved, when known at once (a move task on SQS moves them afterwards).
+    pub moved: Option<u64>,
+    /// The SQS message move task's handle, when the backend started one.
+    pub move_task: Option<String>,
+    /// How it was done, in words.
+    pub how: String,
+}
+
 /// The queue operations the pipeline needs.
 pub trait QueueAdmin: Send + Sync {
     /// Per consumer of the app's queue, counts since `since_ms` (Unix milliseconds).
@@ -68,6 +86,9 @@ pub trait QueueAdmin: Send + Sync {
     fn dead_letters(&self) -> Result<Vec<DeadLetter>, QueueAdminError>;
     /// Move these DLQ messages back to the app's queue; returns how many moved.
     fn redrive(&self, message_ids: &[String]) -> Result<usize, QueueAdminError>;
+    /// Move every DLQ message back to the app's queue (a person's decision: it includes what
+    /// healthy revisions failed).
+    fn redrive_all(&self) -> Result<RedriveAll, QueueAdminError>;
     /// Make the messages these consumers hold visible again now; returns how many.
     fn release_in_flight(&self, access_key_ids: &[String]) -> Result<usize, QueueAdminError>;
 }

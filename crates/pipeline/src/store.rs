@@ -102,7 +102,8 @@ pub mod status {
     pub const ROLLED_BACK: &str = "RolledBack";
     pub const STOPPED: &str = "Stopped";
     pub const PENDING: &str = "Pending";
-    pub const REJECTED: &str = "Rejected";
+    /// Every status an execution can have, in the order of its life.
+    pub const EXECUTION_ALL: &[&str] = &[QUEUED, IN_PROGRESS, SUCCEEDED, FAILED, SUPERSEDED, ROLLED_BACK, STOPPED];
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]

@@ -33,7 +33,7 @@ use coalmine_spec::AppSpec;
 
 use crate::build::{BuildRequest, Builder, Cancel};
 use crate::clock::{Clock, ManualClock};
-use crate::queue_admin::{ConsumerCounts, DeadLetter, InFlight, QueueAdmin, QueueAdminError, QueueDepth};
+use crate::queue_admin::{ConsumerCounts, DeadLetter, InFlight, QueueAdmin, QueueAdminError, QueueDepth, RedriveAll};
 use crate::source::{Commit, Source};
 use crate::store::{status, ExecutionRow, Store};
 use crate::{Engine, EngineParts, Paths, PipelineError};
@@ -451,7 +451,7 @@ impl QueueAdmin for FakeQueue {
             })
             .max()
             .unwrap_or(0);
-        Ok(QueueDepth { visible: t.visible, in_flight: t.in_flight, delayed: 0, oldest_age_ms: oldest, dlq_visible: t.dead, dlq_in_flight: 0 })
+        Ok(QueueDepth { visible: t.visible, in_flight: t.in_flight, delayed: 0, oldest_age_ms: oldest, dlq_visible: t.dead, dlq_in_flight: 0, backend: "fake".into(), lacks: Vec::new() })
     }
 
     fn in_flight(&self) -> Result<Vec<InFlight>, QueueAdminError> {
@@ -490,6 +490,12 @@ impl QueueAdmin for FakeQueue {
             }
         }
         Ok(moved)
+    }
+
+    fn redrive_all(&self) -> Result<RedriveAll, QueueAdminError> {
+        let ids: Vec<String> = self.dead_letters()?.into_iter().map(|d| d.message_id).collect();
+        let moved = self.redrive(&ids)? as u64;
+        Ok(RedriveAll { moved: Some(moved), move_task: None, how: format!("moved {moved} message(s)") })
     }
 
     fn release_in_flight(&self, access_key_ids: &[String]) -> Result<usize, QueueAdminError> {

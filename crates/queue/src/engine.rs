@@ -1699,8 +1699,22 @@ impl Broker {
         }
     }
 
+    /// Before any action: after a refused write the in-memory state holds changes the store
+    /// does not (a delete answered 500, say); reload it now rather than at the next tick, so a
+    /// retried request acts on what is stored and never answers 200 for a change that is not.
+    fn store_ready(&self) -> Result<(), SqsError> {
+        if self.inner.store.is_broken() {
+            self.recover_store();
+            if self.inner.store.is_broken() {
+                return Err(SqsError::internal("the queue's store refuses writes (is the disk full?); retry shortly"));
+            }
+        }
+        Ok(())
+    }
+
     /// Run one action, waiting for long polls and for durability as configured.
     pub async fn dispatch(&self, action: &str, req: &Value, ctx: &mut Ctx) -> Result<Value, SqsError> {
+        self.store_ready()?;
         let r = if action == "ReceiveMessage" { self.receive(req, ctx).await } else { self.handle(action, req, ctx) };
         if action == "StartMessageMoveTask" && r.is_ok() {
             self.spawn_move_tasks();
@@ -1712,6 +1726,7 @@ impl Broker {
     /// Run one of the busiest actions from its typed AWS JSON 1.0 request, answering the
     /// protocol's body: the same checks, changes and answers as [`Broker::dispatch`].
     pub(crate) async fn dispatch_json(&self, req: json::Fast<'_>, ctx: &mut Ctx) -> Result<Vec<u8>, SqsError> {
+        self.store_ready()?;
         let r = match &req {
             json::Fast::Receive(r) => match parse_receive_typed(r).and_then(|p| Ok((p, self.queue_of_url(r.queue_url.as_deref())?))) {
                 Ok((p, name)) => self.receive_with(&p, &name, ctx).await.map(|r| to_body(&r)),

@@ -103,6 +103,31 @@ async fn a_failed_write_is_refused_forgotten_and_recovered_from() {
     assert_eq!(counts(&s.broker), (2, 1));
 }
 
+#[tokio::test]
+async fn a_delete_retried_at_once_after_a_refusal_is_stored_before_it_is_answered() {
+    let s = start_in(tempfile::tempdir().unwrap(), Durability::Commit).await;
+    let c = no_retry_client(&s.url);
+    let url = c.create_queue().queue_name("disk").attributes(QueueAttributeName::VisibilityTimeout, "600").send().await.unwrap().queue_url().unwrap().to_string();
+    c.send_message().queue_url(&url).message_body("a").send().await.unwrap();
+    let m = c.receive_message().queue_url(&url).send().await.unwrap().messages()[0].clone();
+    let handle = m.receipt_handle().unwrap();
+    s.broker.fail_next_store_commits(1);
+    let e = c.delete_message().queue_url(&url).receipt_handle(handle).send().await.unwrap_err();
+    assert_eq!(e.raw_response().map(|r| r.status().as_u16()), Some(500));
+    // An SDK retries at once, before the broker's periodic upkeep: the answer must be the truth.
+    let retried = c.delete_message().queue_url(&url).receipt_handle(handle).send().await;
+    let dir = s.stop();
+    let s = start_in(dir, Durability::Commit).await;
+    let st = s.broker.queue_stats("disk").unwrap();
+    match retried {
+        Ok(_) => assert_eq!((st.visible, st.in_flight), (0, 0), "the retried delete answered 200, so it is stored"),
+        Err(e) => {
+            assert_eq!(e.raw_response().map(|r| r.status().as_u16()), Some(500), "{e:?}");
+            assert_eq!(st.visible + st.in_flight, 1, "refused twice: the message is still there");
+        }
+    }
+}
+
 /// The recovery client's received and deleted counts in the queue's telemetry.
 fn counts(b: &coalmine_queue::Broker) -> (u64, u64) {
     let t = b.telemetry("disk", 0).unwrap();

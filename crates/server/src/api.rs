@@ -77,6 +77,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(task_logs_stream))
         .routes(routes!(queue))
         .routes(routes!(dead_letters))
+        .routes(routes!(redrive_all))
         .routes(routes!(in_flight))
         .routes(routes!(series))
         .routes(routes!(telemetry))
@@ -575,6 +576,16 @@ async fn dead_letters(State(s): State<AppState>) -> ApiResult {
     ok(blocking(&s.engine, |e| Ok(e.queue().dead_letters().map_err(PipelineError::from)?)).await?)
 }
 
+/// Move every message of the DLQ back to the app's queue — what the DLQ holds from healthy
+/// revisions too (a rollback already redrives the bad revision's own). On SQS a message move
+/// task does it (its handle is answered), or, where the endpoint has none, coalmine moves them.
+#[utoipa::path(post, path = "/queue/redrive-all", tag = "queue", request_body(content = Because, description = "optional; `actor`"),
+    responses((status = 200, body = coalmine_pipeline::queue_admin::RedriveAll), (status = 500, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn redrive_all(State(s): State<AppState>, body: Option<Json<Because>>) -> ApiResult {
+    let actor = body.and_then(|b| b.0.actor).unwrap_or_else(|| "api".into());
+    ok(blocking(&s.engine, move |e| Ok(e.redrive_all(&actor)?)).await?)
+}
+
 /// The messages held by consumers right now.
 #[utoipa::path(get, path = "/queue/in-flight", tag = "queue",
     responses((status = 200, body = [coalmine_pipeline::queue_admin::InFlight]), (status = 500, body = ErrorBody), (status = 401, body = ErrorBody)))]
@@ -665,7 +676,8 @@ mod tests {
         assert_eq!(doc["components"]["securitySchemes"]["token"]["type"], "http");
         assert_eq!(doc["security"][0]["token"], json!([]));
         let paths = doc["paths"].as_object().unwrap();
-        assert_eq!(paths.len(), 27, "{:?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(paths.len(), 28, "{:?}", paths.keys().collect::<Vec<_>>());
+        assert!(paths["/queue/redrive-all"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].as_str().unwrap().ends_with("/RedriveAll"));
         assert!(paths["/executions/{id}/retry"]["post"]["responses"]["409"].is_object());
         let approve = &paths["/executions/{id}/approve"]["post"];
         assert_eq!(approve["parameters"][0]["name"], "id");

@@ -40,12 +40,13 @@ pub fn render(s: &crate::Shared) -> String {
     match engine.summary() {
         Ok(sum) => {
             family(&mut out, "coalmine_executions", "gauge", "Executions of the pipeline by status.");
-            for st in ["InProgress", "Succeeded", "Failed", "Superseded", "RolledBack", "Stopped", "Rejected"] {
+            let all = coalmine_pipeline::store::status::EXECUTION_ALL;
+            for &st in all {
                 let n = sum.executions_by_status.get(st).copied().unwrap_or(0);
                 let _ = writeln!(out, "coalmine_executions{{app=\"{app}\",status=\"{st}\"}} {n}");
             }
             for (st, n) in &sum.executions_by_status {
-                if !["InProgress", "Succeeded", "Failed", "Superseded", "RolledBack", "Stopped", "Rejected"].contains(&st.as_str()) {
+                if !all.contains(&st.as_str()) {
                     let _ = writeln!(out, "coalmine_executions{{app=\"{app}\",status=\"{}\"}} {n}", esc(st));
                 }
             }
@@ -125,7 +126,9 @@ pub fn render(s: &crate::Shared) -> String {
                 let _ = writeln!(out, "coalmine_queue_messages{{queue=\"{queue}\",state=\"{state}\"}} {n}");
             }
             family(&mut out, "coalmine_queue_oldest_message_age_seconds", "gauge", "Age of the oldest message in the app's queue.");
-            let _ = writeln!(out, "coalmine_queue_oldest_message_age_seconds{{queue=\"{qn}\"}} {}", q.oldest_age_ms as f64 / 1000.0);
+            if !q.lacks.iter().any(|l| l.starts_with("oldest_age_ms")) {
+                let _ = writeln!(out, "coalmine_queue_oldest_message_age_seconds{{queue=\"{qn}\"}} {}", q.oldest_age_ms as f64 / 1000.0);
+            }
         }
     }
 

@@ -133,6 +133,9 @@ pub fn render_status(v: &Value) -> String {
             "Queue:     {} visible, {} in flight, DLQ {}\n",
             q["visible"], q["in_flight"], q["dlq_visible"]
         ));
+        if q["backend"] == "sqs" {
+            out.push_str("           (SQS, through the tasks' queue proxies; what it cannot tell: `coalmine status --output json`, queue.lacks)\n");
+        }
     }
     if let Some(e) = v.get("execution").filter(|e| !e.is_null()) {
         let st = s(e, "status");
@@ -338,6 +341,35 @@ pub fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
             )
             .await?;
         println!("rolled back execution #{} (revision {}): the canary returns to the primary's revision", v["id"], s(&v, "revision"));
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Move every message of the DLQ back to the app's queue.
+///
+/// A rollback already redrives what the bad revision dead-lettered; this moves the rest too —
+/// what healthy revisions failed (the primary's noise), once you have fixed the cause. On SQS
+/// it starts a message move task (as the console's "Start DLQ redrive"); where the endpoint has
+/// none, coalmine moves them itself.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Example:\n  coalmine redrive --all")]
+pub struct RedriveArgs {
+    /// Every message of the DLQ (required: say it).
+    #[arg(long, required = true)]
+    pub all: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+pub fn redrive(args: RedriveArgs) -> anyhow::Result<ExitCode> {
+    block_on(async move {
+        let client = Client::connect(&args.common)?;
+        let v = client.json(reqwest::Method::POST, "/queue/redrive-all", Some(json!({"actor": actor()}))).await?;
+        if args.common.output == Output::Json {
+            println!("{v}");
+        } else {
+            println!("{}", s(&v, "how"));
+        }
         Ok(ExitCode::SUCCESS)
     })
 }
