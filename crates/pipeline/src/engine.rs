@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::build::{BuildRequest, Builder, Cancel};
 use crate::queue_admin::QueueAdmin;
 use crate::source::{Commit, Source};
-use crate::store::{status, ApprovalRow, ExecutionRow, RollbackRow, StageRow, Store, VerdictRow};
+use crate::store::{status, Status, ApprovalRow, ExecutionRow, RollbackRow, StageRow, Store, VerdictRow};
 use crate::clock::Clock;
 use crate::PipelineError;
 
@@ -797,7 +797,7 @@ impl Engine {
     /// revision holds is given back and what it dead-lettered is redriven
     /// ([`Engine::follow_rollbacks`]), whatever ended the execution (an alarm, a person, a
     /// failed deployment, a newer commit).
-    fn end_execution(&self, exec: &ExecutionRow, end: &str, reason: &str, actor: &str) -> Result<(), PipelineError> {
+    fn end_execution(&self, exec: &ExecutionRow, end: Status, reason: &str, actor: &str) -> Result<(), PipelineError> {
         if let Some(b) = self.builds.lock().unwrap().remove(&exec.id) {
             b.cancel.cancel();
         }
@@ -860,7 +860,7 @@ impl Engine {
             }
             store.set_execution_status(exec.id, end, reason)?;
             step();
-            store.event(Some(exec.id), &end.to_lowercase(), actor, reason)?;
+            store.event(Some(exec.id), &end.as_str().to_lowercase(), actor, reason)?;
             step();
             Ok(restored)
         })?;

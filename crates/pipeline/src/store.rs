@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::clock::{Clock, SystemClock};
 use crate::PipelineError;
@@ -92,18 +92,90 @@ CREATE TABLE IF NOT EXISTS kv (
 );
 "#;
 
-/// Execution statuses, as CodePipeline names them.
+/// The status of an execution or a stage, as CodePipeline names them: one spelling in the
+/// store, the API and the OpenAPI document (an enum there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+pub enum Status {
+    /// An execution waiting for the one in progress.
+    Queued,
+    /// A stage not started yet.
+    Pending,
+    InProgress,
+    Succeeded,
+    Failed,
+    /// An execution a newer commit replaced before it ended.
+    Superseded,
+    RolledBack,
+    Stopped,
+}
+
+impl Status {
+    pub const ALL: [Status; 8] =
+        [Status::Queued, Status::Pending, Status::InProgress, Status::Succeeded, Status::Failed, Status::Superseded, Status::RolledBack, Status::Stopped];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "Queued",
+            Status::Pending => "Pending",
+            Status::InProgress => "InProgress",
+            Status::Succeeded => "Succeeded",
+            Status::Failed => "Failed",
+            Status::Superseded => "Superseded",
+            Status::RolledBack => "RolledBack",
+            Status::Stopped => "Stopped",
+        }
+    }
+
+    /// Still going: queued or in progress.
+    pub fn is_open(self) -> bool {
+        matches!(self, Status::Queued | Status::InProgress)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Status {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Status, String> {
+        Status::ALL.into_iter().find(|x| x.as_str() == s).ok_or_else(|| format!("`{s}` is not a status"))
+    }
+}
+
+impl PartialEq<&str> for Status {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl rusqlite::types::ToSql for Status {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
+}
+
+impl rusqlite::types::FromSql for Status {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Status> {
+        v.as_str()?.parse().map_err(|e: String| rusqlite::types::FromSqlError::Other(e.into()))
+    }
+}
+
+/// The statuses by their old constant names.
 pub mod status {
-    pub const QUEUED: &str = "Queued";
-    pub const IN_PROGRESS: &str = "InProgress";
-    pub const SUCCEEDED: &str = "Succeeded";
-    pub const FAILED: &str = "Failed";
-    pub const SUPERSEDED: &str = "Superseded";
-    pub const ROLLED_BACK: &str = "RolledBack";
-    pub const STOPPED: &str = "Stopped";
-    pub const PENDING: &str = "Pending";
+    use super::Status;
+    pub const QUEUED: Status = Status::Queued;
+    pub const IN_PROGRESS: Status = Status::InProgress;
+    pub const SUCCEEDED: Status = Status::Succeeded;
+    pub const FAILED: Status = Status::Failed;
+    pub const SUPERSEDED: Status = Status::Superseded;
+    pub const ROLLED_BACK: Status = Status::RolledBack;
+    pub const STOPPED: Status = Status::Stopped;
+    pub const PENDING: Status = Status::Pending;
     /// Every status an execution can have, in the order of its life.
-    pub const EXECUTION_ALL: &[&str] = &[QUEUED, IN_PROGRESS, SUCCEEDED, FAILED, SUPERSEDED, ROLLED_BACK, STOPPED];
+    pub const EXECUTION_ALL: &[Status] = &[QUEUED, IN_PROGRESS, SUCCEEDED, FAILED, SUPERSEDED, ROLLED_BACK, STOPPED];
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -112,7 +184,7 @@ pub struct ExecutionRow {
     pub commit_id: String,
     pub revision: String,
     pub message: String,
-    pub status: String,
+    pub status: Status,
     pub stage: i64,
     pub bootstrap: bool,
     pub reason: String,
@@ -125,7 +197,7 @@ pub struct StageRow {
     pub idx: i64,
     pub name: String,
     pub kind: String,
-    pub status: String,
+    pub status: Status,
     pub started_ms: Option<i64>,
     pub finished_ms: Option<i64>,
     pub detail: String,
@@ -261,7 +333,7 @@ impl Store {
         commit_id: &str,
         revision: &str,
         message: &str,
-        status: &str,
+        status: Status,
         bootstrap: bool,
         stages: &[(String, String)],
     ) -> Result<i64, PipelineError> {
@@ -327,7 +399,7 @@ impl Store {
     }
 
     /// Executions in a given status, oldest first.
-    pub fn executions_in(&self, status: &str) -> Result<Vec<ExecutionRow>, PipelineError> {
+    pub fn executions_in(&self, status: Status) -> Result<Vec<ExecutionRow>, PipelineError> {
         let mut st = self
             .conn
             .prepare(&format!("SELECT {} FROM executions WHERE status = ?1 ORDER BY id", Self::EXEC_COLS))?;
@@ -335,8 +407,8 @@ impl Store {
         Ok(rows)
     }
 
-    pub fn set_execution_status(&self, id: i64, status: &str, reason: &str) -> Result<(), PipelineError> {
-        let finished = matches!(status, status::QUEUED | status::IN_PROGRESS).then_some(()).is_none();
+    pub fn set_execution_status(&self, id: i64, status: Status, reason: &str) -> Result<(), PipelineError> {
+        let finished = !status.is_open();
         self.conn.execute(
             "UPDATE executions SET status = ?2, reason = ?3, finished_ms = CASE WHEN ?4 THEN ?5 ELSE NULL END WHERE id = ?1",
             params![id, status, reason, finished, self.now_ms()],
@@ -385,7 +457,7 @@ impl Store {
         Ok(())
     }
 
-    pub fn finish_stage(&self, execution_id: i64, idx: i64, status: &str, detail: &str) -> Result<(), PipelineError> {
+    pub fn finish_stage(&self, execution_id: i64, idx: i64, status: Status, detail: &str) -> Result<(), PipelineError> {
         self.conn.execute(
             "UPDATE stages SET status = ?3, finished_ms = ?4, detail = ?5 WHERE execution_id = ?1 AND idx = ?2",
             params![execution_id, idx, status, self.now_ms(), detail],

@@ -1014,7 +1014,7 @@ impl Fixture {
     }
 
     /// The status of stage `name` of execution `id`.
-    pub fn stage_status(&self, id: i64, name: &str) -> Result<Option<String>, PipelineError> {
+    pub fn stage_status(&self, id: i64, name: &str) -> Result<Option<crate::store::Status>, PipelineError> {
         Ok(self.store()?.stages(id)?.into_iter().find(|s| s.name == name).map(|s| s.status))
     }
 

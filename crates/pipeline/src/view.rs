@@ -116,7 +116,7 @@ impl Engine {
 /// alarm of every execution by outcome.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Summary {
-    pub executions_by_status: std::collections::BTreeMap<String, u64>,
+    pub executions_by_status: std::collections::BTreeMap<crate::store::Status, u64>,
     pub rollbacks: u64,
     /// (alarm, outcome) -> executions whose latest verdict of that alarm had that outcome.
     pub verdicts: std::collections::BTreeMap<(String, String), u64>,
@@ -128,7 +128,7 @@ impl Engine {
         let store = self.store.lock().unwrap();
         let mut out = Summary::default();
         for e in store.executions(u32::MAX)? {
-            *out.executions_by_status.entry(e.status.clone()).or_default() += 1;
+            *out.executions_by_status.entry(e.status).or_default() += 1;
             for v in store.latest_verdicts(e.id)? {
                 *out.verdicts.entry((v.alarm, v.outcome)).or_default() += 1;
             }

@@ -63,7 +63,7 @@ fn bootstrap_release_runs_to_succeeded() {
     assert_eq!(exec.status, status::SUCCEEDED);
     assert!(exec.bootstrap);
     let stages: Vec<(String, String)> =
-        f.store().unwrap().stages(exec.id).unwrap().into_iter().map(|s| (s.name, s.status)).collect();
+        f.store().unwrap().stages(exec.id).unwrap().into_iter().map(|s| (s.name, s.status.to_string())).collect();
     let ok = status::SUCCEEDED.to_string();
     assert_eq!(
         stages,
@@ -95,12 +95,12 @@ fn new_commit_deploys_the_canary_and_waits_for_approval() {
     let (first, id, second) = canary_awaiting(&f);
     assert_eq!(f.running_revision("canary").as_deref(), Some(second.as_str()));
     assert_eq!(f.running_revision("primary").as_deref(), Some(first.as_str()));
-    assert_eq!(f.stage_status(id, "Deploy canary").unwrap().as_deref(), Some(status::SUCCEEDED));
-    assert_eq!(f.stage_status(id, "Approval").unwrap().as_deref(), Some(status::IN_PROGRESS));
+    assert_eq!(f.stage_status(id, "Deploy canary").unwrap(), Some(status::SUCCEEDED));
+    assert_eq!(f.stage_status(id, "Approval").unwrap(), Some(status::IN_PROGRESS));
     // It waits: a day of ticks changes nothing.
     ticks(&f, 24, Duration::from_secs(3600));
     assert!(f.is_awaiting(id));
-    assert_eq!(f.stage_status(id, "Deploy primary").unwrap().as_deref(), Some(status::PENDING));
+    assert_eq!(f.stage_status(id, "Deploy primary").unwrap(), Some(status::PENDING));
     assert_eq!(f.primary_revision().as_deref(), Some(first.as_str()));
     assert_eq!(f.running_revision("primary").as_deref(), Some(first.as_str()));
 }
@@ -184,7 +184,7 @@ fn alarm_rolls_the_canary_back_once_and_gives_its_messages_back() {
     // Later ticks follow the rollback, and do not end the execution again.
     ticks(&f, 5, Duration::from_secs(3));
     let exec = f.execution(id).unwrap();
-    assert_eq!((exec.status.as_str(), exec.finished_ms), (status::ROLLED_BACK, finished));
+    assert_eq!((exec.status, exec.finished_ms), (status::ROLLED_BACK, finished));
     assert_eq!(end_events(&f, id).len(), 1, "{:?}", end_events(&f, id));
     let rollbacks = f.store().unwrap().rollbacks(Some(id)).unwrap();
     assert_eq!(rollbacks.len(), 1);
@@ -261,17 +261,17 @@ fn deploy_times_out_on_the_clock() {
     f.runtime.set_service_health("canary", Health::Manual);
     let c = f.commit("never healthy");
     f.tick_until("the canary deploy to start", |f| {
-        f.execution_of(&c).unwrap().is_some_and(|e| f.stage_status(e.id, "Deploy canary").unwrap().as_deref() == Some(status::IN_PROGRESS))
+        f.execution_of(&c).unwrap().is_some_and(|e| f.stage_status(e.id, "Deploy canary").unwrap() == Some(status::IN_PROGRESS))
     })
     .unwrap();
     let id = f.execution_of(&c).unwrap().unwrap().id;
     ticks(&f, 1, Duration::from_secs(600));
-    assert_eq!(f.stage_status(id, "Deploy canary").unwrap().as_deref(), Some(status::IN_PROGRESS), "10 min is the limit, not past it");
+    assert_eq!(f.stage_status(id, "Deploy canary").unwrap(), Some(status::IN_PROGRESS), "10 min is the limit, not past it");
     ticks(&f, 1, Duration::from_secs(1));
     let exec = f.execution(id).unwrap();
     assert_eq!(exec.status, status::FAILED);
     assert!(exec.reason.contains("did not reach steady state") && exec.reason.contains("10m"), "{}", exec.reason);
-    assert_eq!(f.stage_status(id, "Deploy canary").unwrap().as_deref(), Some(status::FAILED));
+    assert_eq!(f.stage_status(id, "Deploy canary").unwrap(), Some(status::FAILED));
     assert_eq!(f.desired_revision("canary").as_deref(), Some(first.as_str()));
     assert_eq!(f.running_revision("canary").as_deref(), Some(first.as_str()));
     assert_eq!(f.store().unwrap().rollbacks(Some(id)).unwrap().len(), 1, "a failed canary is a rollback too");
@@ -284,7 +284,7 @@ fn failed_canary_deployment_fails_the_execution() {
     f.runtime.set_service_health("canary", Health::Manual);
     let c = f.commit("breaks at start");
     f.tick_until("the canary deploy to start", |f| {
-        f.execution_of(&c).unwrap().is_some_and(|e| f.stage_status(e.id, "Deploy canary").unwrap().as_deref() == Some(status::IN_PROGRESS))
+        f.execution_of(&c).unwrap().is_some_and(|e| f.stage_status(e.id, "Deploy canary").unwrap() == Some(status::IN_PROGRESS))
     })
     .unwrap();
     let id = f.execution_of(&c).unwrap().unwrap().id;
@@ -358,17 +358,17 @@ fn restart_resumes_a_pause_where_it_was() {
     f.bootstrap().unwrap();
     let c = f.commit("second version");
     f.tick_until("the pause", |f| {
-        f.execution_of(&c).unwrap().is_some_and(|e| f.stage_status(e.id, "Pause 10m").unwrap().as_deref() == Some(status::IN_PROGRESS))
+        f.execution_of(&c).unwrap().is_some_and(|e| f.stage_status(e.id, "Pause 10m").unwrap() == Some(status::IN_PROGRESS))
     })
     .unwrap();
     let id = f.execution_of(&c).unwrap().unwrap().id;
     ticks(&f, 1, Duration::from_secs(360));
     f.restart().unwrap();
     ticks(&f, 1, Duration::from_secs(200));
-    assert_eq!(f.stage_status(id, "Pause 10m").unwrap().as_deref(), Some(status::IN_PROGRESS), "9m20s of 10m");
+    assert_eq!(f.stage_status(id, "Pause 10m").unwrap(), Some(status::IN_PROGRESS), "9m20s of 10m");
     ticks(&f, 1, Duration::from_secs(41));
     f.tick_until("the approval after the pause", |f| f.is_awaiting(id)).unwrap();
-    assert_eq!(f.stage_status(id, "Pause 10m").unwrap().as_deref(), Some(status::SUCCEEDED));
+    assert_eq!(f.stage_status(id, "Pause 10m").unwrap(), Some(status::SUCCEEDED));
 }
 
 #[test]

@@ -51,7 +51,7 @@ fn op() -> impl Strategy<Value = Op> {
 #[derive(Default)]
 struct Model {
     /// Ended executions: (status, finished_ms), which must never change.
-    ended: BTreeMap<i64, (String, Option<i64>)>,
+    ended: BTreeMap<i64, (coalmine_pipeline::store::Status, Option<i64>)>,
     /// Approvals the engine accepted: execution -> revision it was shown.
     accepted: BTreeMap<i64, String>,
     primary: Option<String>,
@@ -209,7 +209,7 @@ proptest! {
         }
         if std::env::var("MODEL_STATS").is_ok() {
             let mut by = BTreeMap::<String, usize>::new();
-            for e in f.store().unwrap().executions(u32::MAX).unwrap() { *by.entry(e.status).or_default() += 1; }
+            for e in f.store().unwrap().executions(u32::MAX).unwrap() { *by.entry(e.status.to_string()).or_default() += 1; }
             eprintln!("STATS {by:?} rollbacks={}", f.store().unwrap().rollbacks(None).unwrap().len());
         }
     }

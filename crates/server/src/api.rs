@@ -688,6 +688,9 @@ mod tests {
         let names: Vec<&str> = logs.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
         assert_eq!(names, ["name", "lines", "previous"]);
         assert!(doc["components"]["schemas"]["Sample"]["properties"]["revisions"].is_object());
+        // Statuses are one enum, with one spelling each.
+        let statuses: Vec<&str> = doc["components"]["schemas"]["Status"]["enum"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        assert_eq!(statuses, ["Queued", "Pending", "InProgress", "Succeeded", "Failed", "Superseded", "RolledBack", "Stopped"]);
         assert!(paths["/events/stream"]["get"]["responses"]["200"]["content"]["text/event-stream"].is_object());
     }
 }

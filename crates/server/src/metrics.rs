@@ -40,15 +40,9 @@ pub fn render(s: &crate::Shared) -> String {
     match engine.summary() {
         Ok(sum) => {
             family(&mut out, "coalmine_executions", "gauge", "Executions of the pipeline by status.");
-            let all = coalmine_pipeline::store::status::EXECUTION_ALL;
-            for &st in all {
+            for st in coalmine_pipeline::store::status::EXECUTION_ALL {
                 let n = sum.executions_by_status.get(st).copied().unwrap_or(0);
                 let _ = writeln!(out, "coalmine_executions{{app=\"{app}\",status=\"{st}\"}} {n}");
-            }
-            for (st, n) in &sum.executions_by_status {
-                if !all.contains(&st.as_str()) {
-                    let _ = writeln!(out, "coalmine_executions{{app=\"{app}\",status=\"{}\"}} {n}", esc(st));
-                }
             }
             family(&mut out, "coalmine_rollbacks_total", "counter", "Rollbacks of the canary, automatic or asked for.");
             let _ = writeln!(out, "coalmine_rollbacks_total{{app=\"{app}\"}} {}", sum.rollbacks);
@@ -70,7 +64,7 @@ pub fn render(s: &crate::Shared) -> String {
                 out,
                 "coalmine_current_execution{{app=\"{app}\",revision=\"{}\",status=\"{}\"}} {}",
                 esc(&ex.execution.revision),
-                esc(&ex.execution.status),
+                esc(ex.execution.status.as_str()),
                 ex.execution.id
             );
         }

@@ -374,9 +374,9 @@ async fn wait_execution_end(running: &Running, id: i64, timeout: Duration) -> an
     loop {
         progress.update(running);
         if let Some(v) = running.engine.execution_view(id)? {
-            let s = &v.execution.status;
-            if s != "InProgress" && s != "Queued" {
-                return Ok(Ended { status: s.clone(), revision: v.execution.revision.clone(), reason: v.execution.reason.clone() });
+            let s = v.execution.status;
+            if !s.is_open() {
+                return Ok(Ended { status: s.to_string(), revision: v.execution.revision.clone(), reason: v.execution.reason.clone() });
             }
         }
         if Instant::now() > deadline {
