@@ -91,7 +91,8 @@ fn serve_queue() {
 }
 
 fn serve_proxy() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    // The runtime `coalmine proxy` runs on.
+    let rt = coalmine_proxy::runtime().unwrap();
     rt.block_on(async {
         let config = coalmine_proxy::Config {
             upstream: Some(std::env::var("PROXY_BENCH_UPSTREAM").unwrap()),

@@ -254,7 +254,7 @@ impl SqsQueue {
 
     fn receiver_of(&self, message_id: &str) -> Option<String> {
         let c = self.collector.lock().unwrap();
-        c.failed_by(message_id).map(|(service, revision, task)| self.key(service, revision, task))
+        c.last_receiver(message_id).map(|(service, revision, task)| self.key(service, revision, task))
     }
 
     fn journal_read(&self) -> HashSet<String> {

@@ -233,7 +233,33 @@ fn story(style: &str) {
         }
         std::thread::sleep(Duration::from_millis(500));
     };
-    assert!(missing.is_empty(), "{style}: {} of {sent} orders have no end, e.g. {:?}\n{}", missing.len(), &missing[..missing.len().min(10)], tail(&rig.up_log(), 40));
+    if !missing.is_empty() {
+        // Where they are: the task logs' lines and the queues (read without hiding anything).
+        let mut lines = Vec::new();
+        for f in [dir.clone()].iter().flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten()) {
+            let text = std::fs::read_to_string(f.path()).unwrap_or_default();
+            for l in text.lines().filter(|l| missing.iter().take(5).any(|n| l.contains(&format!("order={n} ")) || l.ends_with(&format!("order={n}")))) {
+                lines.push(format!("{}: {l}", f.path().display()));
+            }
+        }
+        let peek = |url: &str| {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let client = sqs_client(&endpoint, rig.path());
+            rt.block_on(async {
+                let r = client.receive_message().queue_url(url).max_number_of_messages(10).visibility_timeout(0).message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All).send().await;
+                r.map(|r| r.messages().iter().map(|m| format!("{:?} {:?} {:?}", m.message_id(), m.body(), m.attributes())).collect::<Vec<_>>()).unwrap_or_default()
+            })
+        };
+        panic!(
+            "{style}: {} of {sent} orders have no end, e.g. {:?}\nlog lines: {lines:#?}\nqueue: {:#?}\nDLQ: {:#?}\nrollbacks: {}\n{}",
+            missing.len(),
+            &missing[..missing.len().min(10)],
+            peek(&queue),
+            peek(&dlq),
+            rig.api_get("/rollbacks"),
+            tail(&rig.up_log(), 40)
+        );
+    }
     // coalmine reads the DLQ too (and holds what it reads for a moment): stop it first.
     rig.stop();
     let in_dlq = orders_in(&endpoint, rig.path(), &dlq);

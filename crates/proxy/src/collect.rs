@@ -20,8 +20,9 @@ pub const WARMUP_MESSAGES: u64 = 5;
 /// Held messages of a report older than this are not trusted as held now (its proxy was
 /// killed without a final report; the messages come back when their visibility lapses).
 const STALE_MS: u64 = 5_000;
-/// Failed message ids remembered (for the DLQ's attribution), oldest forgotten first.
-const FAILED_IDS: usize = 100_000;
+/// Message ids whose last receiver is remembered (for the DLQ's attribution), oldest
+/// forgotten first.
+const RECEIVER_IDS: usize = 100_000;
 
 /// What one task did in a window.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -51,9 +52,10 @@ pub struct TaskCounts {
 #[derive(Debug, Default)]
 pub struct Collector {
     proxies: HashMap<String, VecDeque<Report>>,
-    /// Message id -> (service, revision, task) of the last task that failed it.
-    failed_by: HashMap<String, (String, String, String)>,
-    failed_order: VecDeque<String>,
+    /// Message id -> (report time, (service, revision, task)) of the last task seen holding
+    /// or failing it: its last receiver, as far as the reports tell.
+    receivers: HashMap<String, (u64, (String, String, String))>,
+    receiver_order: VecDeque<String>,
     /// Reports refused (not coalmine's, other versions), for the log.
     pub refused: u64,
 }
@@ -77,12 +79,20 @@ fn histogram_delta(new: &Report, old: &Report, out: &mut Vec<f64>) {
 impl Collector {
     /// Take one report in (any order; duplicates are ignored).
     pub fn add(&mut self, r: Report) {
-        for f in &r.failed {
-            if self.failed_by.insert(f.id.clone(), (r.service.clone(), r.revision.clone(), r.task.clone())).is_none() {
-                self.failed_order.push_back(f.id.clone());
-                if self.failed_order.len() > FAILED_IDS {
-                    if let Some(old) = self.failed_order.pop_front() {
-                        self.failed_by.remove(&old);
+        // Failed ids, and ids held now: a task the runtime kills before its final report has
+        // said in its last tick what it held. A newer report wins (reports arrive in any order).
+        let who = (r.service.clone(), r.revision.clone(), r.task.clone());
+        for id in r.failed.iter().map(|f| &f.id).chain(&r.held_ids) {
+            match self.receivers.get_mut(id) {
+                Some(seen) if seen.0 > r.time_ms => {}
+                Some(seen) => *seen = (r.time_ms, who.clone()),
+                None => {
+                    self.receivers.insert(id.clone(), (r.time_ms, who.clone()));
+                    self.receiver_order.push_back(id.clone());
+                    if self.receiver_order.len() > RECEIVER_IDS {
+                        if let Some(old) = self.receiver_order.pop_front() {
+                            self.receivers.remove(&old);
+                        }
                     }
                 }
             }
@@ -98,9 +108,9 @@ impl Collector {
         }
     }
 
-    /// Who failed this message last, as (service, revision, task).
-    pub fn failed_by(&self, message_id: &str) -> Option<&(String, String, String)> {
-        self.failed_by.get(message_id)
+    /// The task that held or failed this message last, as (service, revision, task).
+    pub fn last_receiver(&self, message_id: &str) -> Option<&(String, String, String)> {
+        self.receivers.get(message_id).map(|(_, who)| who)
     }
 
     /// Per task, what it did since `since_ms`, as of `now_ms`.
@@ -199,6 +209,7 @@ mod tests {
             held: 0,
             oldest_held_ms: 0,
             held_ages_ms: Vec::new(),
+            held_ids: Vec::new(),
             hold_limit_ms: 60_000,
             processing_ms: HistogramReport { le_ms: BUCKETS_MS.to_vec(), counts, sum_ms: deleted * 100, count: deleted },
             failed: Vec::new(),
@@ -250,8 +261,28 @@ mod tests {
         c.add(r);
         let w = c.window(0, 3_000);
         assert_eq!((w.len(), w[0].received, w[0].deleted), (1, 9, 8));
-        assert_eq!(c.failed_by("m-1").map(|f| f.1.as_str()), Some("r2"));
-        assert!(c.failed_by("m-2").is_none());
+        assert_eq!(c.last_receiver("m-1").map(|f| f.1.as_str()), Some("r2"));
+        assert!(c.last_receiver("m-2").is_none());
+    }
+
+    #[test]
+    fn what_a_task_held_in_its_last_report_is_its_own_and_a_newer_report_wins() {
+        let mut c = Collector::default();
+        // The canary held m-9 when it was killed (no final report).
+        let mut held = report("p1", 5, 5_000, 10, 0, 0);
+        held.held_ids = vec!["m-9".into()];
+        c.add(held);
+        assert_eq!(c.last_receiver("m-9").map(|f| f.2.as_str()), Some("canary-1"));
+        // Received later by the primary (a newer report), whatever order the reports come in.
+        let mut later = report("p2", 1, 9_000, 1, 0, 0);
+        later.service = "primary".into();
+        later.task = "primary-2".into();
+        later.held_ids = vec!["m-9".into()];
+        let mut older = report("p1", 4, 4_000, 9, 0, 0);
+        older.held_ids = vec!["m-9".into()];
+        c.add(later);
+        c.add(older);
+        assert_eq!(c.last_receiver("m-9").map(|f| f.2.as_str()), Some("primary-2"));
     }
 
     #[test]

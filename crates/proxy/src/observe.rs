@@ -20,7 +20,8 @@ pub const MAX_PENDING_FAILED: usize = 1_000;
 #[derive(Clone, Debug)]
 pub struct Held {
     pub message_id: String,
-    pub queue_url: String,
+    /// Shared by every message received from the queue in one receive.
+    pub queue_url: std::sync::Arc<str>,
     pub received: Instant,
     pub receive_count: Option<u32>,
     /// When its visibility timeout lapses, once known (from the request or the queue).
@@ -180,6 +181,7 @@ impl Observer {
             None => self.visibility.get(&queue_url).copied(),
         };
         let unknown = timeout.is_none() && !msgs.is_empty();
+        let shared_url: std::sync::Arc<str> = queue_url.as_str().into();
         for m in msgs {
             self.counts.received += 1;
             if m.receive_count.is_some_and(|c| c > 1) {
@@ -189,7 +191,7 @@ impl Observer {
                 m.receipt,
                 Held {
                     message_id: m.message_id,
-                    queue_url: queue_url.clone(),
+                    queue_url: shared_url.clone(),
                     received: now,
                     receive_count: m.receive_count,
                     deadline: timeout.map(|t| now + t),
@@ -227,7 +229,7 @@ impl Observer {
         self.visibility.insert(queue_url.to_string(), timeout);
         self.lookups.remove(queue_url);
         for h in self.held.values_mut() {
-            if h.deadline.is_none() && h.queue_url == queue_url {
+            if h.deadline.is_none() && &*h.queue_url == queue_url {
                 h.deadline = Some(h.received + timeout);
             }
         }
@@ -258,6 +260,13 @@ impl Observer {
         ages.sort_unstable_by(|a, b| b.cmp(a));
         ages.truncate(n);
         ages
+    }
+
+    /// The ids of the held messages, the longest held first, at most `n` of them.
+    pub fn held_ids(&self, n: usize) -> Vec<String> {
+        let mut held: Vec<&Held> = self.held.values().collect();
+        held.sort_unstable_by_key(|h| h.received);
+        held.into_iter().take(n).map(|h| h.message_id.clone()).collect()
     }
 
     /// A held message made visible again when the proxy stopped: a failed attempt of its task.

@@ -14,6 +14,10 @@ pub const VERSION: u32 = 1;
 /// Ages of held messages carried by one report at most (the oldest).
 pub const HELD_AGES: usize = 100;
 
+/// Ids of held messages carried by one report at most (the oldest; a message id is at most
+/// 100 bytes, so a report stays far below SQS's message size).
+pub const HELD_IDS: usize = 500;
+
 /// Failed message ids carried by one report at most; the rest wait for the next one.
 pub const FAILED_PER_REPORT: usize = 100;
 
@@ -92,6 +96,10 @@ pub struct Report {
     /// How long each held message has been held, the longest first (at most `HELD_AGES`).
     #[serde(default)]
     pub held_ages_ms: Vec<u64>,
+    /// The ids of the messages held, the longest held first (at most `HELD_IDS`): who held a
+    /// message last, even when the task is killed before its final report.
+    #[serde(default)]
+    pub held_ids: Vec<String>,
     /// The censoring limit: holds longer than this count in `over_limit`.
     pub hold_limit_ms: u64,
     /// Processing times (receive to successful delete), cumulative.

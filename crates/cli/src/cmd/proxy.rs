@@ -92,7 +92,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 pub fn run(a: ProxyArgs) -> anyhow::Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting the async runtime")?;
+    let rt = coalmine_proxy::runtime().context("starting the async runtime")?;
     let code = rt.block_on(serve(a))?;
     rt.shutdown_timeout(Duration::from_secs(1));
     Ok(code)
