@@ -224,13 +224,25 @@ pub struct Observation {
 }
 
 /// The conclusion of one alarm, or of all of them.
+/// One spelling everywhere data goes (`Pass`, `Fail`, `Inconclusive`: serde, the store, the
+/// API); `Display` is the word in sentences.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
 pub enum Outcome {
     Pass,
     Fail,
     /// Not enough data yet.
     Inconclusive,
+}
+
+impl Outcome {
+    /// The spelling in data: as serde writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Pass => "Pass",
+            Outcome::Fail => "Fail",
+            Outcome::Inconclusive => "Inconclusive",
+        }
+    }
 }
 
 impl std::fmt::Display for Outcome {

@@ -472,7 +472,7 @@ fn alarm_specs_serialize_with_a_kind_tag() {
     )
     .remove(0);
     let j = serde_json::to_value(&v).unwrap();
-    assert_eq!(j["outcome"], "pass");
+    assert_eq!(j["outcome"], "Pass", "one spelling: as stored and served");
     assert_eq!(j["numbers"]["threshold"], 1.0);
 }
 

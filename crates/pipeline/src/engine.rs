@@ -914,7 +914,7 @@ impl Engine {
             .map(|v| VerdictRow {
                 execution_id: exec.id,
                 at_ms: now as i64,
-                outcome: format!("{:?}", v.outcome),
+                outcome: v.outcome.as_str().to_string(),
                 alarm: v.alarm.clone(),
                 reason: v.reason.clone(),
                 numbers: serde_json::to_value(&v.numbers).unwrap_or_default(),

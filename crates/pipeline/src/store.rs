@@ -178,6 +178,17 @@ pub mod status {
     pub const EXECUTION_ALL: &[Status] = &[QUEUED, IN_PROGRESS, SUCCEEDED, FAILED, SUPERSEDED, ROLLED_BACK, STOPPED];
 }
 
+/// A verdict's outcome, as stored and served (the OpenAPI document's enum of
+/// `coalmine_analysis::Outcome`).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub enum Outcome {
+    Pass,
+    Fail,
+    /// Not enough data yet.
+    Inconclusive,
+}
+
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ExecutionRow {
     pub id: i64,
@@ -227,6 +238,8 @@ pub struct ApprovalRow {
 pub struct VerdictRow {
     pub execution_id: i64,
     pub at_ms: i64,
+    /// `coalmine_analysis::Outcome`, spelled as serde writes it.
+    #[schema(value_type = Outcome)]
     pub outcome: String,
     pub alarm: String,
     pub reason: String,

@@ -180,7 +180,7 @@ mod tests {
 
     fn report(proxy: &str, seq: u64, time_ms: u64, received: u64, deleted: u64, returned: u64) -> Report {
         let mut counts = vec![0; BUCKETS_MS.len() + 1];
-        counts[6] = deleted; // 100 ms each
+        counts[BUCKETS_MS.iter().position(|b| *b == 100).unwrap()] = deleted; // 100 ms each
         Report {
             v: crate::telemetry::VERSION,
             kind: Kind::Tick,

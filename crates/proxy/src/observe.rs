@@ -11,7 +11,13 @@ use crate::sqs::{Action, BatchResult, Received, Request};
 
 /// Upper bounds (milliseconds) of the processing-time histogram's buckets; a last, unbounded
 /// bucket follows.
-pub const BUCKETS_MS: [u64; 17] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 60_000, 120_000, 300_000];
+/// At most a third apart (a quarter from 4 ms on), so that the latency alarm's comparison (the
+/// canary's percentile against 2 × the primary's) does not vanish inside one bucket.
+pub const BUCKETS_MS: [u64; 52] = [
+    1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 80, 100, 120, 150, 200, 250, 300, 400, 500, 600, 800, 1_000, 1_200, 1_500, 2_000,
+    2_500, 3_000, 4_000, 5_000, 6_000, 8_000, 10_000, 12_000, 15_000, 20_000, 25_000, 30_000, 40_000, 50_000, 60_000, 80_000, 100_000,
+    120_000, 150_000, 200_000, 300_000,
+];
 
 /// Failed message ids kept for the next report at most; more are counted as dropped.
 pub const MAX_PENDING_FAILED: usize = 1_000;
@@ -326,7 +332,7 @@ mod tests {
         let del = parse_request(Some("AmazonSQS.DeleteMessage"), None, br#"{"QueueUrl":"q","ReceiptHandle":"r1"}"#).unwrap();
         o.record(&del, true, b"{}", t0 + Duration::from_millis(40));
         assert_eq!(o.counts.deleted, 1);
-        assert_eq!(o.processing.counts[BUCKETS_MS.iter().position(|b| *b == 50).unwrap()], 1);
+        assert_eq!(o.processing.counts[BUCKETS_MS.iter().position(|b| *b == 40).unwrap()], 1);
         let back = parse_request(Some("AmazonSQS.ChangeMessageVisibility"), None, br#"{"QueueUrl":"q","ReceiptHandle":"r2","VisibilityTimeout":0}"#).unwrap();
         o.record(&back, true, b"{}", t0);
         assert_eq!(o.counts.returned, 1);

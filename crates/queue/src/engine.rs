@@ -159,6 +159,9 @@ pub(crate) struct Inner {
     pub public_host: Mutex<String>,
     pub background: std::sync::atomic::AtomicBool,
     pub polls_waiting: std::sync::atomic::AtomicI64,
+    /// When a request last tried to reload a broken store (Unix ms): at most one try per
+    /// 200 ms, so a store that cannot be read is not re-read by every request.
+    pub reload_tried_ms: std::sync::atomic::AtomicU64,
 }
 
 /// A handle on the broker; clones share it.
@@ -654,6 +657,7 @@ impl Broker {
                 public_host: Mutex::new(host),
                 background: std::sync::atomic::AtomicBool::new(false),
                 polls_waiting: std::sync::atomic::AtomicI64::new(0),
+                reload_tried_ms: std::sync::atomic::AtomicU64::new(0),
             }),
         })
     }
@@ -1704,7 +1708,11 @@ impl Broker {
     /// retried request acts on what is stored and never answers 200 for a change that is not.
     fn store_ready(&self) -> Result<(), SqsError> {
         if self.inner.store.is_broken() {
-            self.recover_store();
+            let now = now_ms();
+            let last = self.inner.reload_tried_ms.load(std::sync::atomic::Ordering::Relaxed);
+            if now >= last + 200 && self.inner.reload_tried_ms.compare_exchange(last, now, std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed).is_ok() {
+                self.recover_store();
+            }
             if self.inner.store.is_broken() {
                 return Err(SqsError::internal("the queue's store refuses writes (is the disk full?); retry shortly"));
             }

@@ -691,6 +691,8 @@ mod tests {
         // Statuses are one enum, with one spelling each.
         let statuses: Vec<&str> = doc["components"]["schemas"]["Status"]["enum"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
         assert_eq!(statuses, ["Queued", "Pending", "InProgress", "Succeeded", "Failed", "Superseded", "RolledBack", "Stopped"]);
+        let outcomes = &doc["components"]["schemas"]["Outcome"]["enum"];
+        assert_eq!(outcomes, &json!(["Pass", "Fail", "Inconclusive"]));
         assert!(paths["/events/stream"]["get"]["responses"]["200"]["content"]["text/event-stream"].is_object());
     }
 }

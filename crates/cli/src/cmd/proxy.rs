@@ -165,7 +165,10 @@ async fn serve(a: ProxyArgs) -> anyhow::Result<ExitCode> {
             }
         };
         tracing::info!(%status, "the app exited");
-        running.drain(Duration::from_secs(2)).await;
+        // The app is gone: an answer still on its way (a long poll) goes nowhere, and what it
+        // receives is handed back below. Wait only a moment — the runtime's SIGKILL may be
+        // close, and the hand-back and the final report must come before it.
+        running.drain(Duration::from_millis(300)).await;
         code = match status.code() {
             Some(0) => ExitCode::SUCCESS,
             Some(c) => ExitCode::from(c.clamp(1, 255) as u8),
