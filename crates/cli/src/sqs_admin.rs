@@ -278,6 +278,45 @@ fn key_of(services: &HashMap<String, String>, service: &str, revision: &str, tas
     TaskIdentity { service: service.to_string(), revision: revision.to_string(), task: task.to_string() }.access_key_id()
 }
 
+impl SqsQueue {
+    /// Receive the DLQ, send the messages `chosen` picks (by id) to the app's queue and delete them from the
+    /// DLQ, handing the others back at once. Each send is journaled before its delete, so a
+    /// crash between the two deletes the DLQ copy on the next try instead of sending it again.
+    fn move_back(&self, chosen: impl Fn(&str) -> bool) -> Result<usize, QueueAdminError> {
+        let messages = self.scan_dlq()?;
+        *self.dlq.lock().unwrap() = None;
+        let (chosen, others): (Vec<Message>, Vec<Message>) =
+            messages.into_iter().partition(|m| m.message_id().is_some_and(&chosen));
+        self.hand_back(others)?;
+        let sent_before = self.journal_read();
+        let mut moved = 0;
+        for m in chosen {
+            let id = m.message_id().unwrap_or_default().to_string();
+            if !sent_before.contains(&id) {
+                let (client, url, m2) = (self.client.clone(), self.queue_url.clone(), m.clone());
+                self.run(async move {
+                    client
+                        .send_message()
+                        .queue_url(url)
+                        .message_body(m2.body().unwrap_or_default())
+                        .set_message_attributes(m2.message_attributes().cloned())
+                        .send()
+                        .await
+                        .map_err(|e| sdk_err("sending a redriven message to the queue", e))
+                })??;
+                self.journal_write(&format!("sent {id}"))?;
+            }
+            let (client, url, receipt) = (self.client.clone(), self.dlq_url.clone(), m.receipt_handle().unwrap_or_default().to_string());
+            self.run(async move {
+                client.delete_message().queue_url(url).receipt_handle(receipt).send().await.map_err(|e| sdk_err("deleting a redriven message from the DLQ", e))
+            })??;
+            self.journal_write(&format!("done {id}"))?;
+            moved += 1;
+        }
+        Ok(moved)
+    }
+}
+
 impl Drop for SqsQueue {
     fn drop(&mut self) {
         // Without blocking: the last reference may go inside an async task.
@@ -440,42 +479,9 @@ impl QueueAdmin for SqsQueue {
         Ok(out)
     }
 
-    /// Receive the DLQ, send the chosen messages to the app's queue and delete them from the
-    /// DLQ, handing the others back at once. Each send is journaled before its delete, so a
-    /// crash between the two deletes the DLQ copy on the next try instead of sending it again.
     fn redrive(&self, message_ids: &[String]) -> Result<usize, QueueAdminError> {
-        let wanted: HashSet<&String> = message_ids.iter().collect();
-        let messages = self.scan_dlq()?;
-        *self.dlq.lock().unwrap() = None;
-        let (chosen, others): (Vec<Message>, Vec<Message>) =
-            messages.into_iter().partition(|m| m.message_id().is_some_and(|id| wanted.contains(&id.to_string())));
-        self.hand_back(others)?;
-        let sent_before = self.journal_read();
-        let mut moved = 0;
-        for m in chosen {
-            let id = m.message_id().unwrap_or_default().to_string();
-            if !sent_before.contains(&id) {
-                let (client, url, m2) = (self.client.clone(), self.queue_url.clone(), m.clone());
-                self.run(async move {
-                    client
-                        .send_message()
-                        .queue_url(url)
-                        .message_body(m2.body().unwrap_or_default())
-                        .set_message_attributes(m2.message_attributes().cloned())
-                        .send()
-                        .await
-                        .map_err(|e| sdk_err("sending a redriven message to the queue", e))
-                })??;
-                self.journal_write(&format!("sent {id}"))?;
-            }
-            let (client, url, receipt) = (self.client.clone(), self.dlq_url.clone(), m.receipt_handle().unwrap_or_default().to_string());
-            self.run(async move {
-                client.delete_message().queue_url(url).receipt_handle(receipt).send().await.map_err(|e| sdk_err("deleting a redriven message from the DLQ", e))
-            })??;
-            self.journal_write(&format!("done {id}"))?;
-            moved += 1;
-        }
-        Ok(moved)
+        let wanted: HashSet<&str> = message_ids.iter().map(String::as_str).collect();
+        self.move_back(|id| wanted.contains(id))
     }
 
     /// SQS's own message move task (StartMessageMoveTask, as the console's "DLQ redrive");
@@ -523,12 +529,7 @@ impl QueueAdmin for SqsQueue {
         if let Some(handle) = started {
             return Ok(RedriveAll { moved: None, move_task: Some(handle), how: "started an SQS message move task from the DLQ to the queue".into() });
         }
-        let ids: Vec<String> = self.scan_dlq().and_then(|m| {
-            let ids = m.iter().filter_map(|m| m.message_id().map(str::to_string)).collect();
-            self.hand_back(m)?;
-            Ok(ids)
-        })?;
-        let moved = self.redrive(&ids)? as u64;
+        let moved = self.move_back(|_| true)? as u64;
         Ok(RedriveAll { moved: Some(moved), move_task: None, how: format!("moved {moved} message(s) one by one (send, then delete from the DLQ; journaled)") })
     }
 

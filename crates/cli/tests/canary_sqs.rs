@@ -58,27 +58,16 @@ struct Orders {
 
 fn orders(dir: &Path) -> Orders {
     let mut o = Orders::default();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-                continue;
-            }
-            for line in std::fs::read_to_string(&p).unwrap_or_default().lines() {
-                let w: Vec<&str> = line.split_whitespace().collect();
-                let field = |k: &str| w.iter().find_map(|x| x.strip_prefix(k));
-                let (Some(rev), Some(Ok(n))) = (field("revision="), field("order=").map(str::parse::<u64>)) else { continue };
-                let map = match w.first() {
-                    Some(&"processed") => &mut o.processed,
-                    Some(&"failed") => &mut o.failed,
-                    _ => continue,
-                };
-                map.entry(n).or_default().push(rev.to_string());
-            }
-        }
+    for line in log_lines(dir) {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let field = |k: &str| w.iter().find_map(|x| x.strip_prefix(k));
+        let (Some(rev), Some(Ok(n))) = (field("revision="), field("order=").map(str::parse::<u64>)) else { continue };
+        let map = match w.first() {
+            Some(&"processed") => &mut o.processed,
+            Some(&"failed") => &mut o.failed,
+            _ => continue,
+        };
+        map.entry(n).or_default().push(rev.to_string());
     }
     o
 }
@@ -235,13 +224,10 @@ fn story(style: &str) {
     };
     if !missing.is_empty() {
         // Where they are: the task logs' lines and the queues (read without hiding anything).
-        let mut lines = Vec::new();
-        for f in [dir.clone()].iter().flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten()) {
-            let text = std::fs::read_to_string(f.path()).unwrap_or_default();
-            for l in text.lines().filter(|l| missing.iter().take(5).any(|n| l.contains(&format!("order={n} ")) || l.ends_with(&format!("order={n}")))) {
-                lines.push(format!("{}: {l}", f.path().display()));
-            }
-        }
+        let lines: Vec<String> = log_lines(&dir)
+            .into_iter()
+            .filter(|l| missing.iter().take(5).any(|n| l.split_whitespace().any(|w| w == format!("order={n}"))))
+            .collect();
         let peek = |url: &str| {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             let client = sqs_client(&endpoint, rig.path());

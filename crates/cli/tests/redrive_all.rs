@@ -35,33 +35,12 @@ fn run_py() -> String {
 /// How often the worker failed each poison order, from the task logs.
 fn poison_failures(rig: &Rig) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
-    let dir = rig.path().join(".coalmine/logs/tasks");
-    for e in walk(&dir) {
-        for line in std::fs::read_to_string(&e).unwrap_or_default().lines() {
-            if line.starts_with("failed ") {
-                if let Some(order) = line.split_whitespace().find_map(|w| w.strip_prefix("order=")) {
-                    *out.entry(order.to_string()).or_default() += 1;
-                }
-            }
+    for line in log_lines(&rig.path().join(".coalmine/logs/tasks")).iter().filter(|l| l.starts_with("failed ")) {
+        if let Some(order) = line.split_whitespace().find_map(|w| w.strip_prefix("order=")) {
+            *out.entry(order.to_string()).or_default() += 1;
         }
     }
     out
-}
-
-fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                files.push(p);
-            }
-        }
-    }
-    files
 }
 
 /// Run the story against `endpoint` with `env` for coalmine; returns `redrive --all`'s answer.

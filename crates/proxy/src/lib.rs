@@ -286,10 +286,17 @@ impl Running {
 
     /// Stop: end the reports, make the held messages visible again, send the final report,
     /// stop serving.
-    pub async fn stop(self) -> Stopped {
+    pub async fn stop(mut self) -> Stopped {
         let _ = self.stop_ticker.send(true);
-        let _ = self.ticker.await;
-        let (handed_back, hand_back_failed) = self.shared.hand_back().await;
+        let _ = (&mut self.ticker).await;
+        let (mut handed_back, mut hand_back_failed) = self.shared.hand_back().await;
+        // A receive still on its way (the app's long poll) delivers after that: wait for it a
+        // little, and hand back what it brought too.
+        if !self.drain(Duration::from_secs(1)).await {
+            tracing::debug!(in_flight = self.in_flight(), "requests still in flight after the hand-back");
+        }
+        let (late, late_failed) = self.shared.hand_back().await;
+        (handed_back, hand_back_failed) = (handed_back + late, hand_back_failed + late_failed);
         let report = self.shared.make_report(Kind::Final);
         let mut final_sent = false;
         for _ in 0..3 {
@@ -541,6 +548,16 @@ fn error_response(protocol: Protocol, status: StatusCode, code: &str, message: &
 }
 
 async fn handle(State(s): State<Arc<Shared>>, req: axum::extract::Request) -> Response {
+    // On a task of its own: when the app goes away mid-request (a stopping task killed during a
+    // long poll), the upstream's answer is still observed — what it delivered is held, and
+    // handed back at stop — instead of being dropped with the app's connection.
+    match tokio::spawn(forward_and_observe(s, req)).await {
+        Ok(r) => r,
+        Err(e) => error_response(Protocol::Query, StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", &format!("coalmine proxy: {e}")),
+    }
+}
+
+async fn forward_and_observe(s: Arc<Shared>, req: axum::extract::Request) -> Response {
     s.in_flight.fetch_add(1, Ordering::SeqCst);
     let _guard = InFlight(s.clone());
     let (parts, body) = req.into_parts();

@@ -522,6 +522,23 @@ impl Drop for Traffic {
     }
 }
 
+/// Every line of every file under `dir` (the task logs, rotated ones included).
+pub fn log_lines(dir: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(text) = std::fs::read_to_string(&p) {
+                lines.extend(text.lines().map(str::to_string));
+            }
+        }
+    }
+    lines
+}
+
 /// What the tasks' logs say happened to each message: message id -> revisions that
 /// processed (deleted) it, and revisions that failed it (handed it back).
 #[derive(Debug, Default, Clone)]
@@ -533,28 +550,16 @@ pub struct Outcomes {
 impl Outcomes {
     pub fn scan(dir: &Path) -> Outcomes {
         let mut o = Outcomes::default();
-        let mut stack = vec![dir.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&d) else { continue };
-            for e in entries.flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    stack.push(p);
-                    continue;
-                }
-                let Ok(text) = std::fs::read_to_string(&p) else { continue };
-                for line in text.lines() {
-                    let mut w = line.split_whitespace();
-                    let (Some(kind), Some(id), Some(rev)) = (w.next(), w.next(), w.next()) else { continue };
-                    let Some(rev) = rev.strip_prefix("revision=") else { continue };
-                    let map = match kind {
-                        "processed" => &mut o.processed,
-                        "failed" => &mut o.failed,
-                        _ => continue,
-                    };
-                    map.entry(id.to_string()).or_default().push(rev.to_string());
-                }
-            }
+        for line in log_lines(dir) {
+            let mut w = line.split_whitespace();
+            let (Some(kind), Some(id), Some(rev)) = (w.next(), w.next(), w.next()) else { continue };
+            let Some(rev) = rev.strip_prefix("revision=") else { continue };
+            let map = match kind {
+                "processed" => &mut o.processed,
+                "failed" => &mut o.failed,
+                _ => continue,
+            };
+            map.entry(id.to_string()).or_default().push(rev.to_string());
         }
         o
     }
