@@ -1,6 +1,8 @@
 """Runs moto's server on 127.0.0.1 at the port given (0: one the OS chooses) and prints
 `listening on http://127.0.0.1:<port>` once it accepts connections. It stops when its standard
-input closes, so it never outlives the test process that started it."""
+input closes, so it never outlives the test process that started it.
+
+`--ecs-rollouts` adds the stand-in for ECS deployments and tasks (`ecs_standin.py`)."""
 
 import sys
 
@@ -8,7 +10,12 @@ from moto.server import ThreadedMotoServer
 
 
 def main() -> None:
-    port = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    if "--ecs-rollouts" in sys.argv[1:]:
+        import ecs_standin
+
+        ecs_standin.install()
+    port = int(args[0]) if args else 0
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     host, bound = server.get_host_and_port()

@@ -485,22 +485,28 @@ fn json_format_for_scripts() {
     assert_eq!(t["Outputs"]["QueueUrl"]["Value"], json!({"Ref": "Queue"}));
 }
 
-/// A release on the stack `coalmine synth aws` made, on moto's server: `coalmine up` with
-/// `[runtime] kind = "ecs"` builds the first commit (the `init --aws` buildspec, with `docker` and
-/// `aws` as recording scripts), registers the next task definition revision of the stack's app
-/// (the image of the commit, its revision on the app and the proxy sidecar) and puts it on the
-/// stack's canary service, as read back from ECS itself; the primary keeps the stack's.
+/// Releases on the stack `coalmine synth aws` made, on moto's server with the stand-in for what
+/// moto's ECS does not model (`tests/python/ecs_standin.py`: deployments roll out, tasks run and
+/// exit, the circuit breaker). `coalmine up` with `[runtime] kind = "ecs"`:
+/// 1. builds the first commit (the `init --aws` buildspec, with `docker` and `aws` as recording
+///    scripts), registers the next task definition revision (the image of the commit, its
+///    revision on the app and the proxy sidecar; read back from ECS) and puts it on the canary
+///    service, then the primary (a first release has nothing to be compared with);
+/// 2. a second commit: the canary's deployment completes, the primary waits for the approval,
+///    `coalmine approve` puts the canary's task definition on the primary;
+/// 3. a commit whose app exits at start (the stand-in's `STANDIN_EXIT_CODE`, set through the
+///    commit's `[run] env`): its canary tasks stop with exit code 1, ECS's circuit breaker fails
+///    the deployment and rolls the canary back, coalmine records that and ends the execution;
+///    the canary runs the primary's task definition again and the primary never changed;
+/// 4. `coalmine logs canary [--previous]` reads the tasks' lines from CloudWatch Logs.
 ///
-/// moto stops there: its deployments never leave `IN_PROGRESS` (it runs no tasks and models no
-/// rollout), so the Deploy stage waits as it would on a deployment that does not finish, and
-/// says so. Promotion, rollback and the circuit breaker on ECS are tested with moto at the
-/// runtime's level (`crates/runtime/tests/ecs_moto.rs`) and on responses shaped like the ECS API
-/// reference's (`ecs_interpretation.rs`); the whole pipeline with the local runtime.
+/// No worker runs in the stand-in's tasks, so no proxy reports: the canary is judged on no
+/// messages here (the proxy's telemetry path is tested against moto's SQS in canary_sqs.rs).
 #[test]
-fn a_release_runs_on_the_stack_on_moto() {
+fn releases_run_on_the_stack_on_moto() {
     use std::os::unix::fs::PermissionsExt;
 
-    let moto = moto::Moto::start();
+    let moto = moto::Moto::start_with_ecs_rollouts(&[("STANDIN_ROLLOUT_SECONDS", "2")]);
     let dir = init_aws("pipeline");
     let template = synth(&dir, &[]);
     let out = moto.run_python(&repo_root().join("tests/python/synth_stack.py"), &[template.to_str().unwrap(), "sample-app", "--keep"], Duration::from_secs(600));
@@ -583,25 +589,86 @@ fn a_release_runs_on_the_stack_on_moto() {
     let runs = |s: &Value, service: &str| s[service]["containers"]["sample-app"]["env"]["COALMINE_REVISION"].as_str().unwrap_or_default().to_string();
     let td = |s: &Value, service: &str| s[service]["task_definition"].as_str().unwrap().to_string();
 
-    // The first release's canary deploy: the canary service on a new task definition revision.
-    let v = wait(&mut up, "the canary deploy to be under way on ECS", &|v| {
-        v["execution"]["revision"] == rev1.as_str()
-            && v["execution"]["stages"].as_array().is_some_and(|s| s.iter().any(|s| s["name"] == "Deploy canary" && s["status"] == "InProgress"))
-            && v["services"].as_array().is_some_and(|s| s.iter().any(|s| s["name"] == "canary" && s["status"]["revision"] == rev1.as_str()))
-    });
+    let stage = |v: &Value, name: &str| -> String {
+        v["execution"]["stages"].as_array().and_then(|s| s.iter().find(|s| s["name"] == name)).map(|s| s["status"].as_str().unwrap_or_default().to_string()).unwrap_or_default()
+    };
+    let service_status = |v: &Value, name: &str| -> Value {
+        v["services"].as_array().and_then(|s| s.iter().find(|s| s["name"] == name)).map(|s| s["status"].clone()).unwrap_or_default()
+    };
+
+    // 1. The first release goes to both services (nothing to compare a canary with yet).
+    let v = wait(&mut up, "the first release on both services", &|v| v["execution"]["revision"] == rev1.as_str() && v["execution"]["status"] == "Succeeded");
     let s1 = services();
     assert_eq!(runs(&s1, &canary), rev1, "the canary runs the first release: {s1:#}");
     assert!(image(&s1, &canary).ends_with(&format!("/sample-app:{}", &rev1[..7])), "{s1:#}");
     assert_eq!(s1[&canary]["containers"]["coalmine-proxy"]["env"]["COALMINE_REVISION"], rev1.as_str(), "the sidecar reports the revision: {s1:#}");
     assert_ne!(td(&s1, &canary), td(&before, &canary), "a new task definition revision");
-    assert_eq!(td(&s1, &primary), td(&before, &primary), "the primary waits for the canary");
-    assert_eq!(s1[&canary]["desired"], 1);
-    // The stage says what ECS says of the deployment.
-    let canary_status = v["services"].as_array().unwrap().iter().find(|s| s["name"] == "canary").unwrap()["status"].clone();
-    let deployment = canary_status["deployments"].as_array().and_then(|d| d.last()).cloned().unwrap_or_default();
-    assert_eq!(deployment["state"], "IN_PROGRESS", "{canary_status:#}");
-    assert!(deployment["reason"].as_str().is_some_and(|r| r.contains("in progress")), "{canary_status:#}");
-    assert_eq!(canary_status["steady"], false);
+    assert_eq!(td(&s1, &primary), td(&s1, &canary), "one task definition for both: {s1:#}");
+    assert_eq!((s1[&canary]["desired"].as_u64(), s1[&primary]["desired"].as_u64()), (Some(1), Some(3)), "{s1:#}");
+    // The status is what ECS says: the deployment completed, the tasks running, named by ARN.
+    let c = service_status(&v, "canary");
+    let deployment = c["deployments"].as_array().and_then(|d| d.last()).cloned().unwrap_or_default();
+    assert_eq!(deployment["state"], "COMPLETED", "{c:#}");
+    assert_eq!(deployment["revision"], rev1.as_str(), "{c:#}");
+    assert_eq!(c["steady"], true, "{c:#}");
+    let tasks = c["tasks"].as_array().cloned().unwrap_or_default();
+    assert_eq!(tasks.len(), 1, "one canary task: {c:#}");
+    assert!(tasks[0]["id"].as_str().is_some_and(|id| id.starts_with("arn:aws:ecs:")), "tasks are named by their ARN: {c:#}");
+    assert_eq!(tasks[0]["revision"], rev1.as_str(), "{c:#}");
+    assert_eq!(service_status(&v, "primary")["tasks"].as_array().map(Vec::len), Some(3), "{v:#}");
+
+    // 2. A good release: the canary, then the approval, then the primary.
+    std::fs::write(dir.join("CHANGES"), "v2\n").unwrap();
+    git(&["-c", "user.name=t", "-c", "user.email=t@t", "add", "CHANGES"]);
+    git(&["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "v2"]);
+    let rev2 = git(&["rev-parse", "HEAD"])[..12].to_string();
+    let v = wait(&mut up, "the second release's canary to be deployed and the approval to wait", &|v| {
+        v["execution"]["revision"] == rev2.as_str() && stage(v, "Approval") == "InProgress"
+    });
+    assert_eq!(stage(&v, "Deploy canary"), "Succeeded", "{v:#}");
+    let s2 = services();
+    assert_eq!(runs(&s2, &canary), rev2, "{s2:#}");
+    assert_eq!(td(&s2, &primary), td(&s1, &primary), "the primary waits for the approval: {s2:#}");
+    ok(coalmine(&["approve", "-m", "canary looks right"], &dir), "coalmine approve");
+    let v = wait(&mut up, "the second release on both services", &|v| v["execution"]["revision"] == rev2.as_str() && v["execution"]["status"] == "Succeeded");
+    let s2 = services();
+    assert_eq!(td(&s2, &primary), td(&s2, &canary), "the primary runs the canary's task definition: {s2:#}");
+    assert_eq!(runs(&s2, &primary), rev2);
+    assert_eq!(service_status(&v, "primary")["revision"], rev2.as_str(), "{v:#}");
+
+    // 3. A release whose app exits at start.
+    let toml = std::fs::read_to_string(&path).unwrap();
+    assert!(toml.contains("\nenv = {}\n"), "the file init --aws wrote has an empty [run] env: {toml}");
+    std::fs::write(&path, toml.replacen("\nenv = {}\n", "\nenv = { STANDIN_EXIT_CODE = \"1\" }\n", 1)).unwrap();
+    git(&["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "exits at start"]);
+    let rev3 = git(&["rev-parse", "HEAD"])[..12].to_string();
+    let v = wait(&mut up, "the third release to end", &|v| {
+        v["execution"]["revision"] == rev3.as_str() && !matches!(v["execution"]["status"].as_str(), Some("InProgress") | None)
+    });
+    // coalmine's crash alarm (threshold 1) sees the first exits and rolls the canary back; ECS's
+    // circuit breaker would have after 3 failed tasks, a few seconds later.
+    assert_eq!(v["execution"]["status"], "RolledBack", "{v:#}");
+    assert_eq!(stage(&v, "Deploy canary"), "Failed", "{v:#}");
+    let history = ok(coalmine(&["history"], &dir), "coalmine history");
+    assert!(history.contains("crashes") || history.contains("circuit breaker"), "why it ended: {history}");
+    let s3 = services();
+    assert_eq!(td(&s3, &canary), td(&s2, &primary), "the canary is back on the primary's task definition: {s3:#}");
+    assert_eq!(td(&s3, &primary), td(&s2, &primary), "the primary never changed: {s3:#}");
+    let v = wait(&mut up, "the canary steady on the second release again", &|v| {
+        let c = service_status(v, "canary");
+        c["revision"] == rev2.as_str() && c["steady"] == true
+    });
+    let c = service_status(&v, "canary");
+    let bad = c["deployments"].as_array().and_then(|d| d.iter().find(|d| d["revision"] == rev3.as_str())).cloned().unwrap_or_default();
+    assert!(bad["state"] == "FAILED" || bad["reason"] == "replaced by a newer deployment", "the bad deployment ended: {c:#}");
+    assert!(c["exits_by_revision"][&rev3].as_u64().is_some_and(|n| n >= 1), "its tasks' exits are counted: {c:#}");
+    assert!(c["tasks"].as_array().is_some_and(|t| t.iter().all(|t| t["revision"] == rev2.as_str())), "{c:#}");
+
+    // 4. The canary's logs, from CloudWatch Logs.
+    let logs = ok(coalmine(&["logs", "canary"], &dir), "coalmine logs canary");
+    assert!(logs.contains("task started"), "{logs}");
+    let previous = ok(coalmine(&["logs", "canary", "--previous"], &dir), "coalmine logs canary --previous");
+    assert!(previous.contains("exits with code 1"), "{previous}");
 
     drop(up);
     let out = moto.run_python(&repo_root().join("tests/python/synth_stack.py"), &["--delete", "sample-app"], Duration::from_secs(600));

@@ -7,7 +7,8 @@
 //! coalmine proxy sidecar added or updated) and calls `UpdateService` with the deployment
 //! configuration (minimum healthy / maximum percent, circuit breaker with rollback); progress,
 //! the circuit breaker and its rollback come from `DescribeServices`; crashes from the stopped
-//! tasks (`ListTasks` + `DescribeTasks`).
+//! tasks (`ListTasks` + `DescribeTasks`); the tasks' logs from CloudWatch Logs (the app
+//! container's `awslogs` group and stream, as ECS's awslogs driver names them).
 //!
 //! The calls are made by one background thread with its own tokio runtime: [`Runtime::apply`]
 //! queues a deploy and returns, [`Runtime::service`] answers from the last poll. The
@@ -52,11 +53,16 @@ pub enum EcsError {
     NoService { service: String, cluster: String },
     #[error("task definition {arn} has no container `{container}` (it has: {found}); set [runtime] container to the app's container")]
     NoContainer { arn: String, container: String, found: String },
+    #[error("{0}")]
+    NothingToShow(String),
 }
 
 impl From<EcsError> for RuntimeError {
     fn from(err: EcsError) -> RuntimeError {
-        RuntimeError::Backend(err.to_string())
+        match err {
+            EcsError::NothingToShow(why) => RuntimeError::NothingToShow(why),
+            err => RuntimeError::Backend(err.to_string()),
+        }
     }
 }
 
@@ -636,6 +642,7 @@ pub fn interpret_service(
 /// The ECS calls, async. [`EcsRuntime`] runs them on its own thread.
 pub struct EcsBackend {
     pub client: aws_sdk_ecs::Client,
+    pub logs: aws_sdk_cloudwatchlogs::Client,
     pub cfg: EcsConfig,
     task_definitions: Mutex<HashMap<String, TaskDefinition>>,
     /// Task definitions this backend registered, by (ECS service, revision, image): a deploy
@@ -655,6 +662,7 @@ impl EcsBackend {
         let shared = loader.load().await;
         EcsBackend {
             client: aws_sdk_ecs::Client::new(&shared),
+            logs: aws_sdk_cloudwatchlogs::Client::new(&shared),
             cfg,
             task_definitions: Mutex::new(HashMap::new()),
             registered: Mutex::new(HashMap::new()),
@@ -836,6 +844,60 @@ impl EcsBackend {
         Ok(tasks)
     }
 
+    /// The last `lines` lines each of the app container's CloudWatch Logs stream of a service's
+    /// tasks, as `(task id, line)`: the tasks of the revision the service runs (the running
+    /// ones, else the last stopped ones), or with `previous` those of the revision it ran before.
+    pub async fn service_logs(&self, name: &str, previous: bool, lines: usize) -> Result<Vec<(String, String)>, EcsError> {
+        let ecs_name = self.cfg.ecs_service(name).unwrap_or(name).to_string();
+        let service = self.describe_service(&ecs_name).await?;
+        let current = revision_of(&self.task_definition(service.task_definition().unwrap_or_default()).await?, &self.cfg.ecs.container);
+        let mut tasks = Vec::new();
+        for t in self.tasks(&ecs_name).await? {
+            let td = self.task_definition(&t.task_definition_arn).await?;
+            tasks.push((revision_of(&td, &self.cfg.ecs.container), td, t));
+        }
+        // Newest first.
+        tasks.sort_by(|a, b| b.2.started_at.unwrap_or(0.0).total_cmp(&a.2.started_at.unwrap_or(0.0)));
+        let revision = if previous {
+            match tasks.iter().find(|(rev, _, _)| *rev != current) {
+                Some((rev, _, _)) => rev.clone(),
+                None => return Err(EcsError::NothingToShow(format!("service `{name}` has run no revision but {current} in the tasks ECS still lists: there are no previous logs"))),
+            }
+        } else {
+            current
+        };
+        let mine: Vec<&(String, TaskDefinition, TaskView)> = tasks.iter().filter(|(rev, _, _)| *rev == revision).collect();
+        let running: Vec<_> = mine.iter().filter(|(_, _, t)| t.last_status != "STOPPED").copied().collect();
+        // ECS lists stopped tasks for about an hour: the last few are enough to see why.
+        let chosen: Vec<_> = if running.is_empty() { mine.into_iter().take(3).collect() } else { running };
+        let mut out = Vec::new();
+        for (_, td, task) in chosen.into_iter().rev() {
+            let id = task.task_arn.rsplit('/').next().unwrap_or(&task.task_arn).to_string();
+            let Some((group, stream)) = awslogs_stream(td, &self.cfg.ecs.container, &id) else {
+                out.push((id, format!("(container `{}` does not log to CloudWatch Logs: its task definition has no awslogs configuration)", self.cfg.ecs.container)));
+                continue;
+            };
+            let got = self
+                .logs
+                .get_log_events()
+                .log_group_name(&group)
+                .log_stream_name(&stream)
+                .limit(lines.clamp(1, 10_000) as i32)
+                .start_from_head(false)
+                .send()
+                .await;
+            match got {
+                Ok(events) => out.extend(events.events().iter().filter_map(|e| e.message()).map(|m| (id.clone(), m.trim_end().to_string()))),
+                // A task that never started has no stream.
+                Err(e) if e.as_service_error().is_some_and(|e| e.is_resource_not_found_exception()) => {
+                    out.push((id.clone(), format!("(no log stream {stream} in {group} yet)")));
+                }
+                Err(e) => return Err(api("GetLogEvents")(e)),
+            }
+        }
+        Ok(out)
+    }
+
     /// One service's status, `memory` carrying what earlier polls saw.
     pub async fn status(&self, name: &str, memory: &mut ServiceMemory) -> Result<ServiceStatus, EcsError> {
         let ecs_name = self.cfg.ecs_service(name).unwrap_or(name).to_string();
@@ -857,11 +919,28 @@ impl EcsBackend {
     }
 }
 
+/// The CloudWatch Logs group and stream of `container` in task `task_id`, from the task
+/// definition's awslogs options (`<prefix>/<container>/<task id>`, as ECS names streams).
+pub fn awslogs_stream(td: &TaskDefinition, container: &str, task_id: &str) -> Option<(String, String)> {
+    let c = td.container_definitions().iter().find(|c| c.name() == Some(container))?;
+    let conf = c.log_configuration().filter(|l| l.log_driver().as_str() == "awslogs")?;
+    let options = conf.options()?;
+    let group = options.get("awslogs-group")?.clone();
+    let stream = match options.get("awslogs-stream-prefix") {
+        Some(prefix) => format!("{prefix}/{container}/{task_id}"),
+        None => task_id.to_string(),
+    };
+    Some((group, stream))
+}
+
 // ----- the Runtime --------------------------------------------------------------------------
+
+type LogLines = Result<Vec<(String, String)>, EcsError>;
 
 enum Command {
     Apply(Box<ServiceSpec>, String),
     Scale(String, u32),
+    Logs { service: String, previous: bool, lines: usize, reply: mpsc::Sender<LogLines> },
     Stop,
 }
 
@@ -984,6 +1063,9 @@ async fn run(
             Ok(Command::Scale(name, n)) => {
                 scales.insert(name, n);
             }
+            Ok(Command::Logs { service, previous, lines, reply }) => {
+                let _ = reply.send(backend.service_logs(&service, previous, lines).await);
+            }
             Ok(Command::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
@@ -1082,9 +1164,21 @@ impl Runtime for EcsRuntime {
         self.shared.lock().unwrap().specs.get(service).cloned()
     }
 
-    /// ECS tasks log to CloudWatch Logs, not to a file here.
+    /// ECS tasks log to CloudWatch Logs, not to a file here: see [`Runtime::service_logs`].
     fn task_log(&self, _task: &str) -> Option<PathBuf> {
         None
+    }
+
+    fn service_logs(&self, service: &str, previous: bool, lines: usize) -> Option<Result<Vec<(String, String)>, RuntimeError>> {
+        let (reply, answer) = mpsc::channel();
+        let command = Command::Logs { service: service.to_string(), previous, lines, reply };
+        if self.tx.lock().unwrap().send(command).is_err() {
+            return Some(Err(RuntimeError::ShuttingDown));
+        }
+        Some(match answer.recv_timeout(Duration::from_secs(60)) {
+            Ok(lines) => lines.map_err(RuntimeError::from),
+            Err(_) => Err(RuntimeError::Backend("CloudWatch Logs did not answer within 60 s".into())),
+        })
     }
 
     /// Stops following the services; their tasks keep running on ECS.

@@ -38,6 +38,9 @@ pub enum RuntimeError {
     StateInUse { path: PathBuf, pid: Option<u32> },
     #[error("no logs for `{target}` under {dir}: name a service (`primary`) or a task (`primary-3`) that has run")]
     NoLogs { target: String, dir: PathBuf },
+    /// Nothing to show for a logs request (no previous revision, say); the text says why.
+    #[error("{0}")]
+    NothingToShow(String),
     #[error("{0}")]
     Backend(String),
     #[error("cannot start the runtime's supervisor thread: {0}")]
@@ -276,6 +279,13 @@ pub trait Runtime: Send + Sync {
     fn spec(&self, service: &str) -> Option<ServiceSpec>;
     /// Where a task's log is; `None` for unknown tasks.
     fn task_log(&self, task: &str) -> Option<PathBuf>;
+    /// For backends whose tasks do not log to files here (ECS: CloudWatch Logs): the last
+    /// `lines` lines of each of a service's tasks as `(task, line)`, in task order; with
+    /// `previous`, of the tasks of the revision the service ran before. `None`: the logs are
+    /// the files of [`Runtime::task_log`].
+    fn service_logs(&self, _service: &str, _previous: bool, _lines: usize) -> Option<Result<Vec<(String, String)>, RuntimeError>> {
+        None
+    }
     /// Stop every task (SIGTERM, then SIGKILL after each service's stop timeout) and wait.
     fn shutdown(&self);
 }

@@ -14,17 +14,19 @@ fn camel(op: &str) -> String {
     }).collect()
 }
 
-/// The SDK operations called in `source`: `.client` followed by `.<operation>()`, across
-/// line breaks and whitespace.
+/// The SDK operations called in `source`: `.client` (ECS) or `.logs` (CloudWatch Logs) followed
+/// by `.<operation>()`, across line breaks and whitespace.
 fn sdk_calls(source: &str) -> BTreeSet<String> {
     let compact: String = source.split_whitespace().collect();
     let mut calls = BTreeSet::new();
-    let mut rest = compact.as_str();
-    while let Some(i) = rest.find(".client.") {
-        rest = &rest[i + ".client.".len()..];
-        let op: String = rest.chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
-        assert!(rest[op.len()..].starts_with("()"), "an SDK call not of the form `.client.<operation>()` near `{}`", &rest[..rest.len().min(60)]);
-        calls.insert(format!("ecs:{}", camel(&op)));
+    for (field, service) in [(".client.", "ecs"), (".logs.", "logs")] {
+        let mut rest = compact.as_str();
+        while let Some(i) = rest.find(field) {
+            rest = &rest[i + field.len()..];
+            let op: String = rest.chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+            assert!(rest[op.len()..].starts_with("()"), "an SDK call not of the form `{field}<operation>()` near `{}`", &rest[..rest.len().min(60)]);
+            calls.insert(format!("{service}:{}", camel(&op)));
+        }
     }
     calls
 }
@@ -50,7 +52,7 @@ fn the_policy_lists_exactly_the_calls_of_the_ecs_backend() {
     let source = std::fs::read_to_string(root.join("src/ecs.rs")).unwrap();
     let calls = sdk_calls(&source);
     // The scan sees every call (a check of the check).
-    for expected in ["ecs:DescribeServices", "ecs:UpdateService", "ecs:RegisterTaskDefinition", "ecs:DescribeTaskDefinition", "ecs:ListTasks", "ecs:DescribeTasks"] {
+    for expected in ["ecs:DescribeServices", "ecs:UpdateService", "ecs:RegisterTaskDefinition", "ecs:DescribeTaskDefinition", "ecs:ListTasks", "ecs:DescribeTasks", "logs:GetLogEvents"] {
         assert!(calls.contains(expected), "the scan missed {expected}: {calls:?}");
     }
     let policy: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root.join("iam/ecs-controller.json")).unwrap()).unwrap();
@@ -75,9 +77,9 @@ fn the_policy_lists_exactly_the_calls_of_the_ecs_backend() {
 
 #[test]
 fn the_scan_finds_calls_split_over_lines() {
-    let src = "self.client\n    .update_service()\n    .cluster(x)\n; let y = backend .client .list_tasks ( );";
+    let src = "self.client\n    .update_service()\n    .cluster(x)\n; let y = backend .client .list_tasks ( ); self\n  .logs\n  .get_log_events()";
     let calls = sdk_calls(src);
-    assert_eq!(calls.into_iter().collect::<Vec<_>>(), ["ecs:ListTasks", "ecs:UpdateService"]);
+    assert_eq!(calls.into_iter().collect::<Vec<_>>(), ["ecs:ListTasks", "ecs:UpdateService", "logs:GetLogEvents"]);
 }
 
 #[test]

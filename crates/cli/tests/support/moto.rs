@@ -70,6 +70,17 @@ pub struct Moto {
 impl Moto {
     /// Start moto's server and wait (with a deadline, polling its endpoint) until it answers.
     pub fn start() -> Moto {
+        Moto::start_with(false, &[])
+    }
+
+    /// moto's server with the stand-in for what its ECS does not model (deployments that roll
+    /// out, tasks that run and exit, the circuit breaker: `tests/python/ecs_standin.py`).
+    /// `env`: the stand-in's settings, e.g. `STANDIN_ROLLOUT_SECONDS`.
+    pub fn start_with_ecs_rollouts(env: &[(&str, &str)]) -> Moto {
+        Moto::start_with(true, env)
+    }
+
+    fn start_with(ecs_rollouts: bool, standin_env: &[(&str, &str)]) -> Moto {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let python = aws_python();
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("moto");
@@ -79,6 +90,8 @@ impl Moto {
         let mut child = Command::new(&python)
             .arg(python_dir().join("moto_server.py"))
             .arg("0")
+            .args(ecs_rollouts.then_some("--ecs-rollouts"))
+            .envs(standin_env.iter().copied())
             .env("PYTHONUNBUFFERED", "1")
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .stdin(Stdio::piped())
