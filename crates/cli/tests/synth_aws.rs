@@ -651,6 +651,8 @@ fn releases_run_on_the_stack_on_moto() {
     assert_eq!(stage(&v, "Deploy canary"), "Failed", "{v:#}");
     let history = ok(coalmine(&["history"], &dir), "coalmine history");
     assert!(history.contains("crashes") || history.contains("circuit breaker"), "why it ended: {history}");
+    let text = ok(coalmine(&["status"], &dir), "coalmine status");
+    assert!(text.lines().any(|l| l.contains("Deploy primary") && l.contains("Not run")), "the stage it never reached: {text}");
     let s3 = services();
     assert_eq!(td(&s3, &canary), td(&s2, &primary), "the canary is back on the primary's task definition: {s3:#}");
     assert_eq!(td(&s3, &primary), td(&s2, &primary), "the primary never changed: {s3:#}");

@@ -152,7 +152,11 @@ pub fn render_status(v: &Value) -> String {
         let stages = e["stages"].as_array().cloned().unwrap_or_default();
         for (i, stage) in stages.iter().enumerate() {
             let branch = if i + 1 == stages.len() { "└──" } else { "├──" };
-            let ss = s(stage, "status");
+            // A stage an ended execution never reached did not run (the dashboard says the same).
+            let ss = match s(stage, "status") {
+                "Pending" if !matches!(st, "InProgress" | "Queued") => "Not run",
+                other => other,
+            };
             let icon = match ss {
                 "Succeeded" => "✔",
                 "Failed" => "✖",
