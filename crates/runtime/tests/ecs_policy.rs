@@ -73,6 +73,11 @@ fn the_policy_lists_exactly_the_calls_of_the_ecs_backend() {
     for action in &needed {
         assert!(synth.contains(action.as_str()), "coalmine synth aws's controller role lacks {action}");
     }
+    // ...and no ECS or CloudWatch Logs action the backend does not call.
+    use coalmine_synth::policy::{CONTROLLER_LOGS, CONTROLLER_SERVICES, CONTROLLER_TASKS, CONTROLLER_TASK_DEFINITIONS};
+    let synth_ecs: BTreeSet<String> =
+        [CONTROLLER_SERVICES, CONTROLLER_TASK_DEFINITIONS, CONTROLLER_TASKS, CONTROLLER_LOGS].iter().flat_map(|l| l.iter().map(|a| a.to_string())).collect();
+    assert_eq!(synth_ecs, calls, "coalmine synth aws's controller role (ECS, logs) against the backend's calls");
 }
 
 #[test]

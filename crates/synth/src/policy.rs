@@ -56,7 +56,7 @@ pub const CONTROLLER_TELEMETRY: &[&str] =
     &["sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:GetQueueUrl", "sqs:ReceiveMessage"];
 
 /// The controller, on the tasks' log group: `coalmine logs`.
-pub const CONTROLLER_LOGS: &[&str] = &["logs:FilterLogEvents", "logs:GetLogEvents"];
+pub const CONTROLLER_LOGS: &[&str] = &["logs:GetLogEvents"];
 
 /// The controller, on the app's repository: the buildspec it runs pushes the image.
 pub const CONTROLLER_PUSH: &[&str] = &[
