@@ -1065,13 +1065,18 @@ impl Engine {
                 rb.released = released;
                 changed = true;
             }
-            let ids: Vec<String> = self
-                .queue
-                .dead_letters()?
-                .into_iter()
-                .filter(|d| d.last_receiver.as_deref().is_some_and(is_bad))
-                .map(|d| d.message_id)
-                .collect();
+            // The bad revision's dead letters go back once its tasks are gone too: redriven
+            // while one still runs, a message could be received and failed by it again.
+            let ids: Vec<String> = if bad_tasks > 0 {
+                Vec::new()
+            } else {
+                self.queue
+                    .dead_letters()?
+                    .into_iter()
+                    .filter(|d| d.last_receiver.as_deref().is_some_and(is_bad))
+                    .map(|d| d.message_id)
+                    .collect()
+            };
             if !ids.is_empty() {
                 let moved = self.queue.redrive(&ids)? as i64;
                 rb.redriven += moved;

@@ -567,6 +567,8 @@ struct RuntimeState {
     health_of: BTreeMap<String, Health>,
     applied: Vec<ServiceSpec>,
     shut_down: bool,
+    /// Services whose replaced tasks stay `Stopping` until [`FakeRuntime::finish_stopping`].
+    lingering: BTreeSet<String>,
 }
 
 /// Services of tasks that exist only in memory. A new revision replaces a service's tasks at
@@ -589,6 +591,7 @@ impl FakeRuntime {
                 health_of: BTreeMap::new(),
                 applied: Vec::new(),
                 shut_down: false,
+                lingering: BTreeSet::new(),
             })),
             clock,
         }
@@ -616,6 +619,23 @@ impl FakeRuntime {
             }
             complete_if_healthy(svc, now);
         }
+    }
+
+    /// From now on, the tasks a new revision replaces in `service` stay `Stopping` (as tasks
+    /// finishing their grace do) until [`FakeRuntime::finish_stopping`].
+    pub fn linger_on_stop(&self, service: &str) {
+        self.inner.lock().unwrap().lingering.insert(service.to_string());
+    }
+
+    /// The `Stopping` tasks of `service` are gone; returns how many.
+    pub fn finish_stopping(&self, service: &str) -> usize {
+        let now = self.clock.now_ms();
+        let mut st = self.inner.lock().unwrap();
+        let Some(svc) = st.services.get_mut(service) else { return 0 };
+        let before = svc.tasks.len();
+        svc.tasks.retain(|t| t.state != TaskState::Stopping);
+        complete_if_healthy(svc, now);
+        before - svc.tasks.len()
     }
 
     /// Every task of `service` exits once (a crash) and is restarted; returns how many exited.
@@ -776,7 +796,7 @@ impl Runtime for FakeRuntime {
         st.applied.push(spec.clone());
         let health = FakeRuntime::health_for(&st, &spec.name);
         let name = spec.name.clone();
-        let RuntimeState { services, next_task, .. } = &mut *st;
+        let RuntimeState { services, next_task, lingering, .. } = &mut *st;
         match services.get_mut(&name) {
             None => {
                 let mut svc = FakeService {
@@ -795,7 +815,9 @@ impl Runtime for FakeRuntime {
                 if spec.revision != svc.spec.revision {
                     let reason = format!("rolling {} tasks to revision {}", spec.desired, spec.revision.name);
                     svc.spec = spec;
+                    let replaced = if lingering.contains(&name) { std::mem::take(&mut svc.tasks) } else { Vec::new() };
                     start_deployment(svc, next_task, now, reason);
+                    svc.tasks.extend(replaced.into_iter().map(|t| FakeTask { state: TaskState::Stopping, ..t }));
                 } else {
                     svc.spec = spec;
                     scale_tasks(svc, next_task, now);

@@ -201,6 +201,42 @@ fn alarm_rolls_the_canary_back_once_and_gives_its_messages_back() {
 }
 
 #[test]
+fn a_rolled_back_canarys_dead_letters_go_back_only_once_its_tasks_are_gone() {
+    let (_dir, f) = fixture();
+    let (first, id, second) = canary_awaiting(&f);
+    let bad = f.canary_key(&second).expect("a canary task runs the second revision");
+    for key in f.runtime.task_keys("primary") {
+        f.queue.process(&key, 10, 0);
+    }
+    // The bad canary's task takes its time to stop (its grace).
+    f.runtime.linger_on_stop("canary");
+    f.queue.process(&bad, 0, 3);
+    f.queue.send(2);
+    f.queue.receive(&bad, 2);
+    f.queue.fail_to_dlq(&bad, 2);
+    ticks(&f, 1, Duration::from_secs(1));
+    assert_eq!(f.execution(id).unwrap().status, status::ROLLED_BACK);
+    assert_eq!(f.desired_revision("canary").as_deref(), Some(first.as_str()));
+
+    // While a task of the bad revision still runs, its dead letters stay in the DLQ: redriven
+    // now, one could be received and failed by it again.
+    ticks(&f, 3, Duration::from_secs(1));
+    let rb = f.store().unwrap().rollbacks(Some(id)).unwrap().remove(0);
+    assert_eq!((rb.redriven, rb.canary_back_ms), (0, None), "{rb:?}");
+    assert_eq!(f.queue.totals().dead, 2);
+
+    // Once it is gone, they go back.
+    assert_eq!(f.runtime.finish_stopping("canary"), 1);
+    ticks(&f, 1, Duration::from_secs(1));
+    let rb = f.store().unwrap().rollbacks(Some(id)).unwrap().remove(0);
+    assert!(rb.canary_back_ms.is_some(), "{rb:?}");
+    assert_eq!((rb.dead_lettered, rb.redriven, rb.lost), (2, 2, 0), "{rb:?}");
+    let t = f.queue.totals();
+    assert_eq!(t.dead, 0, "{t:?}");
+    assert!(t.conserved(), "{t:?}");
+}
+
+#[test]
 fn a_healthy_canarys_old_failures_expiring_in_a_quiet_queue_do_not_roll_it_back() {
     // A worker that leaves its failed messages: the canary holds 3 failed ones while it
     // processes the rest like the primary; then the traffic stops, and one visibility timeout

@@ -340,6 +340,14 @@ impl Progress {
             if let Some(line) = log.lines().rev().find(|l| !l.trim().is_empty()) {
                 msg = format!("{msg} | {}", line.trim().chars().take(90).collect::<String>());
             }
+            // How far cargo is: crates compiled so far against the packages of the app's
+            // Cargo.lock (an upper bound: it lists other platforms' crates too).
+            let compiled = log.lines().filter(|l| l.trim_start().starts_with("Compiling ")).count();
+            if compiled > 0 {
+                let lock = running.engine.paths().root.parent().map(|app| app.join("Cargo.lock"));
+                let packages = lock.and_then(|l| std::fs::read_to_string(l).ok()).map(|t| t.matches("[[package]]").count()).unwrap_or(0);
+                msg = if packages > 0 { format!("{msg} (crate {compiled} of at most {packages})") } else { format!("{msg} (crate {compiled})") };
+            }
         }
         match &self.bar {
             Some(b) => b.set_message(msg),
