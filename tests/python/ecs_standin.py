@@ -146,7 +146,6 @@ def _stop_task(task, code, reason, exited=None, exit_code=0):
     task.status = "STOPPED"
     task.desired_status = "STOPPED"
     task.stop_code = code
-    task.stopCode = code
     task.stopped_reason = reason
     task.stopped_at = utcnow()
     for c in task.containers:

@@ -61,6 +61,22 @@ pub struct LocalOptions {
     pub sidecar: Option<Vec<String>>,
 }
 
+/// With a sidecar, SIGKILL comes this much after the stop timeout: the app gets its whole stop
+/// timeout and the sidecar (the queue proxy) still has time to hand back what the app held and
+/// send its final report — as on ECS, where the sidecar container has its own, longer one.
+pub const SIDECAR_STOP_MARGIN: Duration = Duration::from_secs(5);
+
+impl LocalOptions {
+    /// How long a task of a service with `stop_timeout` may take to stop before SIGKILL.
+    pub fn kill_after(&self, stop_timeout: Duration) -> Duration {
+        if self.sidecar.is_some() {
+            stop_timeout + SIDECAR_STOP_MARGIN
+        } else {
+            stop_timeout
+        }
+    }
+}
+
 impl Default for LocalOptions {
     fn default() -> Self {
         LocalOptions {
@@ -570,7 +586,7 @@ impl Supervisor {
             t.last_exit = Some(reason.clone());
             t.consecutive_failures += 1;
             t.restart_after_stop = true;
-            let timeout = svc.spec.stop_timeout;
+            let timeout = self.options.kill_after(svc.spec.stop_timeout);
             stop_task(t, timeout);
             if Arc::ptr_eq(&svc.tasks[i].revision, &svc.rev) {
                 count_failure(svc, &reason);
@@ -587,7 +603,7 @@ impl Supervisor {
 
     fn reconcile_service(&mut self, name: &str, now: Instant) {
         let mut svc = self.services.remove(name).expect("service exists");
-        let timeout = svc.spec.stop_timeout;
+        let timeout = self.options.kill_after(svc.spec.stop_timeout);
         if needs_rollback(&svc) {
             roll_back(name, &mut svc);
         }

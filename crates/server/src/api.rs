@@ -516,8 +516,7 @@ async fn service_logs(State(s): State<AppState>, Path(name): Path<String>, Query
         })?;
         return Ok(got.into_iter().map(|(task, line)| format!("{task} | {line}\n")).collect::<String>().into_response());
     }
-    let mut sources = if q.previous.unwrap_or(false) { previous_sources(&s.engine, &name)? } else { service_sources(&s.engine, &name)? };
-    let lines = q.lines.unwrap_or(50);
+    let mut sources = if previous { previous_sources(&s.engine, &name)? } else { service_sources(&s.engine, &name)? };
     let mut out = String::new();
     for (task, path) in sources() {
         let text = tokio::fs::read_to_string(&path).await.unwrap_or_default();

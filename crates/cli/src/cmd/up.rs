@@ -283,10 +283,10 @@ fn runtime_for(
 /// queue's endpoint and region; the task's identity comes from its COALMINE_* variables.
 fn proxy_sidecar(spec: &coalmine_spec::AppSpec, endpoint: &str) -> anyhow::Result<Vec<String>> {
     let exe = std::env::current_exe().context("cannot find coalmine's own executable to run the queue proxies")?;
-    // The proxy waits for its app 2 s less than the runtime does before SIGKILL (a rolled-back
-    // canary's shorter timeout included), then hands back what the app held and reports it.
-    let stop = spec.run.stop_timeout.min(spec.run.rollback_stop_timeout);
-    let grace = stop.saturating_sub(std::time::Duration::from_secs(2)).max(std::time::Duration::from_secs(1));
+    // The proxy waits for its app as long as the app's stop timeout (a rolled-back canary's
+    // shorter one included), then hands back what the app held and reports it: the runtime
+    // sends SIGKILL only `SIDECAR_STOP_MARGIN` later (`LocalOptions::kill_after`).
+    let grace = spec.run.stop_timeout.min(spec.run.rollback_stop_timeout).max(std::time::Duration::from_secs(1));
     Ok(vec![
         exe.display().to_string(),
         "proxy".into(),
