@@ -501,19 +501,16 @@ fn previous_sources(engine: &Arc<Engine>, name: &str) -> Result<follow::Sources,
 async fn service_logs(State(s): State<AppState>, Path(name): Path<String>, Query(q): Query<Lines>) -> ApiResult {
     // Backends that keep logs elsewhere (ECS: CloudWatch Logs) answer themselves.
     let (previous, lines) = (q.previous.unwrap_or(false), q.lines.unwrap_or(50));
-    let engine = s.engine.clone();
     let wanted = name.clone();
-    let remote = tokio::task::spawn_blocking(move || {
-        engine.runtime().service(&wanted)?;
-        engine.runtime().service_logs(&wanted, previous, lines)
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
-    if let Some(got) = remote {
-        let got = got.map_err(|e| match e {
+    let remote = blocking(&s.engine, move |e| {
+        let rt = e.runtime();
+        rt.service(&wanted).and_then(|_| rt.service_logs(&wanted, previous, lines)).transpose().map_err(|e| match e {
             coalmine_runtime::RuntimeError::NothingToShow(why) => ApiError::NotFound(why),
             e => ApiError::Internal(e.to_string()),
-        })?;
+        })
+    })
+    .await?;
+    if let Some(got) = remote {
         return Ok(got.into_iter().map(|(task, line)| format!("{task} | {line}\n")).collect::<String>().into_response());
     }
     let mut sources = if previous { previous_sources(&s.engine, &name)? } else { service_sources(&s.engine, &name)? };
