@@ -92,3 +92,35 @@ fn a_bad_account_id_is_refused_with_the_fix() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--account-id must be 12 digits"), "{err}");
 }
+
+/// The runtime's threads of a serving queue, by name in /proc (the queue spawns no blocking
+/// work, so these are its workers).
+fn workers(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("tokio-r"))
+        .count()
+}
+
+#[test]
+fn threads_sets_the_serving_workers_and_zero_is_refused() {
+    for (args, want) in [(&[][..], 1), (&["--threads", "3"][..], 3)] {
+        let (s, _dir) = serve(args);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let c = client(&s.url);
+            c.create_queue().queue_name("threads").send().await.unwrap();
+        });
+        assert_eq!(workers(s.child.id()), want, "queue serve {args:?}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_coalmine"))
+        .args(["queue", "serve", "--port", "0", "--threads", "0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--threads") && err.contains("1..=256"), "{err}");
+}

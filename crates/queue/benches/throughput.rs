@@ -19,7 +19,7 @@
 //!
 //! `cargo bench -p coalmine-queue --bench throughput`; env: BENCH_SECS (10), BENCH_DURABILITY (commit|none),
 //! BENCH_PEER (none|commit|off), BENCH_PRODUCERS (32), BENCH_CONSUMERS (32), BENCH_THREADS (8),
-//! BENCH_RSS_MESSAGES (1000000), BENCH_SERVER_THREADS (server runtime workers; default one per core),
+//! BENCH_RSS_MESSAGES (1000000), BENCH_SERVER_THREADS (server runtime workers; default 1, as `queue serve`),
 //! BENCH_SERVER_BIN (run that binary as `queue serve` instead, e.g. target/release/coalmine).
 
 use std::io::{BufRead, BufReader, Write};
@@ -58,11 +58,9 @@ fn rss_mib(pid: u32) -> f64 {
 
 fn serve_child() {
     let dir = std::env::var("COALMINE_BENCH_SERVE").unwrap();
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = std::env::var("BENCH_SERVER_THREADS").ok().and_then(|v| v.parse().ok()) {
-        b.worker_threads(n);
-    }
-    let rt = b.enable_all().build().unwrap();
+    // One worker, as `coalmine queue serve` runs by default (its --threads).
+    let threads = std::env::var("BENCH_SERVER_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build().unwrap();
     rt.block_on(async {
         let mut cfg = coalmine_queue::BrokerConfig::new(&dir);
         if std::env::var("BENCH_DURABILITY").as_deref() == Ok("none") {
