@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 #[test]
+#[ignore = "end-to-end: boto3, the AWS CLI and moto (Python venv); run with: cargo test --workspace -- --include-ignored"]
 fn ensure_aws_env() {
     let python = moto::aws_python();
     let versions = moto::run_checked(
@@ -33,6 +34,7 @@ fn ensure_aws_env() {
 
 /// Two servers at once get two ports, each answers with its own state, and a dropped one is gone.
 #[test]
+#[ignore = "end-to-end: boto3, the AWS CLI and moto (Python venv); run with: cargo test --workspace -- --include-ignored"]
 fn moto_starts_on_a_free_port_and_stops_on_drop() {
     let a = moto::Moto::start();
     let b = moto::Moto::start();

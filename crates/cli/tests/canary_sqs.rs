@@ -264,11 +264,13 @@ fn story(style: &str) {
 }
 
 #[test]
+#[ignore = "end-to-end: boto3 workers behind proxies on moto's SQS (Python venv); run with: cargo test --workspace -- --include-ignored"]
 fn a_worker_that_leaves_failed_messages_on_sqs() {
     story("leave");
 }
 
 #[test]
+#[ignore = "end-to-end: boto3 workers behind proxies on moto's SQS (Python venv); run with: cargo test --workspace -- --include-ignored"]
 fn a_worker_that_returns_failed_messages_on_sqs() {
     story("return");
 }

@@ -200,11 +200,13 @@ fn rollback_of(rig: &Rig, rev: &str) -> Option<Value> {
 }
 
 #[test]
+#[ignore = "end-to-end: releases of boto3 workers in every failure style (Python venv); run with: cargo test --workspace -- --include-ignored"]
 fn a_worker_that_leaves_failed_messages_is_judged_right() {
     all_styles("leave");
 }
 
 #[test]
+#[ignore = "end-to-end: releases of boto3 workers in every failure style (Python venv); run with: cargo test --workspace -- --include-ignored"]
 fn a_worker_that_returns_failed_messages_is_judged_right() {
     all_styles("return");
 }

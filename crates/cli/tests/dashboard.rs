@@ -192,6 +192,7 @@ fn stage_status<'a>(v: &'a Value, name: &str) -> &'a str {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "end-to-end: the dashboard in headless Chromium; run with: cargo test --workspace -- --include-ignored"]
 async fn approve_in_the_dashboard_carries_the_revision_to_the_primary() {
     // The test plays a canary and a primary task of its own (their keys, unsigned): only a
     // queue that accepts any key, the documented escape, lets it.

@@ -431,6 +431,7 @@ async fn rust_sdk_through_the_proxy_to_coalmine_queue_with_signature_checks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "end-to-end: the proxy with boto3, the AWS CLI or moto (Python venv); run with: cargo test --workspace -- --include-ignored"]
 async fn rust_sdk_through_the_proxy_to_moto() {
     let moto = Moto::start();
     rust_sdk_story(&moto.endpoint, support::moto::ACCESS_KEY_ID, support::moto::SECRET_ACCESS_KEY, || moto.log()).await;
@@ -565,21 +566,25 @@ fn python_suite(env: &str, script: &str, protocol: &str) {
 }
 
 #[test]
+#[ignore = "end-to-end: the proxy with boto3, the AWS CLI or moto (Python venv); run with: cargo test --workspace -- --include-ignored"]
 fn boto3_json_through_the_proxy() {
     python_suite("current", "sqs_boto3.py", "json");
 }
 
 #[test]
+#[ignore = "end-to-end: the proxy with boto3, the AWS CLI or moto (Python venv); run with: cargo test --workspace -- --include-ignored"]
 fn aws_cli_json_through_the_proxy() {
     python_suite("current", "sqs_awscli.py", "json");
 }
 
 #[test]
+#[ignore = "end-to-end: the proxy with boto3, the AWS CLI or moto (Python venv); run with: cargo test --workspace -- --include-ignored"]
 fn boto3_query_through_the_proxy() {
     python_suite("legacy", "sqs_boto3.py", "query");
 }
 
 #[test]
+#[ignore = "end-to-end: the proxy with boto3, the AWS CLI or moto (Python venv); run with: cargo test --workspace -- --include-ignored"]
 fn aws_cli_query_through_the_proxy() {
     python_suite("legacy", "sqs_awscli.py", "query");
 }
@@ -596,6 +601,7 @@ struct Done {
 /// boto3 on the query protocol (form requests, XML answers) through the proxy: its receives,
 /// batch and single deletes and hand-backs are counted exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "end-to-end: the proxy with boto3, the AWS CLI or moto (Python venv); run with: cargo test --workspace -- --include-ignored"]
 async fn query_protocol_consumer_is_counted() {
     let python = pyenv("legacy");
     let queue = Queue::start();
@@ -633,6 +639,7 @@ async fn query_protocol_consumer_is_counted() {
 /// The proxy runs the app (boto3, JSON protocol) behind it; on SIGTERM it stops the app, then
 /// makes the messages the app held visible again at once, not after the 300 s visibility timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "end-to-end: the proxy with boto3, the AWS CLI or moto (Python venv); run with: cargo test --workspace -- --include-ignored"]
 async fn sigterm_hands_back_what_the_app_holds() {
     let python = pyenv("current");
     let queue = Queue::start();

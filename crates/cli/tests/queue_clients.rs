@@ -149,6 +149,7 @@ fn run_script(env: &PyEnv, script: &str, extra_env: &[(&str, &str)]) -> String {
 }
 
 #[test]
+#[ignore = "end-to-end: the queue with boto3 and the AWS CLI (Python venv); run with: cargo test --workspace -- --include-ignored"]
 fn ensure_python_envs() {
     for env in [&CURRENT, &LEGACY] {
         let python = python_env(env);
@@ -164,18 +165,21 @@ fn ensure_python_envs() {
 }
 
 #[test]
+#[ignore = "end-to-end: the queue with boto3 and the AWS CLI (Python venv); run with: cargo test --workspace -- --include-ignored"]
 fn boto3_current_over_json() {
     let out = run_script(&CURRENT, "sqs_boto3.py", &[("COALMINE_EXPECT_PROTOCOL", "json")]);
     assert!(out.contains(" passed, 0 failed"), "{out}");
 }
 
 #[test]
+#[ignore = "end-to-end: the queue with boto3 and the AWS CLI (Python venv); run with: cargo test --workspace -- --include-ignored"]
 fn aws_cli_over_json() {
     let out = run_script(&CURRENT, "sqs_awscli.py", &[("COALMINE_EXPECT_PROTOCOL", "json")]);
     assert!(out.contains(" passed, 0 failed"), "{out}");
 }
 
 #[test]
+#[ignore = "end-to-end: the queue with boto3 and the AWS CLI (Python venv); run with: cargo test --workspace -- --include-ignored"]
 fn aws_cli_legacy_over_query() {
     let out = run_script(&LEGACY, "sqs_awscli.py", &[("COALMINE_EXPECT_PROTOCOL", "query")]);
     assert!(out.contains(" passed, 0 failed"), "{out}");
@@ -184,12 +188,14 @@ fn aws_cli_legacy_over_query() {
 /// The query protocol on the wire (form requests, XML answers, error documents), with the
 /// standard library's HTTP client and XML parser.
 #[test]
+#[ignore = "end-to-end: the queue with boto3 and the AWS CLI (Python venv); run with: cargo test --workspace -- --include-ignored"]
 fn query_protocol_on_the_wire() {
     let out = run_script(&LEGACY, "sqs_query_raw.py", &[]);
     assert!(out.contains(" passed, 0 failed"), "{out}");
 }
 
 #[test]
+#[ignore = "end-to-end: the queue with boto3 and the AWS CLI (Python venv); run with: cargo test --workspace -- --include-ignored"]
 fn boto3_legacy_over_query() {
     let out = run_script(&LEGACY, "sqs_boto3.py", &[("COALMINE_EXPECT_PROTOCOL", "query")]);
     assert!(out.contains(" passed, 0 failed"), "{out}");

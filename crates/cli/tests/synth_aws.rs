@@ -94,6 +94,7 @@ fn lint(template: &Path) {
 }
 
 #[test]
+#[ignore = "end-to-end: cfn-lint and moto's CloudFormation (Python venv); run with: cargo test --workspace -- --include-ignored"]
 fn cfn_lint_passes_every_variant() {
     // `coalmine init` (a local runtime: the ECS defaults) and `coalmine init --aws`.
     let local = scratch("lint-local").join("sample-app");
@@ -124,6 +125,7 @@ fn cfn_lint_passes_every_variant() {
 
 /// cfn-lint does find problems: a template with an out-of-range retention fails it.
 #[test]
+#[ignore = "end-to-end: cfn-lint and moto's CloudFormation (Python venv); run with: cargo test --workspace -- --include-ignored"]
 fn cfn_lint_refuses_a_broken_template() {
     let dir = init_aws("lint-broken");
     let template = synth(&dir, &[]);
@@ -251,6 +253,7 @@ fn check_common(r: &Value, app: &str, container: &str, proxy_port: u16, tasks: (
 }
 
 #[test]
+#[ignore = "end-to-end: cfn-lint and moto's CloudFormation (Python venv); run with: cargo test --workspace -- --include-ignored"]
 fn default_stack_on_moto() {
     let dir = init_aws("moto-default");
     let template = synth(&dir, &[]);
@@ -276,6 +279,7 @@ fn default_stack_on_moto() {
 }
 
 #[test]
+#[ignore = "end-to-end: cfn-lint and moto's CloudFormation (Python venv); run with: cargo test --workspace -- --include-ignored"]
 fn every_option_with_the_controller_on_moto() {
     let dir = full_app("moto-full");
     let template = synth(&dir, &["--vpc", "existing", "--controller"]);
@@ -330,6 +334,7 @@ fn every_option_with_the_controller_on_moto() {
 }
 
 #[test]
+#[ignore = "end-to-end: cfn-lint and moto's CloudFormation (Python venv); run with: cargo test --workspace -- --include-ignored"]
 fn controller_in_a_new_vpc_on_moto() {
     let dir = full_app("moto-controller-new-vpc");
     let template = synth(&dir, &["--controller"]);
@@ -426,6 +431,7 @@ fn aws_buildspec_builds_pushes_and_writes_imagedefinitions() {
 }
 
 #[test]
+#[ignore = "end-to-end: cfn-lint and moto's CloudFormation (Python venv); run with: cargo test --workspace -- --include-ignored"]
 fn up_on_ecs_reaches_the_cluster_and_says_what_is_missing() {
     let moto = moto::Moto::start();
     moto.run_python(&repo_root().join("tests/python/ecs_guidance.py"), &["other-app"], Duration::from_secs(120));
@@ -476,6 +482,7 @@ fn synth_errors_say_the_fix() {
 }
 
 #[test]
+#[ignore = "end-to-end: cfn-lint and moto's CloudFormation (Python venv); run with: cargo test --workspace -- --include-ignored"]
 fn json_format_for_scripts() {
     let dir = init_aws("json");
     let out = ok(coalmine(&["synth", "aws", "--format", "json"], &dir), "synth --format json");
@@ -503,6 +510,7 @@ fn json_format_for_scripts() {
 /// No worker runs in the stand-in's tasks, so no proxy reports: the canary is judged on no
 /// messages here (the proxy's telemetry path is tested against moto's SQS in canary_sqs.rs).
 #[test]
+#[ignore = "end-to-end: cfn-lint and moto's CloudFormation (Python venv); run with: cargo test --workspace -- --include-ignored"]
 fn releases_run_on_the_stack_on_moto() {
     use std::os::unix::fs::PermissionsExt;
 
