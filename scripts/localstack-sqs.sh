@@ -13,4 +13,4 @@ for _ in $(seq 120); do
   curl -sf "http://127.0.0.1:$port/_localstack/health" | grep -q '"sqs": "\(available\|running\)"' && break
   sleep 1
 done
-COALMINE_TEST_SQS_ENDPOINT="http://127.0.0.1:$port" cargo test -p coalmine --test canary_sqs -- --test-threads=1 --nocapture
+COALMINE_TEST_SQS_ENDPOINT="http://127.0.0.1:$port" cargo test -p coalmine --test canary_sqs -- --include-ignored --test-threads=1 --nocapture

@@ -6,5 +6,5 @@
 # The tests create them too when missing; CI calls this first so failures are plain.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo test -p coalmine --test queue_clients -- --exact ensure_python_envs
-cargo test -p coalmine --test aws_env -- --exact ensure_aws_env
+cargo test -p coalmine --test queue_clients -- --include-ignored --exact ensure_python_envs
+cargo test -p coalmine --test aws_env -- --include-ignored --exact ensure_aws_env
