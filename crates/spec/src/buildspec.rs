@@ -8,7 +8,8 @@
 use std::path::Path;
 
 use serde::Serialize;
-use serde_yaml::{Mapping, Value};
+use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode, Node, Span};
+use marked_yaml::{LoadError, LoaderOptions};
 
 use crate::diag::{did_you_mean, Diagnostic, Diagnostics};
 
@@ -91,20 +92,11 @@ pub fn load_buildspec(path: &Path) -> Result<Buildspec, Diagnostics> {
 
 /// Parse the text of a `buildspec.yml`; `file` names it in diagnostics.
 pub fn parse_buildspec(src: &str, file: &str) -> Result<Buildspec, Diagnostics> {
-    let mut w = Walker {
-        file,
-        src,
-        diags: Diagnostics::default(),
-    };
-    let root: Value = match serde_yaml::from_str(src) {
+    let mut w = Walker { file, src, diags: Diagnostics::default() };
+    let options = LoaderOptions::default().error_on_duplicate_keys(true);
+    let root = match marked_yaml::parse_yaml_with_options(0, src, options) {
         Ok(v) => v,
-        Err(e) => {
-            let d = match e.location() {
-                Some(l) => Diagnostic::at(file, src, Some(l.index()..l.index() + 1), "", yaml_message(&e), Some("check the YAML syntax (indentation with spaces, `key: value`, `- item`)".to_string())),
-                None => Diagnostic::whole_file(file, yaml_message(&e), None),
-            };
-            return Err(Diagnostics(vec![d]));
-        }
+        Err(e) => return Err(Diagnostics(vec![yaml_error(file, src, &e)])),
     };
     let spec = w.root(&root);
     if w.diags.is_empty() {
@@ -115,12 +107,30 @@ pub fn parse_buildspec(src: &str, file: &str) -> Result<Buildspec, Diagnostics> 
     }
 }
 
-fn yaml_message(e: &serde_yaml::Error) -> String {
-    let s = e.to_string();
-    // serde_yaml appends " at line L column C"; the diagnostic shows the position itself.
-    match s.find(" at line ") {
-        Some(i) => s[..i].to_string(),
-        None => s,
+/// A YAML error at its position, in words and with the fix.
+fn yaml_error(file: &str, src: &str, e: &LoadError) -> Diagnostic {
+    let syntax = "check the YAML syntax (indentation with spaces, `key: value`, `- item`)".to_string();
+    let (at, message, hint) = match e {
+        LoadError::ScanError(m, se) => (Some(*m), se.info().to_string(), syntax),
+        LoadError::DuplicateKey(d) => (
+            d.key.span().start().copied(),
+            format!(
+                "`{}` appears twice in the same mapping (first on line {})",
+                d.key.as_str(),
+                d.prev_key.span().start().map(|m| m.line()).unwrap_or(0)
+            ),
+            "keep one of them".to_string(),
+        ),
+        LoadError::UnexpectedAnchor(m) => (Some(*m), "YAML anchors and aliases (`&name`, `*name`) are not supported".to_string(), "write the value out in full".to_string()),
+        LoadError::UnexpectedTag(m) => (Some(*m), "YAML tags (`!name`) are not supported".to_string(), "remove the tag; write the value as plain text".to_string()),
+        LoadError::MappingKeyMustBeScalar(m) => (Some(*m), "a mapping key must be plain text".to_string(), syntax),
+        LoadError::TopLevelMustBeMapping(m) | LoadError::TopLevelMustBeSequence(m) => {
+            (Some(*m), "a buildspec must be a mapping with `version` and `phases`".to_string(), "start with `version: 0.2`".to_string())
+        }
+    };
+    match at {
+        Some(m) => Diagnostic::at_line_col(file, src, m.line(), m.column(), "", message, Some(hint)),
+        None => Diagnostic::whole_file(file, message, Some(hint)),
     }
 }
 
@@ -136,138 +146,142 @@ struct Walker<'a> {
     diags: Diagnostics,
 }
 
+/// A key of a mapping: its text, where it is, and its value.
+struct Key<'n> {
+    name: String,
+    span: &'n Span,
+    value: &'n Node,
+}
+
 impl Walker<'_> {
-    /// Report at the line of `path` (a chain of mapping keys).
-    fn err(&mut self, path: &[&str], msg: impl Into<String>, hint: impl Into<Option<String>>) {
-        let (line, col) = locate_key(self.src, path);
+    /// Report at `span` (a key or an item), naming `path` (a chain of mapping keys); for the
+    /// whole file when there is no span.
+    fn err(&mut self, span: Option<&Span>, path: &[&str], msg: impl Into<String>, hint: impl Into<Option<String>>) {
         let dotted = path.join(".");
-        let d = if line == 0 {
-            Diagnostic::whole_file(self.file, msg, hint.into())
-        } else {
-            Diagnostic::at_line_col(self.file, self.src, line, col, dotted.clone(), msg, hint.into())
+        let mut d = match span.and_then(|s| s.start()) {
+            Some(m) => Diagnostic::at_line_col(self.file, self.src, m.line(), m.column(), dotted.clone(), msg, hint.into()),
+            None => Diagnostic::whole_file(self.file, msg, hint.into()),
         };
-        let mut d = d;
         d.path = dotted;
         self.diags.push(d);
     }
 
-    fn mapping<'v>(&mut self, v: &'v Value, path: &[&str]) -> Option<&'v Mapping> {
-        match v {
-            Value::Mapping(m) => Some(m),
-            Value::Null => None,
+    /// The mapping `key` holds; `None` when it is empty or (reported) something else.
+    fn mapping<'n>(&mut self, key: &Key<'n>, path: &[&str]) -> Option<&'n MarkedMappingNode> {
+        match key.value {
+            Node::Mapping(m) => Some(m),
+            Node::Scalar(s) if is_null(s) => None,
             other => {
-                self.err(path, format!("`{}` must be a mapping of keys, not {}", path.join("."), kind_of(other)), "write it as indented `key: value` lines".to_string());
+                self.err(Some(key.span), path, format!("`{}` must be a mapping of keys, not {}", path.join("."), kind_of(other)), "write it as indented `key: value` lines".to_string());
                 None
             }
         }
     }
 
     /// Check the keys of a mapping: the known, the unsupported (named), the unknown (with a suggestion).
-    fn keys<'m>(&mut self, m: &'m Mapping, path: &[&str], known: &[&str], unsupported: &[&str]) -> Vec<(String, &'m Value)> {
+    fn keys<'n>(&mut self, m: &'n MarkedMappingNode, path: &[&str], known: &[&str], unsupported: &[&str]) -> Vec<Key<'n>> {
         let mut out = Vec::new();
-        for (k, v) in m {
-            let Some(key) = scalar_string(k) else {
-                self.err(path, format!("a key of `{}` is not a string", path.join(".")), None);
-                continue;
-            };
+        for (k, v) in m.iter() {
+            let key = k.as_str().to_string();
             let mut p: Vec<&str> = path.to_vec();
             p.push(&key);
             if known.contains(&key.as_str()) {
-                out.push((key.clone(), v));
+                out.push(Key { name: key.clone(), span: k.span(), value: v });
             } else if unsupported.contains(&key.as_str()) {
-                self.err(&p, format!("`{}` is not supported by coalmine", p.join(".")), "remove it; coalmine runs the phases locally with `env.variables`, `phases` and `artifacts` only".to_string());
+                self.err(Some(k.span()), &p, format!("`{}` is not supported by coalmine", p.join(".")), "remove it; coalmine runs the phases locally with `env.variables`, `phases` and `artifacts` only".to_string());
             } else {
                 let hint = match did_you_mean(&key, known.iter().copied()) {
                     Some(s) => format!("did you mean `{s}`?"),
                     None => format!("the keys here are {}", known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")),
                 };
                 let where_ = if path.is_empty() { "at the top level".to_string() } else { format!("in `{}`", path.join(".")) };
-                self.err(&p, format!("unknown key `{key}` {where_}"), hint);
+                self.err(Some(k.span()), &p, format!("unknown key `{key}` {where_}"), hint);
             }
         }
         out
     }
 
-    fn root(&mut self, v: &Value) -> Buildspec {
+    fn root(&mut self, v: &Node) -> Buildspec {
         let mut spec = Buildspec::default();
-        let Value::Mapping(m) = v else {
-            self.err(&[], "a buildspec must be a mapping with `version` and `phases`", "start with `version: 0.2`".to_string());
+        let Node::Mapping(m) = v else {
+            self.err(v.span().start().is_some().then(|| v.span()), &[], "a buildspec must be a mapping with `version` and `phases`", "start with `version: 0.2`".to_string());
             return spec;
         };
         let keys = self.keys(m, &[], &["version", "env", "phases", "artifacts"], UNSUPPORTED_TOP);
         let mut has_version = false;
-        for (k, v) in keys {
-            match k.as_str() {
+        let mut phases_at = None;
+        for k in keys {
+            match k.name.as_str() {
                 "version" => {
                     has_version = true;
-                    let ok = match v {
-                        Value::Number(n) => n.as_f64() == Some(0.2),
-                        Value::String(s) => s == "0.2",
-                        _ => false,
-                    };
+                    let ok = scalar_string(k.value).is_some_and(|s| s == "0.2" || s.parse::<f64>() == Ok(0.2));
                     if !ok {
-                        self.err(&["version"], format!("version {} is not supported", scalar_string(v).unwrap_or_else(|| kind_of(v).to_string())), "write `version: 0.2`".to_string());
+                        self.err(Some(k.span), &["version"], format!("version {} is not supported", scalar_string(k.value).unwrap_or_else(|| kind_of(k.value).to_string())), "write `version: 0.2`".to_string());
                     }
                 }
                 "env" => {
-                    if let Some(env) = self.mapping(v, &["env"]) {
-                        for (k, v) in self.keys(env, &["env"], &["variables", "shell"], UNSUPPORTED_ENV) {
-                            if k == "shell" {
-                                if scalar_string(v).as_deref() != Some("bash") {
-                                    self.err(&["env", "shell"], format!("shell `{}` is not supported", scalar_string(v).unwrap_or_default()), "coalmine runs commands with bash: write `shell: bash` or remove it".to_string());
-                                }
-                                continue;
+                    let Some(env) = self.mapping(&k, &["env"]) else { continue };
+                    for k in self.keys(env, &["env"], &["variables", "shell"], UNSUPPORTED_ENV) {
+                        if k.name == "shell" {
+                            if scalar_string(k.value).as_deref() != Some("bash") {
+                                self.err(Some(k.span), &["env", "shell"], format!("shell `{}` is not supported", scalar_string(k.value).unwrap_or_default()), "coalmine runs commands with bash: write `shell: bash` or remove it".to_string());
                             }
-                            if let Some(vars) = self.mapping(v, &["env", "variables"]) {
-                                for (name, value) in vars {
-                                    let name = scalar_string(name).unwrap_or_default();
-                                    match scalar_string(value) {
-                                        Some(s) => spec.env_variables.push((name, s)),
-                                        None => self.err(&["env", "variables", &name], format!("the value of `{name}` is {}, not a string", kind_of(value)), "write a single value; quote it if it contains `:` or `#`".to_string()),
-                                    }
-                                }
+                            continue;
+                        }
+                        let Some(vars) = self.mapping(&k, &["env", "variables"]) else { continue };
+                        for (name, value) in vars.iter() {
+                            let name_s = name.as_str().to_string();
+                            match scalar_string(value) {
+                                Some(s) => spec.env_variables.push((name_s, s)),
+                                None => self.err(
+                                    Some(name.span()),
+                                    &["env", "variables", &name_s],
+                                    format!("the value of `{name_s}` is {}, not a string", kind_of(value)),
+                                    "write a single value; quote it if it contains `:` or `#`".to_string(),
+                                ),
                             }
                         }
                     }
                 }
                 "phases" => {
-                    if let Some(ph) = self.mapping(v, &["phases"]) {
-                        for (name, pv) in self.keys(ph, &["phases"], &["install", "pre_build", "build", "post_build"], &[]) {
-                            let phase = self.phase(pv, &name);
-                            match name.as_str() {
-                                "install" => spec.phases.install = Some(phase),
-                                "pre_build" => spec.phases.pre_build = Some(phase),
-                                "build" => spec.phases.build = Some(phase),
-                                _ => spec.phases.post_build = Some(phase),
-                            }
+                    phases_at = Some(k.span);
+                    let Some(ph) = self.mapping(&k, &["phases"]) else { continue };
+                    for pk in self.keys(ph, &["phases"], &["install", "pre_build", "build", "post_build"], &[]) {
+                        let phase = self.phase(&pk);
+                        match pk.name.as_str() {
+                            "install" => spec.phases.install = Some(phase),
+                            "pre_build" => spec.phases.pre_build = Some(phase),
+                            "build" => spec.phases.build = Some(phase),
+                            _ => spec.phases.post_build = Some(phase),
                         }
                     }
                 }
-                _ => spec.artifacts = self.artifacts(v),
+                _ => spec.artifacts = self.artifacts(&k),
             }
         }
         if !has_version {
-            self.err(&[], "the buildspec has no `version`", "add `version: 0.2` as the first line".to_string());
+            self.err(None, &[], "the buildspec has no `version`", "add `version: 0.2` as the first line".to_string());
         }
         if spec.phases.in_order().iter().all(|(_, p)| p.commands.is_empty() && p.finally.is_empty()) {
-            self.err(&["phases"], "the buildspec runs no command", "add `phases:` with e.g. `build:` and its `commands:` list".to_string());
+            self.err(phases_at, &["phases"], "the buildspec runs no command", "add `phases:` with e.g. `build:` and its `commands:` list".to_string());
         }
         spec
     }
 
-    fn phase(&mut self, v: &Value, name: &str) -> Phase {
+    fn phase(&mut self, key: &Key<'_>) -> Phase {
+        let name = key.name.as_str();
         let mut phase = Phase::default();
-        let Some(m) = self.mapping(v, &["phases", name]) else { return phase };
-        for (k, v) in self.keys(m, &["phases", name], &["commands", "finally", "on-failure"], UNSUPPORTED_PHASE) {
-            match k.as_str() {
-                "commands" => phase.commands = self.strings(v, &["phases", name, "commands"]),
-                "finally" => phase.finally = self.strings(v, &["phases", name, "finally"]),
+        let Some(m) = self.mapping(key, &["phases", name]) else { return phase };
+        for k in self.keys(m, &["phases", name], &["commands", "finally", "on-failure"], UNSUPPORTED_PHASE) {
+            match k.name.as_str() {
+                "commands" => phase.commands = self.strings(&k, &["phases", name, "commands"]),
+                "finally" => phase.finally = self.strings(&k, &["phases", name, "finally"]),
                 _ => {
-                    phase.on_failure = match scalar_string(v).as_deref() {
+                    phase.on_failure = match scalar_string(k.value).as_deref() {
                         Some("ABORT") => OnFailure::Abort,
                         Some("CONTINUE") => OnFailure::Continue,
                         other => {
-                            self.err(&["phases", name, "on-failure"], format!("on-failure `{}` is not supported", other.unwrap_or("?")), "write ABORT (the default) or CONTINUE".to_string());
+                            self.err(Some(k.span), &["phases", name, "on-failure"], format!("on-failure `{}` is not supported", other.unwrap_or("?")), "write ABORT (the default) or CONTINUE".to_string());
                             OnFailure::Abort
                         }
                     }
@@ -277,37 +291,50 @@ impl Walker<'_> {
         phase
     }
 
-    fn strings(&mut self, v: &Value, path: &[&str]) -> Vec<String> {
-        let items: Vec<&Value> = match v {
-            Value::Sequence(s) => s.iter().collect(),
-            Value::Null => Vec::new(),
+    /// A list of strings (or one string); each item that is not one is reported where it is.
+    fn strings(&mut self, key: &Key<'_>, path: &[&str]) -> Vec<String> {
+        let items: Vec<&Node> = match key.value {
+            Node::Sequence(s) => s.iter().collect(),
+            Node::Scalar(s) if is_null(s) => Vec::new(),
             other => vec![other],
         };
         let mut out = Vec::new();
         for (i, item) in items.into_iter().enumerate() {
             match scalar_string(item) {
                 Some(s) => out.push(s),
-                None => self.err(path, format!("item {} of `{}` is {}, not a string", i + 1, path.join("."), kind_of(item)), "quote the command: YAML reads `- echo a: b` as a mapping; write `- \"echo a: b\"`".to_string()),
+                None => self.err(
+                    Some(item.span()),
+                    path,
+                    format!("item {} of `{}` is {}, not a string", i + 1, path.join("."), kind_of(item)),
+                    "quote the command: YAML reads `- echo a: b` as a mapping; write `- \"echo a: b\"`".to_string(),
+                ),
             }
         }
         out
     }
 
-    fn artifacts(&mut self, v: &Value) -> Option<Artifacts> {
-        let m = self.mapping(v, &["artifacts"])?;
+    fn artifacts(&mut self, key: &Key<'_>) -> Option<Artifacts> {
+        let m = self.mapping(key, &["artifacts"])?;
         let mut a = Artifacts::default();
-        for (k, v) in self.keys(m, &["artifacts"], &["files", "base-directory", "discard-paths", "name"], UNSUPPORTED_ARTIFACTS) {
-            match k.as_str() {
-                "files" => a.files = self.strings(v, &["artifacts", "files"]),
-                "base-directory" => a.base_directory = scalar_string(v),
-                "name" => a.name = scalar_string(v),
+        let (mut base_at, mut files_at) = (None, None);
+        for k in self.keys(m, &["artifacts"], &["files", "base-directory", "discard-paths", "name"], UNSUPPORTED_ARTIFACTS) {
+            match k.name.as_str() {
+                "files" => {
+                    a.files = self.strings(&k, &["artifacts", "files"]);
+                    files_at = Some(k.value);
+                }
+                "base-directory" => {
+                    a.base_directory = scalar_string(k.value);
+                    base_at = Some(k.span);
+                }
+                "name" => a.name = scalar_string(k.value),
                 _ => {
-                    a.discard_paths = match v {
-                        Value::Bool(b) => *b,
-                        Value::String(s) if s == "yes" => true,
-                        Value::String(s) if s == "no" => false,
+                    a.discard_paths = match k.value.as_scalar().map(|s| (s.as_bool(), s.as_str())) {
+                        Some((Some(b), _)) => b,
+                        Some((None, "yes")) => true,
+                        Some((None, "no")) => false,
                         _ => {
-                            self.err(&["artifacts", "discard-paths"], "discard-paths must be yes or no", "write `discard-paths: yes` or `discard-paths: no`".to_string());
+                            self.err(Some(k.span), &["artifacts", "discard-paths"], "discard-paths must be yes or no", "write `discard-paths: yes` or `discard-paths: no`".to_string());
                             false
                         }
                     }
@@ -315,47 +342,33 @@ impl Walker<'_> {
             }
         }
         if a.files.is_empty() {
-            self.err(&["artifacts"], "`artifacts` lists no `files`", "add `files:` with glob patterns, e.g. `- '**/*'`".to_string());
+            self.err(Some(key.span), &["artifacts"], "`artifacts` lists no `files`", "add `files:` with glob patterns, e.g. `- '**/*'`".to_string());
         }
         if let Some(why) = a.base_directory.as_deref().and_then(leaves_build_folder) {
             self.err(
+                base_at,
                 &["artifacts", "base-directory"],
                 format!("base-directory `{}` {why}", a.base_directory.as_deref().unwrap_or_default()),
                 "give a folder inside the build's checkout, relative to it, e.g. `base-directory: out`".to_string(),
             );
         }
-        for f in a.files.clone() {
+        let items: Vec<&Node> = match files_at {
+            Some(Node::Sequence(s)) => s.iter().collect(),
+            Some(other) => vec![other],
+            None => Vec::new(),
+        };
+        for item in items {
+            let Some(f) = scalar_string(item) else { continue };
             if let Some(why) = leaves_build_folder(&f) {
-                self.err_at_item(
+                self.err(
+                    Some(item.span()),
                     &["artifacts", "files"],
-                    &f,
                     format!("artifacts.files pattern `{f}` {why}"),
                     "artifacts are copied from the build's checkout: give a pattern relative to it (or to base-directory), e.g. `- 'out/**/*'`".to_string(),
                 );
             }
         }
         Some(a)
-    }
-
-    /// Like [`Walker::err`], at the line of a list item under `path` whose text is `item`.
-    fn err_at_item(&mut self, path: &[&str], item: &str, msg: String, hint: String) {
-        let (line, _) = locate_key(self.src, path);
-        let found = (line > 0)
-            .then(|| {
-                self.src.lines().enumerate().skip(line).find_map(|(i, l)| {
-                    let t = l.trim_start();
-                    (t.starts_with('-') && t.contains(item)).then(|| (i + 1, l.len() - t.len() + 1))
-                })
-            })
-            .flatten();
-        match found {
-            Some((line, col)) => {
-                let mut d = Diagnostic::at_line_col(self.file, self.src, line, col, path.join("."), msg, Some(hint));
-                d.path = path.join(".");
-                self.diags.push(d);
-            }
-            None => self.err(path, msg, hint),
-        }
     }
 }
 
@@ -375,83 +388,23 @@ pub fn leaves_build_folder(path: &str) -> Option<&'static str> {
     }
 }
 
-fn scalar_string(v: &Value) -> Option<String> {
+/// An unquoted empty value, `~` or `null`: YAML's null.
+fn is_null(s: &MarkedScalarNode) -> bool {
+    s.may_coerce() && matches!(s.as_str(), "" | "~" | "null" | "Null" | "NULL")
+}
+
+/// The text of a scalar that is not null, as written.
+fn scalar_string(v: &Node) -> Option<String> {
+    v.as_scalar().filter(|s| !is_null(s)).map(|s| s.as_str().to_string())
+}
+
+fn kind_of(v: &Node) -> &'static str {
     match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
-fn kind_of(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "empty",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Sequence(_) => "a list",
-        Value::Mapping(_) => "a mapping",
-        Value::Tagged(_) => "a tagged value",
-    }
-}
-
-/// 1-based (line, column) of the key at the end of `path`, found by following the keys through
-/// block mappings (deeper keys are more indented). `(0, 0)` when not found; the nearest found
-/// ancestor otherwise.
-fn locate_key(src: &str, path: &[&str]) -> (usize, usize) {
-    let lines: Vec<&str> = src.lines().collect();
-    let mut found = (0usize, 0usize);
-    let mut from = 0usize;
-    let mut min_indent: Option<usize> = None; // keys must be indented more than this
-    for key in path {
-        let mut hit = None;
-        for (i, line) in lines.iter().enumerate().skip(from) {
-            let trimmed = line.trim_start();
-            if trimmed.is_empty() || trimmed.starts_with('#') {
-                continue;
-            }
-            let indent = line.len() - trimmed.len();
-            if let Some(mi) = min_indent {
-                if indent <= mi {
-                    break; // left the parent's block
-                }
-            }
-            let body = trimmed.strip_prefix("- ").unwrap_or(trimmed);
-            let unquoted = body.trim_start_matches(['"', '\'']);
-            if let Some(rest) = unquoted.strip_prefix(key) {
-                let rest = rest.trim_start_matches(['"', '\'']);
-                if rest.trim_start().starts_with(':') {
-                    let col = indent + (trimmed.len() - body.len()) + 1;
-                    hit = Some((i, indent, col));
-                    break;
-                }
-            }
-        }
-        match hit {
-            Some((i, indent, col)) => {
-                found = (i + 1, col);
-                from = i + 1;
-                min_indent = Some(indent);
-            }
-            None => break,
-        }
-    }
-    found
-}
-
-#[cfg(test)]
-mod tests {
-    use super::locate_key;
-
-    #[test]
-    fn locates_nested_keys() {
-        let src = "version: 0.2\nenv:\n  variables:\n    A: b\n  parameter-store:\n    X: /y\nphases:\n  build:\n    commands:\n      - make\n";
-        assert_eq!(locate_key(src, &["env", "parameter-store"]), (5, 3));
-        assert_eq!(locate_key(src, &["phases", "build", "commands"]), (9, 5));
-        assert_eq!(locate_key(src, &["version"]), (1, 1));
-        // Not found: the nearest ancestor.
-        assert_eq!(locate_key(src, &["phases", "install"]), (7, 1));
-        assert_eq!(locate_key(src, &["nothing"]), (0, 0));
+        Node::Scalar(s) if is_null(s) => "empty",
+        Node::Scalar(s) if s.as_bool().is_some() => "a boolean",
+        Node::Scalar(s) if s.may_coerce() && s.as_str().parse::<f64>().is_ok() => "a number",
+        Node::Scalar(_) => "a string",
+        Node::Sequence(_) => "a list",
+        Node::Mapping(_) => "a mapping",
     }
 }

@@ -168,9 +168,29 @@ fn artifacts_may_not_leave_the_build_folder() {
     let files: Vec<_> = d.iter().filter(|x| x.path == "artifacts.files").collect();
     assert_eq!(files.len(), 2, "{d}");
     assert!(files[0].message.contains("/etc/hostname") && files[0].message.contains("absolute"), "{:?}", files[0]);
-    assert_eq!((files[0].line, files[0].column), (9, 5), "the item's own line");
+    assert_eq!((files[0].line, files[0].column), (9, 7), "the item itself");
     assert!(files[1].message.contains("`..`") && files[1].line == 10, "{:?}", files[1]);
     assert!(files[0].hint.as_deref().unwrap().contains("relative"));
     assert!(leaves_build_folder("out/**/*").is_none());
     assert!(leaves_build_folder("~/x").is_some());
+}
+
+#[test]
+fn yaml_errors_say_where_and_how_to_fix() {
+    // a key twice in one mapping: the second is reported, naming the first's line
+    let d = errors("version: 0.2\nphases:\n  build:\n    commands:\n      - make\n  build:\n    commands: [test]\n");
+    assert_eq!(d.len(), 1, "{d}");
+    assert_eq!((d.0[0].line, d.0[0].column), (6, 3), "{d}");
+    assert!(d.0[0].message.contains("`build` appears twice") && d.0[0].message.contains("line 3"), "{d}");
+    // anchors are refused where they are
+    let d = errors("version: 0.2\nphases:\n  build:\n    commands: &cmds\n      - make\n  post_build:\n    commands: *cmds\n");
+    assert!((4..=5).contains(&d.0[0].line), "at the anchored value: {d}");
+    assert!(d.0[0].message.contains("anchors") && d.0[0].hint.as_deref().unwrap().contains("in full"), "{d}");
+    // a syntax error: its line, and what to check
+    let d = errors("version: 0.2\nphases:\n  build:\n    commands:\n      - make\n     bad: [\n");
+    assert!(d.0[0].line >= 6, "{d}");
+    assert!(d.0[0].hint.as_deref().unwrap().contains("YAML syntax"), "{d}");
+    // a value written out as it is: numbers and booleans keep their spelling
+    let b = parse_buildspec("version: 0.2\nenv:\n  variables:\n    RATE: 1.50\n    ON: yes\nphases:\n  build:\n    commands: [make]\n", "b.yml").unwrap();
+    assert_eq!(b.env_variables, vec![("RATE".to_string(), "1.50".to_string()), ("ON".to_string(), "yes".to_string())]);
 }
