@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod consumer;
 pub mod duration;
 pub mod simulate;
 pub mod stats;

@@ -1,6 +1,7 @@
 //! The pipeline's `QueueAdmin` over the embedded queue, in the same process.
 
 use coalmine_pipeline::queue_admin::{ConsumerCounts, DeadLetter, InFlight, QueueAdmin, QueueAdminError, QueueDepth, RedriveAll};
+use coalmine_analysis::consumer::{failure_run, Interval, WARMUP_MESSAGES, WARMUP_MS};
 use coalmine_queue::{Broker, ConsumerTelemetry, LatencyHistogram};
 
 pub struct EmbeddedQueue {
@@ -8,14 +9,6 @@ pub struct EmbeddedQueue {
     pub queue: String,
     pub dlq: String,
 }
-
-/// Timings of a consumer's first deletes in the window that the latency alarm leaves out
-/// (whole seconds of them, at least this many).
-const WARMUP_MESSAGES: u64 = 5;
-/// And its first seconds in the window: a task that just started is slower for a while (a
-/// cold process, connections, caches; on a busy machine, more so), and the latency test would
-/// otherwise compare a canary's start with the primary's steady state.
-const WARMUP_SECONDS: u64 = 10;
 
 fn latencies_ms(h: &LatencyHistogram, out: &mut Vec<f64>) {
     for (i, n) in h.counts.iter().enumerate() {
@@ -31,7 +24,7 @@ fn counts(c: ConsumerTelemetry) -> ConsumerCounts {
     let mut warm = LatencyHistogram::default();
     let first_second = c.buckets.first().map_or(0, |b| b.second);
     for b in &c.buckets {
-        if out.deleted >= WARMUP_MESSAGES && b.second >= first_second + WARMUP_SECONDS {
+        if out.deleted >= WARMUP_MESSAGES && b.second >= first_second + WARMUP_MS / 1000 {
             warm.merge(&b.latency);
         }
         out.received += b.received;
@@ -45,28 +38,11 @@ fn counts(c: ConsumerTelemetry) -> ConsumerCounts {
             out.last_success_ms = Some(b.second * 1000 + 999);
         }
     }
-    out.failures_since_success = failures_since_success(&c.buckets);
+    let intervals: Vec<Interval> = c.buckets.iter().map(|b| Interval { received: b.received, deleted: b.deleted, failed: b.returned + b.expired }).collect();
+    out.failures_since_success = failure_run(&intervals).failures;
     latencies_ms(&latency, &mut out.latencies_ms);
     latencies_ms(&warm, &mut out.warm_latencies_ms);
     out
-}
-
-/// Failures in a row since the consumer's last success (per-second resolution): the returns
-/// and expiries of the trailing seconds that saw no delete, but no more than the messages it
-/// received in those seconds. An expiry reports a message received long before (a worker that
-/// leaves its failed messages sees them expire one visibility timeout later): when the queue
-/// goes quiet, a healthy worker's old failures expire one after another with no success between
-/// them, and without the bound they would look like a run of fresh failures.
-fn failures_since_success(buckets: &[coalmine_queue::TelemetryBucket]) -> u64 {
-    let (mut failed, mut received) = (0, 0);
-    for b in buckets.iter().rev() {
-        if b.deleted > 0 {
-            break;
-        }
-        failed += b.returned + b.expired;
-        received += b.received;
-    }
-    failed.min(received)
 }
 
 fn err(e: impl std::fmt::Display) -> QueueAdminError {
@@ -131,7 +107,7 @@ impl QueueAdmin for EmbeddedQueue {
 
 #[cfg(test)]
 mod tests {
-    use super::{counts, failures_since_success};
+    use super::counts;
     use coalmine_queue::{ConsumerTelemetry, LatencyHistogram, TelemetryBucket};
 
     #[test]
@@ -147,6 +123,11 @@ mod tests {
         let c = counts(ConsumerTelemetry { access_key_id: "CM.canary.r.1".into(), buckets });
         assert_eq!(c.latencies_ms.len(), 20);
         assert_eq!(c.warm_latencies_ms.len(), 10, "the first 10 seconds are left out");
+    }
+
+    /// The run of failures the adapter reports for these buckets.
+    fn failures_since_success(buckets: &[TelemetryBucket]) -> u64 {
+        counts(ConsumerTelemetry { access_key_id: "CM.canary.r.1".into(), buckets: buckets.to_vec() }).failures_since_success
     }
 
     fn b(second: u64, received: u64, deleted: u64, returned: u64, expired: u64) -> TelemetryBucket {

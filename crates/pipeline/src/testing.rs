@@ -270,7 +270,7 @@ pub struct FakeQueue {
 
 /// A consumer's first deletes in a telemetry window that the latency alarm leaves out (as the
 /// embedded queue's adapter does).
-const WARMUP_MESSAGES: usize = 5;
+const WARMUP_MESSAGES: usize = coalmine_analysis::consumer::WARMUP_MESSAGES as usize;
 
 impl FakeQueue {
     pub fn new(clock: Arc<dyn Clock>) -> FakeQueue {

@@ -8,15 +8,13 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+use coalmine_analysis::consumer::{failure_run, Interval, WARMUP_MESSAGES, WARMUP_MS};
+
 use crate::observe::BUCKETS_MS;
 use crate::telemetry::{Kind, Report};
 
 /// Reports kept per proxy (one a second: half an hour).
 const HISTORY: usize = 1_800;
-/// A task's first seconds and messages in a window are its warm-up: its timings are left out
-/// of `warm_latencies_ms`.
-pub const WARMUP_MS: u64 = 10_000;
-pub const WARMUP_MESSAGES: u64 = 5;
 /// Held messages of a report older than this are not trusted as held now (its proxy was
 /// killed without a final report; the messages come back when their visibility lapses).
 const STALE_MS: u64 = 5_000;
@@ -144,21 +142,22 @@ impl Collector {
             if let Some(warm) = history.range(start..).find(|r| r.time_ms >= warm_from && r.deleted.saturating_sub(base.deleted) >= WARMUP_MESSAGES) {
                 histogram_delta(last, warm, &mut t.warm_latencies_ms);
             }
-            // The run of failures since the last success, report by report backwards.
-            let (mut failed, mut received) = (0u64, 0u64);
-            let mut last_success = None;
+            // The run of failures since the last success, between consecutive reports.
             let inside: Vec<&Report> = std::iter::once(base).chain(history.range(start..)).collect();
-            for pair in inside.windows(2).rev() {
-                let (old, new) = (pair[0], pair[1]);
-                if new.deleted > old.deleted {
-                    last_success = Some(new.time_ms);
-                    break;
-                }
-                failed += (new.returned + new.expired + new.handed_back).saturating_sub(old.returned + old.expired + old.handed_back);
-                received += new.received.saturating_sub(old.received);
-            }
-            t.failures_since_success += failed.min(received);
-            t.last_success_ms = t.last_success_ms.max(last_success);
+            let intervals: Vec<Interval> = inside
+                .windows(2)
+                .map(|pair| {
+                    let (old, new) = (pair[0], pair[1]);
+                    Interval {
+                        received: new.received.saturating_sub(old.received),
+                        deleted: new.deleted.saturating_sub(old.deleted),
+                        failed: (new.returned + new.expired + new.handed_back).saturating_sub(old.returned + old.expired + old.handed_back),
+                    }
+                })
+                .collect();
+            let run = failure_run(&intervals);
+            t.failures_since_success += run.failures;
+            t.last_success_ms = t.last_success_ms.max(run.last_success.map(|i| inside[i + 1].time_ms));
             if last.kind != Kind::Final && now_ms.saturating_sub(last.time_ms) <= STALE_MS {
                 let lag = now_ms.saturating_sub(last.time_ms);
                 t.held_ms.extend(last.held_ages_ms.iter().map(|a| a + lag));
