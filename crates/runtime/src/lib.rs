@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod ecs;
 pub mod local;
+pub mod rolling;
 
 /// Errors a runtime returns.
 #[derive(Debug, thiserror::Error)]

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::{
+    rolling,
     DeploymentState, DeploymentStatus, RevisionSpec, Runtime, RuntimeError, ServiceSpec, ServiceStatus, TaskIdentity,
     TaskKeys, TaskState, TaskStatus,
 };
@@ -254,10 +255,7 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), RuntimeError> {
 
 /// ECS rounding: the healthy minimum rounds up, the maximum rounds down.
 fn bounds(spec: &ServiceSpec) -> (usize, usize) {
-    let d = spec.desired as u64;
-    let min = (d * spec.minimum_healthy_percent as u64).div_ceil(100);
-    let max = d * spec.maximum_percent as u64 / 100;
-    (min as usize, max as usize)
+    rolling::bounds(spec.desired, spec.minimum_healthy_percent, spec.maximum_percent)
 }
 
 fn breaker_threshold(spec: &ServiceSpec) -> u32 {
@@ -671,47 +669,36 @@ impl Supervisor {
             }
         }
 
-        // Rolling logic.
+        // Rolling: the plan (crate::rolling), applied.
         let (min, max) = bounds(&svc.spec);
         let desired = svc.spec.desired as usize;
-        let live = |t: &Task| t.state != St::Stopping;
-        // Old tasks that are not healthy never count: stop them now.
-        for t in svc.tasks.iter_mut() {
-            if live(t) && !Arc::ptr_eq(&t.revision, &svc.rev) && t.state == St::Pending {
-                stop_task(t, timeout);
-            }
+        let views: Vec<rolling::TaskView> = svc
+            .tasks
+            .iter()
+            .map(|t| rolling::TaskView {
+                current: Arc::ptr_eq(&t.revision, &svc.rev),
+                phase: match t.state {
+                    St::Pending => rolling::Phase::Pending,
+                    St::Running => rolling::Phase::Running,
+                    St::BackingOff => rolling::Phase::BackingOff,
+                    St::Stopping => rolling::Phase::Stopping,
+                },
+                n: task_n(&t.id),
+            })
+            .collect();
+        let plan = rolling::plan(&views, desired, min, max);
+        for &i in &plan.stop {
+            stop_task(&mut svc.tasks[i], timeout);
         }
-        // Too many tasks of the current revision (scale in): least useful first.
-        let mut new_idx: Vec<usize> =
-            (0..svc.tasks.len()).filter(|&i| live(&svc.tasks[i]) && Arc::ptr_eq(&svc.tasks[i].revision, &svc.rev)).collect();
-        if new_idx.len() > desired {
-            new_idx.sort_by_key(|&i| {
-                let t = &svc.tasks[i];
-                let rank = match t.state {
-                    St::BackingOff => 0,
-                    St::Pending => 1,
-                    _ => 2,
-                };
-                (rank, std::cmp::Reverse(task_n(&t.id)))
-            });
-            let extra: Vec<usize> = new_idx.drain(..new_idx.len() - desired).collect();
-            for i in extra {
-                if svc.tasks[i].state == St::BackingOff {
-                    svc.tasks[i].state = St::Stopping; // removed below
-                    svc.tasks[i].pid = None;
-                } else {
-                    stop_task(&mut svc.tasks[i], timeout);
-                }
-            }
+        for &i in &plan.drop {
+            svc.tasks[i].state = St::Stopping; // removed below
+            svc.tasks[i].pid = None;
+        }
+        if !plan.drop.is_empty() || !plan.stop.is_empty() {
             svc.tasks.retain(|t| !(t.state == St::Stopping && t.pid.is_none()));
             self.pids_dirty = true;
         }
-        // Start new tasks within maximum_percent.
-        let live_count = svc.tasks.iter().filter(|t| live(t)).count();
-        let new_count = svc.tasks.iter().filter(|t| live(t) && Arc::ptr_eq(&t.revision, &svc.rev)).count();
-        let room = max.max(desired).saturating_sub(live_count);
-        let to_start = room.min(desired.saturating_sub(new_count));
-        for _ in 0..to_start {
+        for _ in 0..plan.start {
             let n = self.next_task;
             self.next_task += 1;
             let id = format!("{name}-{n}");
@@ -742,20 +729,6 @@ impl Supervisor {
             });
             let i = svc.tasks.len() - 1;
             self.launch(name, &mut svc, i, now);
-        }
-        // Stop healthy old tasks as long as the healthy count stays at or above the minimum.
-        let healthy = svc.tasks.iter().filter(|t| t.state == St::Running).count();
-        let mut can_stop = healthy.saturating_sub(min);
-        let mut old_running: Vec<usize> = (0..svc.tasks.len())
-            .filter(|&i| svc.tasks[i].state == St::Running && !Arc::ptr_eq(&svc.tasks[i].revision, &svc.rev))
-            .collect();
-        old_running.sort_by_key(|&i| task_n(&svc.tasks[i].id));
-        for i in old_running {
-            if can_stop == 0 {
-                break;
-            }
-            stop_task(&mut svc.tasks[i], timeout);
-            can_stop -= 1;
         }
 
         // Deployment state.
