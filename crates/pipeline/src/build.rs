@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -179,21 +178,8 @@ fn run_commands(
         .envs(env)
         .stdin(Stdio::null())
         .stdout(Stdio::from(out))
-        .stderr(Stdio::from(err))
-        .process_group(0);
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: the closure only makes async-signal-safe system calls.
-    unsafe {
-        cmd.pre_exec(move || {
-            // Die with the thread that started us, even on SIGKILL of coalmine.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_uint);
-            Ok(())
-        });
-    }
+        .stderr(Stdio::from(err));
+    coalmine_runtime::local::process::confine(&mut cmd);
     let mut child = cmd.spawn().map_err(|e| format!("cannot start bash: {e}"))?;
     let pgid = child.id() as i32;
     // Whatever the commands leave running in their group (a `cmd &` never waited for) is
@@ -229,9 +215,7 @@ impl BuildGroup {
 
 impl Drop for BuildGroup {
     fn drop(&mut self) {
-        unsafe {
-            libc::kill(-(self.pgid as i32), libc::SIGKILL);
-        }
+        coalmine_runtime::local::process::kill_group(self.pgid);
         let _ = std::fs::remove_file(&self.file);
     }
 }
@@ -278,9 +262,7 @@ fn wait_commands(child: &mut std::process::Child, pgid: i32, deadline: Instant, 
             None
         };
         if let Some(why) = why {
-            unsafe {
-                libc::kill(-pgid, libc::SIGKILL);
-            }
+            coalmine_runtime::local::process::kill_group(pgid as u32);
             let _ = child.wait();
             return Err(why.to_string());
         }

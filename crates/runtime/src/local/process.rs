@@ -87,12 +87,20 @@ fn configure(cmd: &mut Command, dir: &Path, env: &BTreeMap<String, String>, scru
         }
     }
     cmd.envs(env);
+    confine(cmd.as_std_mut());
+}
+
+/// How coalmine starts every process of its own (tasks, health checks, build commands): in a
+/// process group of its own (so the whole group can be signalled), killed when the thread that
+/// started it dies (even on SIGKILL of coalmine; a parent already gone makes it exit at once),
+/// and without descriptors some library opened without `O_CLOEXEC`.
+pub fn confine(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
     cmd.process_group(0);
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: the closure only makes async-signal-safe system calls.
     unsafe {
         cmd.pre_exec(move || {
-            // Die with the thread that started us (the supervisor), even on SIGKILL of coalmine.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -100,7 +108,6 @@ fn configure(cmd: &mut Command, dir: &Path, env: &BTreeMap<String, String>, scru
             if libc::getppid() != parent {
                 libc::_exit(1);
             }
-            // Descriptors some library opened without O_CLOEXEC must not reach the task.
             libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_uint);
             Ok(())
         });
@@ -111,6 +118,11 @@ fn configure(cmd: &mut Command, dir: &Path, env: &BTreeMap<String, String>, scru
 pub(crate) fn signal_group(pid: u32, sig: Signal) {
     let p = Pid::from_raw(pid as i32);
     let _ = killpg(p, sig);
+}
+
+/// SIGKILL a whole process group (a build command's, on timeout, cancel or end).
+pub fn kill_group(pgid: u32) {
+    signal_group(pgid, Signal::SIGKILL);
 }
 
 /// Kill what is left of a process group coalmine started: group `pgid`, whose leader (pid
