@@ -11,11 +11,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, Message, MessageSystemAttributeName, QueueAttributeName};
 use aws_sdk_sqs::Client;
+use coalmine_pipeline::now_ms;
 use coalmine_pipeline::queue_admin::{ConsumerCounts, DeadLetter, InFlight, QueueAdmin, QueueAdminError, QueueDepth, RedriveAll};
 use coalmine_proxy::collect::Collector;
 use coalmine_proxy::telemetry::Report;
@@ -45,10 +46,6 @@ fn err(e: impl std::fmt::Display) -> QueueAdminError {
 
 fn sdk_err<E: std::error::Error + 'static>(what: &str, e: aws_sdk_sqs::error::SdkError<E>) -> QueueAdminError {
     QueueAdminError(format!("{what}: {}", aws_sdk_sqs::error::DisplayErrorContext(&e)))
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// The app's queue, its DLQ and the telemetry queue on an external SQS.
