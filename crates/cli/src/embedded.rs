@@ -1,6 +1,6 @@
-//! The pipeline's `QueueAdmin` over the embedded queue, in the same process.
+//! The pipeline's `QueueControl` and `TelemetrySource` over the embedded queue, in the same process.
 
-use coalmine_pipeline::queue_admin::{ConsumerCounts, DeadLetter, InFlight, QueueAdmin, QueueAdminError, QueueDepth, RedriveAll};
+use coalmine_pipeline::queue_admin::{ConsumerCounts, DeadLetter, InFlight, QueueAdminError, QueueControl, TelemetrySource, QueueDepth, RedriveAll};
 use coalmine_analysis::consumer::{failure_run, Interval, WARMUP_MESSAGES, WARMUP_MS};
 use coalmine_queue::{Broker, ConsumerTelemetry, LatencyHistogram};
 
@@ -49,12 +49,7 @@ fn err(e: impl std::fmt::Display) -> QueueAdminError {
     QueueAdminError(e.to_string())
 }
 
-impl QueueAdmin for EmbeddedQueue {
-    fn telemetry(&self, since_ms: u64) -> Result<Vec<ConsumerCounts>, QueueAdminError> {
-        let series = self.broker.telemetry(&self.queue, since_ms).map_err(err)?;
-        Ok(series.into_iter().map(counts).collect())
-    }
-
+impl QueueControl for EmbeddedQueue {
     fn depth(&self) -> Result<QueueDepth, QueueAdminError> {
         let q = self.broker.queue_stats(&self.queue).map_err(err)?;
         let d = self.broker.queue_stats(&self.dlq).map_err(err)?;
@@ -68,16 +63,6 @@ impl QueueAdmin for EmbeddedQueue {
             backend: "embedded".into(),
             lacks: Vec::new(),
         })
-    }
-
-    fn in_flight(&self) -> Result<Vec<InFlight>, QueueAdminError> {
-        Ok(self
-            .broker
-            .in_flight(&self.queue)
-            .map_err(err)?
-            .into_iter()
-            .map(|m| InFlight { message_id: m.message_id, access_key_id: m.access_key_id, received_at_ms: m.received_at_ms })
-            .collect())
     }
 
     fn dead_letters(&self) -> Result<Vec<DeadLetter>, QueueAdminError> {
@@ -102,6 +87,23 @@ impl QueueAdmin for EmbeddedQueue {
 
     fn release_in_flight(&self, access_key_ids: &[String]) -> Result<usize, QueueAdminError> {
         self.broker.release_in_flight(&self.queue, access_key_ids).map_err(err)
+    }
+}
+
+impl TelemetrySource for EmbeddedQueue {
+    fn consumers(&self, since_ms: u64) -> Result<Vec<ConsumerCounts>, QueueAdminError> {
+        let series = self.broker.telemetry(&self.queue, since_ms).map_err(err)?;
+        Ok(series.into_iter().map(counts).collect())
+    }
+
+    fn in_flight(&self) -> Result<Vec<InFlight>, QueueAdminError> {
+        Ok(self
+            .broker
+            .in_flight(&self.queue)
+            .map_err(err)?
+            .into_iter()
+            .map(|m| InFlight { message_id: m.message_id, access_key_id: m.access_key_id, received_at_ms: m.received_at_ms })
+            .collect())
     }
 }
 

@@ -1,4 +1,4 @@
-//! The pipeline's `QueueAdmin` over an SQS coalmine does not run (Amazon SQS, moto, LocalStack,
+//! The pipeline's `QueueControl` and `TelemetrySource` over an SQS coalmine does not run (Amazon SQS, moto, LocalStack,
 //! another coalmine): depth from `GetQueueAttributes`, per-task telemetry from the queue
 //! proxies' reports on the telemetry queue, dead letters attributed by the failures the proxies
 //! reported, and a selective redrive that is journaled step by step.
@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, Message, MessageSystemAttributeName, QueueAttributeName};
 use aws_sdk_sqs::Client;
 use coalmine_pipeline::now_ms;
-use coalmine_pipeline::queue_admin::{ConsumerCounts, DeadLetter, InFlight, QueueAdmin, QueueAdminError, QueueDepth, RedriveAll};
+use coalmine_pipeline::queue_admin::{ConsumerCounts, DeadLetter, InFlight, QueueAdminError, QueueControl, TelemetrySource, QueueDepth, RedriveAll};
 use coalmine_proxy::collect::Collector;
 use coalmine_proxy::telemetry::Report;
 use coalmine_runtime::TaskIdentity;
@@ -372,31 +372,7 @@ async fn read_reports(client: Client, url: String, collector: Arc<Mutex<Collecto
     }
 }
 
-impl QueueAdmin for SqsQueue {
-    fn telemetry(&self, since_ms: u64) -> Result<Vec<ConsumerCounts>, QueueAdminError> {
-        let window = self.collector.lock().unwrap().window(since_ms, now_ms());
-        let dead = self.dead_seen.lock().unwrap();
-        Ok(window
-            .into_iter()
-            .map(|t| {
-                let access_key_id = self.key(&t.service, &t.revision, &t.task);
-                ConsumerCounts {
-                    dead_lettered: dead.get(&access_key_id).map_or(0, |s| s.len() as u64),
-                    access_key_id,
-                    received: t.received,
-                    deleted: t.deleted,
-                    returned: t.returned,
-                    released: t.released,
-                    expired: t.expired,
-                    latencies_ms: t.latencies_ms,
-                    warm_latencies_ms: t.warm_latencies_ms,
-                    failures_since_success: t.failures_since_success,
-                    last_success_ms: t.last_success_ms,
-                }
-            })
-            .collect())
-    }
-
+impl QueueControl for SqsQueue {
     fn depth(&self) -> Result<QueueDepth, QueueAdminError> {
         let (client, q, d) = (self.client.clone(), self.queue_url.clone(), self.dlq_url.clone());
         self.run(async move {
@@ -434,19 +410,6 @@ impl QueueAdmin for SqsQueue {
                 lacks: LACKS.iter().map(|s| s.to_string()).collect(),
             })
         })?
-    }
-
-    fn in_flight(&self) -> Result<Vec<InFlight>, QueueAdminError> {
-        let now = now_ms();
-        let window = self.collector.lock().unwrap().window(now.saturating_sub(30 * 60_000), now);
-        Ok(window
-            .into_iter()
-            .flat_map(|t| {
-                let key = self.key(&t.service, &t.revision, &t.task);
-                // The proxies report how long, not which: SQS does not say who holds a message.
-                t.held_ms.into_iter().map(move |age| InFlight { message_id: String::new(), access_key_id: key.clone(), received_at_ms: now.saturating_sub(age) })
-            })
-            .collect())
     }
 
     fn dead_letters(&self) -> Result<Vec<DeadLetter>, QueueAdminError> {
@@ -534,6 +497,45 @@ impl QueueAdmin for SqsQueue {
         // SQS cannot make visible what another consumer holds; each task's proxy does it when
         // its task stops.
         Ok(0)
+    }
+}
+
+impl TelemetrySource for SqsQueue {
+    fn consumers(&self, since_ms: u64) -> Result<Vec<ConsumerCounts>, QueueAdminError> {
+        let window = self.collector.lock().unwrap().window(since_ms, now_ms());
+        let dead = self.dead_seen.lock().unwrap();
+        Ok(window
+            .into_iter()
+            .map(|t| {
+                let access_key_id = self.key(&t.service, &t.revision, &t.task);
+                ConsumerCounts {
+                    dead_lettered: dead.get(&access_key_id).map_or(0, |s| s.len() as u64),
+                    access_key_id,
+                    received: t.received,
+                    deleted: t.deleted,
+                    returned: t.returned,
+                    released: t.released,
+                    expired: t.expired,
+                    latencies_ms: t.latencies_ms,
+                    warm_latencies_ms: t.warm_latencies_ms,
+                    failures_since_success: t.failures_since_success,
+                    last_success_ms: t.last_success_ms,
+                }
+            })
+            .collect())
+    }
+
+    fn in_flight(&self) -> Result<Vec<InFlight>, QueueAdminError> {
+        let now = now_ms();
+        let window = self.collector.lock().unwrap().window(now.saturating_sub(30 * 60_000), now);
+        Ok(window
+            .into_iter()
+            .flat_map(|t| {
+                let key = self.key(&t.service, &t.revision, &t.task);
+                // The proxies report how long, not which: SQS does not say who holds a message.
+                t.held_ms.into_iter().map(move |age| InFlight { message_id: String::new(), access_key_id: key.clone(), received_at_ms: now.saturating_sub(age) })
+            })
+            .collect())
     }
 }
 

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 pub use clock::{system_clock, Clock, ManualClock, SystemClock};
 pub use engine::{Engine, EngineParts, Paths};
-pub use queue_admin::QueueAdmin;
+pub use queue_admin::{QueueControl, TelemetrySource};
 pub use view::{ExecutionView, ServiceView, StatusView};
 
 /// Errors of the pipeline.

@@ -1,5 +1,7 @@
-//! How the pipeline sees the queue: a small trait, one implementation per backend
-//! (the embedded queue is wired in by the binary; Amazon SQS later).
+//! How the pipeline sees the queue: what moves messages ([`QueueControl`]) apart from what
+//! measures ([`TelemetrySource`]), as Flagger keeps routers apart from metric providers; one
+//! implementation of each per backend (the embedded queue, any SQS through the queue proxies),
+//! wired in by the binary. What a backend cannot tell or do it names in [`QueueDepth::lacks`].
 
 use serde::Serialize;
 
@@ -77,12 +79,9 @@ pub struct RedriveAll {
     pub how: String,
 }
 
-/// The queue operations the pipeline needs.
-pub trait QueueAdmin: Send + Sync {
-    /// Per consumer of the app's queue, counts since `since_ms` (Unix milliseconds).
-    fn telemetry(&self, since_ms: u64) -> Result<Vec<ConsumerCounts>, QueueAdminError>;
+/// What moves messages, and how deep the queues are: the queue's own API (any SQS has it).
+pub trait QueueControl: Send + Sync {
     fn depth(&self) -> Result<QueueDepth, QueueAdminError>;
-    fn in_flight(&self) -> Result<Vec<InFlight>, QueueAdminError>;
     fn dead_letters(&self) -> Result<Vec<DeadLetter>, QueueAdminError>;
     /// Move these DLQ messages back to the app's queue; returns how many moved.
     fn redrive(&self, message_ids: &[String]) -> Result<usize, QueueAdminError>;
@@ -91,4 +90,13 @@ pub trait QueueAdmin: Send + Sync {
     fn redrive_all(&self) -> Result<RedriveAll, QueueAdminError>;
     /// Make the messages these consumers hold visible again now; returns how many.
     fn release_in_flight(&self, access_key_ids: &[String]) -> Result<usize, QueueAdminError>;
+}
+
+/// What measures: per consumer (task), what it did and what it holds. The embedded queue sees
+/// it itself; on any other SQS the queue proxies report it.
+pub trait TelemetrySource: Send + Sync {
+    /// Per consumer of the app's queue, counts since `since_ms` (Unix milliseconds).
+    fn consumers(&self, since_ms: u64) -> Result<Vec<ConsumerCounts>, QueueAdminError>;
+    /// The messages consumers hold now.
+    fn in_flight(&self) -> Result<Vec<InFlight>, QueueAdminError>;
 }

@@ -33,7 +33,7 @@ use coalmine_spec::AppSpec;
 
 use crate::build::{BuildRequest, Builder, Cancel};
 use crate::clock::{Clock, ManualClock};
-use crate::queue_admin::{ConsumerCounts, DeadLetter, InFlight, QueueAdmin, QueueAdminError, QueueDepth, RedriveAll};
+use crate::queue_admin::{ConsumerCounts, DeadLetter, InFlight, QueueAdminError, QueueControl, TelemetrySource, QueueDepth, RedriveAll};
 use crate::source::{Commit, Source};
 use crate::store::{status, ExecutionRow, Store};
 use crate::{Engine, EngineParts, Paths, PipelineError};
@@ -394,49 +394,7 @@ impl FakeQueue {
     }
 }
 
-impl QueueAdmin for FakeQueue {
-    fn telemetry(&self, since_ms: u64) -> Result<Vec<ConsumerCounts>, QueueAdminError> {
-        let st = self.check()?;
-        let mut by: BTreeMap<&str, ConsumerCounts> = BTreeMap::new();
-        // Messages received since each consumer's last success: a run of failures counts no
-        // more of them than that (as the embedded queue's admin counts it).
-        let mut received_since: BTreeMap<&str, u64> = BTreeMap::new();
-        for (at, key, ev) in st.events.iter().filter(|(at, _, _)| *at >= since_ms) {
-            let c = by.entry(key.as_str()).or_insert_with(|| ConsumerCounts { access_key_id: key.clone(), ..Default::default() });
-            let since = received_since.entry(key.as_str()).or_default();
-            match ev {
-                Ev::Received => {
-                    c.received += 1;
-                    *since += 1;
-                }
-                Ev::Deleted { latency_ms } => {
-                    c.deleted += 1;
-                    if c.latencies_ms.len() >= WARMUP_MESSAGES {
-                        c.warm_latencies_ms.push(*latency_ms);
-                    }
-                    c.latencies_ms.push(*latency_ms);
-                    c.last_success_ms = Some(*at);
-                    c.failures_since_success = 0;
-                    *since = 0;
-                }
-                Ev::Returned => {
-                    c.returned += 1;
-                    c.failures_since_success += 1;
-                }
-                Ev::Expired => {
-                    c.expired += 1;
-                    c.failures_since_success += 1;
-                }
-                Ev::Released => c.released += 1,
-                Ev::DeadLettered => c.dead_lettered += 1,
-            }
-        }
-        for (key, c) in by.iter_mut() {
-            c.failures_since_success = c.failures_since_success.min(received_since.get(key).copied().unwrap_or(0));
-        }
-        Ok(by.into_values().collect())
-    }
-
+impl QueueControl for FakeQueue {
     fn depth(&self) -> Result<QueueDepth, QueueAdminError> {
         drop(self.check()?);
         let t = self.totals();
@@ -452,20 +410,6 @@ impl QueueAdmin for FakeQueue {
             .max()
             .unwrap_or(0);
         Ok(QueueDepth { visible: t.visible, in_flight: t.in_flight, delayed: 0, oldest_age_ms: oldest, dlq_visible: t.dead, dlq_in_flight: 0, backend: "fake".into(), lacks: Vec::new() })
-    }
-
-    fn in_flight(&self) -> Result<Vec<InFlight>, QueueAdminError> {
-        let st = self.check()?;
-        Ok(st
-            .messages
-            .iter()
-            .filter_map(|(id, p)| match p {
-                Place::InFlight { key, since_ms } => {
-                    Some(InFlight { message_id: id.clone(), access_key_id: key.clone(), received_at_ms: *since_ms })
-                }
-                _ => None,
-            })
-            .collect())
     }
 
     fn dead_letters(&self) -> Result<Vec<DeadLetter>, QueueAdminError> {
@@ -516,6 +460,64 @@ impl QueueAdmin for FakeQueue {
             st.events.push((now, key, Ev::Released));
         }
         Ok(n)
+    }
+}
+
+impl TelemetrySource for FakeQueue {
+    fn consumers(&self, since_ms: u64) -> Result<Vec<ConsumerCounts>, QueueAdminError> {
+        let st = self.check()?;
+        let mut by: BTreeMap<&str, ConsumerCounts> = BTreeMap::new();
+        // Messages received since each consumer's last success: a run of failures counts no
+        // more of them than that (as the embedded queue's admin counts it).
+        let mut received_since: BTreeMap<&str, u64> = BTreeMap::new();
+        for (at, key, ev) in st.events.iter().filter(|(at, _, _)| *at >= since_ms) {
+            let c = by.entry(key.as_str()).or_insert_with(|| ConsumerCounts { access_key_id: key.clone(), ..Default::default() });
+            let since = received_since.entry(key.as_str()).or_default();
+            match ev {
+                Ev::Received => {
+                    c.received += 1;
+                    *since += 1;
+                }
+                Ev::Deleted { latency_ms } => {
+                    c.deleted += 1;
+                    if c.latencies_ms.len() >= WARMUP_MESSAGES {
+                        c.warm_latencies_ms.push(*latency_ms);
+                    }
+                    c.latencies_ms.push(*latency_ms);
+                    c.last_success_ms = Some(*at);
+                    c.failures_since_success = 0;
+                    *since = 0;
+                }
+                Ev::Returned => {
+                    c.returned += 1;
+                    c.failures_since_success += 1;
+                }
+                Ev::Expired => {
+                    c.expired += 1;
+                    c.failures_since_success += 1;
+                }
+                Ev::Released => c.released += 1,
+                Ev::DeadLettered => c.dead_lettered += 1,
+            }
+        }
+        for (key, c) in by.iter_mut() {
+            c.failures_since_success = c.failures_since_success.min(received_since.get(key).copied().unwrap_or(0));
+        }
+        Ok(by.into_values().collect())
+    }
+
+    fn in_flight(&self) -> Result<Vec<InFlight>, QueueAdminError> {
+        let st = self.check()?;
+        Ok(st
+            .messages
+            .iter()
+            .filter_map(|(id, p)| match p {
+                Place::InFlight { key, since_ms } => {
+                    Some(InFlight { message_id: id.clone(), access_key_id: key.clone(), received_at_ms: *since_ms })
+                }
+                _ => None,
+            })
+            .collect())
     }
 }
 
@@ -946,6 +948,7 @@ impl Fixture {
             paths: paths.clone(),
             runtime: Arc::new(runtime.clone()),
             queue: Arc::new(queue.clone()),
+            telemetry: Arc::new(queue.clone()),
             source: Box::new(source.clone()),
             builder: builder.clone(),
             queue_env: QueueEnv {

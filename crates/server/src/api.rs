@@ -603,7 +603,7 @@ async fn redrive_all(State(s): State<AppState>, body: Option<Json<Because>>) -> 
 #[utoipa::path(get, path = "/queue/in-flight", tag = "queue",
     responses((status = 200, body = [coalmine_pipeline::queue_admin::InFlight]), (status = 500, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn in_flight(State(s): State<AppState>) -> ApiResult {
-    ok(blocking(&s.engine, |e| Ok(e.queue().in_flight().map_err(PipelineError::from)?)).await?)
+    ok(blocking(&s.engine, |e| Ok(e.telemetry().in_flight().map_err(PipelineError::from)?)).await?)
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -652,7 +652,7 @@ struct ConsumerWindow {
     responses((status = 200, body = [ConsumerWindow]), (status = 500, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn telemetry(State(s): State<AppState>, Query(q): Query<Window>) -> ApiResult {
     let since = coalmine_pipeline::now_ms().saturating_sub(q.seconds.unwrap_or(300) * 1000);
-    let counts = blocking(&s.engine, move |e| Ok(e.queue().telemetry(since).map_err(PipelineError::from)?)).await?;
+    let counts = blocking(&s.engine, move |e| Ok(e.telemetry().consumers(since).map_err(PipelineError::from)?)).await?;
     let out: Vec<ConsumerWindow> = counts
         .into_iter()
         .map(|c| {

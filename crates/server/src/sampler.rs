@@ -228,7 +228,7 @@ fn sample_once(shared: &Shared, last: Option<u64>) -> u64 {
     // windows[i]: everything since second first+i; second k is windows[k] minus windows[k+1].
     let mut windows = Vec::new();
     for k in first..=sec {
-        match engine.queue().telemetry(k * 1000) {
+        match engine.telemetry().consumers(k * 1000) {
             Ok(w) => windows.push(w),
             Err(e) => {
                 tracing::debug!("sampler: queue telemetry: {e}");

@@ -482,7 +482,7 @@ fn on_revision(st: &StatusView, service: &str, revision: &str, tasks: u32) -> bo
 /// (service, revision) -> (received, processed) since `since_ms`.
 fn per_service(running: &Running, since_ms: u64) -> anyhow::Result<BTreeMap<(String, String), (u64, u64)>> {
     let mut out = BTreeMap::new();
-    for c in running.engine.queue().telemetry(since_ms)? {
+    for c in running.engine.telemetry().consumers(since_ms)? {
         if let Some(id) = TaskIdentity::parse(&c.access_key_id) {
             let e = out.entry((id.service, id.revision)).or_insert((0, 0));
             e.0 += c.received;

@@ -107,7 +107,8 @@ pub async fn start(args: &UpArgs) -> anyhow::Result<Running> {
     // tasks reach through their queue proxies.
     let queue_keys = workspace::ensure_queue_credentials(&state)?;
     let external = spec.queue.endpoint.is_some() || spec.runtime.ecs().is_some();
-    let (broker, queue_endpoint, queue_url, queue_admin): (Option<Broker>, String, String, Arc<dyn coalmine_pipeline::queue_admin::QueueAdmin>) =
+    type Queue = (Arc<dyn coalmine_pipeline::QueueControl>, Arc<dyn coalmine_pipeline::TelemetrySource>);
+    let (broker, queue_endpoint, queue_url, (queue_control, telemetry)): (Option<Broker>, String, String, Queue) =
         if external {
             let (sqs, differences) = tokio::task::block_in_place(|| SqsQueue::connect(&spec, &state)).with_context(|| {
                 format!(
@@ -120,7 +121,8 @@ pub async fn start(args: &UpArgs) -> anyhow::Result<Running> {
             }
             let endpoint = spec.queue.endpoint.clone().unwrap_or_else(|| coalmine_proxy::aws_endpoint(&spec.queue.region));
             let url = sqs.queue_url.clone();
-            (None, endpoint, url, Arc::new(sqs))
+            let sqs = Arc::new(sqs);
+            (None, endpoint, url, (sqs.clone(), sqs))
         } else {
             // The embedded queue: it checks every request's signature against the keys it knows.
             let mut qcfg = BrokerConfig::new(state.clone());
@@ -148,7 +150,7 @@ pub async fn start(args: &UpArgs) -> anyhow::Result<Running> {
             }
             let queue_url = ensure_queues(&broker, &spec, &queue_endpoint)?;
             let admin = Arc::new(EmbeddedQueue { broker: broker.clone(), queue: spec.queue.name.clone(), dlq: spec.queue.dlq.clone() });
-            (Some(broker), queue_endpoint, queue_url, admin)
+            (Some(broker), queue_endpoint, queue_url, (admin.clone(), admin))
         };
 
     // The runtime, the pipeline.
@@ -171,7 +173,8 @@ pub async fn start(args: &UpArgs) -> anyhow::Result<Running> {
         spec: spec.clone(),
         paths,
         runtime: runtime.clone(),
-        queue: queue_admin,
+        queue: queue_control,
+        telemetry,
         source: Box::new(source),
         builder: Arc::new(BuildspecBuilder),
         build_env,

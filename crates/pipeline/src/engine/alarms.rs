@@ -58,7 +58,7 @@ impl Engine {
     /// Gather the numbers the analysis judges.
     pub(crate) fn observe(&self, canary_rev: &str, primary_rev: &str, since_ms: u64) -> Result<Observation, PipelineError> {
         let now = self.now_ms();
-        let telemetry = self.queue.telemetry(since_ms)?;
+        let telemetry = self.telemetry.consumers(since_ms)?;
         let mut canary = RevisionSample { revision: canary_rev.into(), ..Default::default() };
         let mut primary = RevisionSample { revision: primary_rev.into(), ..Default::default() };
         let mut keys: HashMap<String, bool> = HashMap::new();
@@ -87,7 +87,7 @@ impl Engine {
         }
         primary.last_success_ago_ms = last_success[0].map(|t| now.saturating_sub(t));
         canary.last_success_ago_ms = last_success[1].map(|t| now.saturating_sub(t));
-        for m in self.queue.in_flight()? {
+        for m in self.telemetry.in_flight()? {
             if let Some(is_canary) = keys.get(&m.access_key_id) {
                 let sample = if *is_canary { &mut canary } else { &mut primary };
                 sample.held_ms.push(now.saturating_sub(m.received_at_ms));

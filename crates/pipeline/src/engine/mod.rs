@@ -19,7 +19,7 @@ use coalmine_spec::{AppSpec, Promote, ServiceName, Step};
 use serde::{Deserialize, Serialize};
 
 use crate::build::{BuildRequest, Builder, Cancel};
-use crate::queue_admin::QueueAdmin;
+use crate::queue_admin::{QueueControl, TelemetrySource};
 use crate::source::{Commit, Source};
 use crate::store::{status, Status, ApprovalRow, ExecutionRow, RollbackRow, StageRow, Store, VerdictRow};
 use crate::clock::Clock;
@@ -135,7 +135,8 @@ pub struct EngineParts {
     pub spec: AppSpec,
     pub paths: Paths,
     pub runtime: Arc<dyn Runtime>,
-    pub queue: Arc<dyn QueueAdmin>,
+    pub queue: Arc<dyn QueueControl>,
+    pub telemetry: Arc<dyn TelemetrySource>,
     pub source: Box<dyn Source>,
     pub builder: Arc<dyn Builder>,
     /// How tasks reach the queue.
@@ -153,7 +154,8 @@ pub struct Engine {
     pub(crate) paths: Paths,
     pub(crate) store: Mutex<Store>,
     pub(crate) runtime: Arc<dyn Runtime>,
-    pub(crate) queue: Arc<dyn QueueAdmin>,
+    pub(crate) queue: Arc<dyn QueueControl>,
+    pub(crate) telemetry: Arc<dyn TelemetrySource>,
     source: Box<dyn Source>,
     builder: Arc<dyn Builder>,
     queue_env: QueueEnv,
@@ -194,6 +196,7 @@ impl Engine {
             store: Mutex::new(store),
             runtime: parts.runtime,
             queue: parts.queue,
+            telemetry: parts.telemetry,
             source: parts.source,
             builder: parts.builder,
             queue_env: parts.queue_env,
@@ -225,8 +228,12 @@ impl Engine {
         &self.runtime
     }
 
-    pub fn queue(&self) -> &Arc<dyn QueueAdmin> {
+    pub fn queue(&self) -> &Arc<dyn QueueControl> {
         &self.queue
+    }
+
+    pub fn telemetry(&self) -> &Arc<dyn TelemetrySource> {
+        &self.telemetry
     }
 
     /// Wake the loop now.
@@ -320,7 +327,7 @@ impl Engine {
             .flat_map(|s| s.tasks.into_iter().map(|t| t.access_key_id))
             .collect();
         let mut gone: Vec<String> = self
-            .queue
+            .telemetry
             .in_flight()?
             .into_iter()
             .map(|m| m.access_key_id)

@@ -40,7 +40,7 @@ impl Engine {
                     _ => None,
                 })
                 .unwrap_or(rb.at_ms) as u64;
-            let telemetry = self.queue.telemetry(stage_start)?;
+            let telemetry = self.telemetry.consumers(stage_start)?;
             // The canary's tasks of that revision only: a retried release of the same commit
             // may run on the primary now, and its messages are not this rollback's.
             let is_bad = |key: &str| TaskIdentity::parse(key).is_some_and(|id| id.revision == rb.revision && id.service == "canary");
