@@ -87,6 +87,10 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread().enable_all().build()
 }
 
+/// How long a stopping proxy waits for the requests still in flight once its app is gone:
+/// SQS's longest long poll (20 s) and a second.
+pub const LATE_RECEIVE_GRACE: Duration = Duration::from_secs(21);
+
 /// The telemetry queue's name as `up` and `synth` create it.
 pub fn telemetry_queue_name(app: &str) -> String {
     format!("{app}-coalmine-telemetry")

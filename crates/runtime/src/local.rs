@@ -63,9 +63,11 @@ pub struct LocalOptions {
 }
 
 /// With a sidecar, SIGKILL comes this much after the stop timeout: the app gets its whole stop
-/// timeout and the sidecar (the queue proxy) still has time to hand back what the app held and
-/// send its final report — as on ECS, where the sidecar container has its own, longer one.
-pub const SIDECAR_STOP_MARGIN: Duration = Duration::from_secs(5);
+/// timeout and the sidecar (the queue proxy) still has time to wait for a long poll the app
+/// left in flight (up to 21 s), hand back what the app held and send its final report — as on
+/// ECS, where the sidecar container has its own, longer one. A proxy with nothing in flight
+/// exits at once.
+pub const SIDECAR_STOP_MARGIN: Duration = Duration::from_secs(25);
 
 impl LocalOptions {
     /// How long a task of a service with `stop_timeout` may take to stop before SIGKILL.

@@ -165,10 +165,13 @@ async fn serve(a: ProxyArgs) -> anyhow::Result<ExitCode> {
             }
         };
         tracing::info!(%status, "the app exited");
-        // The app is gone: an answer still on its way (a long poll) goes nowhere, and what it
-        // receives is handed back below. Wait only a moment — the runtime's SIGKILL may be
-        // close, and the hand-back and the final report must come before it.
-        running.drain(Duration::from_millis(300)).await;
+        // The app is gone: an answer still on its way (a long poll) goes nowhere. Wait for it
+        // (SQS answers a long poll within 20 s): what it brings is handed back below and named
+        // in the final report. Cut short, SQS would keep those messages invisible for the
+        // visibility timeout and, with maxReceiveCount 1, dead-letter them at their next
+        // receive with nobody to say which revision failed them. The runtime's SIGKILL comes
+        // later than this (`SIDECAR_STOP_MARGIN`; on ECS the sidecar's own stop timeout).
+        running.drain(coalmine_proxy::LATE_RECEIVE_GRACE).await;
         code = match status.code() {
             Some(0) => ExitCode::SUCCESS,
             Some(c) => ExitCode::from(c.clamp(1, 255) as u8),
