@@ -2,14 +2,19 @@
 `listening on http://127.0.0.1:<port>` once it accepts connections. It stops when its standard
 input closes, so it never outlives the test process that started it.
 
-`--ecs-rollouts` adds the stand-in for ECS deployments and tasks (`ecs_standin.py`)."""
+moto's SQS is made safe under concurrent requests first (`sqs_serial.py`: its races lose
+messages SQS never loses). `--ecs-rollouts` adds the stand-in for ECS deployments and tasks
+(`ecs_standin.py`)."""
 
 import sys
 
 from moto.server import ThreadedMotoServer
 
+import sqs_serial
+
 
 def main() -> None:
+    sqs_serial.install()
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     if "--ecs-rollouts" in sys.argv[1:]:
         import ecs_standin

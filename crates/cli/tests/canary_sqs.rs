@@ -236,8 +236,23 @@ fn story(style: &str) {
                 r.map(|r| r.messages().iter().map(|m| format!("{:?} {:?} {:?}", m.message_id(), m.body(), m.attributes())).collect::<Vec<_>>()).unwrap_or_default()
             })
         };
+        // What every task, its proxy and the SQS endpoint said that looks like trouble.
+        let trouble = |text: &str| -> String {
+            let keys = ["Traceback", "Error", "error", "WARN", "panic", "exited", " 500 "];
+            text.lines().filter(|l| keys.iter().any(|k| l.contains(k)) && !l.contains("config file overridden")).take(30).collect::<Vec<_>>().join("\n")
+        };
+        let mut task_logs = String::new();
+        for sub in ["canary", "primary"] {
+            for e in std::fs::read_dir(dir.join(sub)).into_iter().flatten().flatten() {
+                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                task_logs.push_str(&format!("--- {}\n{}\n... last:\n{}\n", e.path().display(), trouble(&text), tail(&text, 5)));
+            }
+        }
+        if let Some(moto) = &moto {
+            task_logs.push_str(&format!("--- moto's log\n{}\n", trouble(&moto.log())));
+        }
         panic!(
-            "{style}: {} of {sent} orders have no end, e.g. {:?}\nlog lines: {lines:#?}\nqueue: {:#?}\nDLQ: {:#?}\nrollbacks: {}\n{}",
+            "{style}: {} of {sent} orders have no end, e.g. {:?}\nlog lines: {lines:#?}\nqueue: {:#?}\nDLQ: {:#?}\nrollbacks: {}\n{}\ntask logs:\n{task_logs}",
             missing.len(),
             &missing[..missing.len().min(10)],
             peek(&queue),

@@ -12,8 +12,8 @@
 #[path = "pyenv.rs"]
 mod pyenv;
 #[allow(unused_imports)]
-pub use pyenv::{run_checked, run_with_timeout};
-use pyenv::{python_dir, python_env, target_dir, AWS};
+pub use pyenv::{python_dir, run_checked, run_with_timeout};
+use pyenv::{python_env, target_dir, AWS};
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Write};
