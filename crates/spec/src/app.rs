@@ -539,8 +539,51 @@ fn is_queue_name(s: &str) -> bool {
 }
 
 fn convert(cx: &mut Ctx, raw: RawApp, root: PathBuf) -> AppSpec {
-    // app
-    let app = match &raw.app {
+    let app = convert_app(cx, &raw.app);
+    let source = convert_source(cx, raw.source, &root);
+    let build = convert_build(cx, raw.build);
+    // On ECS the image says how a task starts, so `[run] command` is optional there.
+    let on_ecs = raw.runtime.as_ref().and_then(|r| r.get_ref().kind.as_ref()).is_some_and(|k| k.get_ref() == "ecs");
+    let run = convert_run(cx, &raw.run, on_ecs);
+    let queue_region_given = raw.queue.as_ref().is_some_and(|q| q.region.is_some());
+    let ecs_region = raw.runtime.as_ref().filter(|_| on_ecs).and_then(|r| r.get_ref().region.as_ref());
+    let queue = convert_queue(cx, raw.queue, &app, ecs_region);
+    let services = convert_services(cx, raw.services);
+    let primary_tasks = services.primary.tasks;
+    let server = convert_server(cx, raw.server);
+
+    let runtime = match raw.runtime {
+        None => RuntimeSpec::Local,
+        Some(r) => convert_runtime(cx, r, &app, &queue.region, queue_region_given),
+    };
+
+    let steps = match raw.steps {
+        None => default_steps(),
+        Some(steps) => convert_steps(cx, steps, primary_tasks),
+    };
+    let alarms = match raw.alarms {
+        None => coalmine_analysis::default_alarms(),
+        Some(alarms) => convert_alarms(cx, alarms),
+    };
+
+    AppSpec {
+        app,
+        root,
+        source,
+        build,
+        run,
+        queue,
+        services,
+        server,
+        runtime,
+        steps,
+        alarms,
+    }
+}
+
+/// `app`: the app's name (a placeholder after an error).
+fn convert_app(cx: &mut Ctx, name: &S<String>) -> String {
+    match name {
         None => {
             cx.err(
                 Some(0..0),
@@ -561,10 +604,12 @@ fn convert(cx: &mut Ctx, raw: RawApp, root: PathBuf) -> AppSpec {
             }
             a.get_ref().clone()
         }
-    };
+    }
+}
 
-    // source
-    let src_raw = raw.source.unwrap_or(RawSource { repo: None, branch: None, poll_interval: None });
+/// `[source]`; a relative repository path is taken from `root`.
+fn convert_source(cx: &mut Ctx, raw: Option<RawSource>, root: &Path) -> SourceSpec {
+    let src_raw = raw.unwrap_or(RawSource { repo: None, branch: None, poll_interval: None });
     let repo_str = string_or(&src_raw.repo, ".");
     let repo = if repo_str.contains("://") || repo_str.starts_with("git@") {
         Repo::Url(repo_str)
@@ -581,24 +626,25 @@ fn convert(cx: &mut Ctx, raw: RawApp, root: PathBuf) -> AppSpec {
         }
     }
     let poll_interval = cx.positive_duration(&src_raw.poll_interval, "source.poll_interval", Duration::from_secs(5));
-    let source = SourceSpec { repo, branch, poll_interval };
+    SourceSpec { repo, branch, poll_interval }
+}
 
-    // build
-    let b = raw.build.unwrap_or(RawBuild { buildspec: None, timeout: None });
+/// `[build]`.
+fn convert_build(cx: &mut Ctx, raw: Option<RawBuild>) -> BuildSpec {
+    let b = raw.unwrap_or(RawBuild { buildspec: None, timeout: None });
     let buildspec = PathBuf::from(string_or(&b.buildspec, "buildspec.yml"));
     if buildspec.as_os_str().is_empty() {
         cx.err(b.buildspec.as_ref().map(|s| s.span()), "build.buildspec", "the buildspec path is empty", "leave it out for \"buildspec.yml\"".to_string());
     }
-    let build = BuildSpec {
+    BuildSpec {
         buildspec,
         timeout: cx.positive_duration(&b.timeout, "build.timeout", Duration::from_secs(3600)),
-    };
+    }
+}
 
-    // On ECS the image says how a task starts, so `[run] command` is optional there.
-    let on_ecs = raw.runtime.as_ref().and_then(|r| r.get_ref().kind.as_ref()).is_some_and(|k| k.get_ref() == "ecs");
-
-    // run
-    let run = match &raw.run {
+/// `[run]`; on ECS the image's CMD may stand in for the command.
+fn convert_run(cx: &mut Ctx, raw: &S<RawRun>, on_ecs: bool) -> RunSpec {
+    match raw {
         None if on_ecs => default_run(String::new()),
         None => {
             cx.err(
@@ -672,10 +718,12 @@ fn convert(cx: &mut Ctx, raw: RawApp, root: PathBuf) -> AppSpec {
                 maximum_percent,
             }
         }
-    };
+    }
+}
 
-    // queue
-    let q = raw.queue.unwrap_or(RawQueue {
+/// `[queue]`; on ECS the queue lives in the runtime's region (`ecs_region`) unless the file says otherwise.
+fn convert_queue(cx: &mut Ctx, raw: Option<RawQueue>, app: &str, ecs_region: Option<&Spanned<String>>) -> QueueSpec {
+    let q = raw.unwrap_or(RawQueue {
         name: None,
         visibility_timeout: None,
         dlq: None,
@@ -700,7 +748,7 @@ fn convert(cx: &mut Ctx, raw: RawApp, root: PathBuf) -> AppSpec {
     });
     let qname = match &from_url {
         Some((_, name, _)) => name.clone(),
-        None => string_or(&q.name, app.clone()),
+        None => string_or(&q.name, app.to_string()),
     };
     let dlq = string_or(&q.dlq, format!("{app}-dlq"));
     for (v, value, path) in [(&q.name, &qname, "queue.name"), (&q.dlq, &dlq, "queue.dlq")] {
@@ -735,10 +783,8 @@ fn convert(cx: &mut Ctx, raw: RawApp, root: PathBuf) -> AppSpec {
             cx.err(Some(e.span()), "queue.endpoint", format!("`{v}` is not an http(s) URL"), "write e.g. \"https://sqs.us-east-1.amazonaws.com\", or leave it out to run the embedded queue".to_string());
         }
     }
-    // On ECS the queue lives in the runtime's region unless the file says otherwise.
-    let ecs_region = raw.runtime.as_ref().filter(|_| on_ecs).and_then(|r| r.get_ref().region.clone());
     let url_region = from_url.as_ref().and_then(|(_, _, r)| r.clone());
-    let region = string_or(&q.region, url_region.or(ecs_region.as_ref().map(|r| r.get_ref().clone())).unwrap_or_else(|| "us-east-1".into()));
+    let region = string_or(&q.region, url_region.or(ecs_region.map(|r| r.get_ref().clone())).unwrap_or_else(|| "us-east-1".into()));
     if region.trim().is_empty() || region.contains(char::is_whitespace) {
         cx.err(q.region.as_ref().map(|s| s.span()), "queue.region", format!("`{region}` is not a region"), "write e.g. \"us-east-1\"".to_string());
     }
@@ -751,7 +797,7 @@ fn convert(cx: &mut Ctx, raw: RawApp, root: PathBuf) -> AppSpec {
             "write 12 digits, e.g. \"000000000000\" (the default) or \"123456789012\"".to_string(),
         );
     }
-    let queue = QueueSpec {
+    QueueSpec {
         account_id,
         verify_signatures: q.verify_signatures.as_ref().map(|s| *s.get_ref()).unwrap_or(true),
         name: qname,
@@ -762,10 +808,12 @@ fn convert(cx: &mut Ctx, raw: RawApp, root: PathBuf) -> AppSpec {
         endpoint,
         port: q.port.as_ref().map(|s| *s.get_ref()).unwrap_or(9324),
         region,
-    };
+    }
+}
 
-    // services
-    let sv = raw.services.unwrap_or(RawServices { primary: None, canary: None });
+/// `[services]`.
+fn convert_services(cx: &mut Ctx, raw: Option<RawServices>) -> ServicesSpec {
+    let sv = raw.unwrap_or(RawServices { primary: None, canary: None });
     let tasks_of = |s: &Option<RawService>| s.as_ref().and_then(|s| s.tasks.as_ref()).map(|t| (*t.get_ref(), Some(t.span())));
     let (primary_tasks, primary_span) = tasks_of(&sv.primary).unwrap_or((3, None));
     let (canary_tasks, canary_span) = tasks_of(&sv.canary).unwrap_or((1, None));
@@ -782,13 +830,15 @@ fn convert(cx: &mut Ctx, raw: RawApp, root: PathBuf) -> AppSpec {
             "a canary takes a small share of the messages: give it fewer tasks than the primary".to_string(),
         );
     }
-    let services = ServicesSpec {
+    ServicesSpec {
         primary: ServiceSpec { tasks: primary_tasks },
         canary: ServiceSpec { tasks: canary_tasks },
-    };
+    }
+}
 
-    // server
-    let s = raw.server.unwrap_or(RawServer { port: None, bind: None });
+/// `[server]`.
+fn convert_server(cx: &mut Ctx, raw: Option<RawServer>) -> ServerSpec {
+    let s = raw.unwrap_or(RawServer { port: None, bind: None });
     let bind = match &s.bind {
         None => IpAddr::from([127, 0, 0, 1]),
         Some(b) => b.get_ref().parse().unwrap_or_else(|_| {
@@ -796,37 +846,9 @@ fn convert(cx: &mut Ctx, raw: RawApp, root: PathBuf) -> AppSpec {
             IpAddr::from([127, 0, 0, 1])
         }),
     };
-    let server = ServerSpec {
+    ServerSpec {
         port: s.port.as_ref().map(|p| *p.get_ref()).unwrap_or(7070),
         bind,
-    };
-
-    let runtime = match raw.runtime {
-        None => RuntimeSpec::Local,
-        Some(r) => convert_runtime(cx, r, &app, &queue.region, q.region.is_some()),
-    };
-
-    let steps = match raw.steps {
-        None => default_steps(),
-        Some(steps) => convert_steps(cx, steps, primary_tasks),
-    };
-    let alarms = match raw.alarms {
-        None => coalmine_analysis::default_alarms(),
-        Some(alarms) => convert_alarms(cx, alarms),
-    };
-
-    AppSpec {
-        app,
-        root,
-        source,
-        build,
-        run,
-        queue,
-        services,
-        server,
-        runtime,
-        steps,
-        alarms,
     }
 }
 
