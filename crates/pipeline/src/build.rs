@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use coalmine_runtime::Artifact;
 use coalmine_spec::{Buildspec, OnFailure, Phase};
 
 use crate::PipelineError;
@@ -48,10 +49,19 @@ impl Cancel {
     }
 }
 
+/// What a successful build made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Built {
+    /// One line for the stage's detail, e.g. "built 3f2a9c1d04be in 2.1s, 2 artifact file(s)".
+    pub summary: String,
+    /// The revision as the runtimes start it: its folder, and the images it named.
+    pub artifact: Artifact,
+}
+
 /// Turn a commit into a revision.
 pub trait Builder: Send + Sync {
-    /// Blocking; returns a one-line summary on success.
-    fn build(&self, req: &BuildRequest, cancel: &Cancel) -> Result<String, PipelineError>;
+    /// Blocking.
+    fn build(&self, req: &BuildRequest, cancel: &Cancel) -> Result<Built, PipelineError>;
 }
 
 /// Runs `buildspec.yml` phases in bash, as CodeBuild does.
@@ -69,7 +79,7 @@ impl Log {
 }
 
 impl Builder for BuildspecBuilder {
-    fn build(&self, req: &BuildRequest, cancel: &Cancel) -> Result<String, PipelineError> {
+    fn build(&self, req: &BuildRequest, cancel: &Cancel) -> Result<Built, PipelineError> {
         if let Some(dir) = req.log_path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| PipelineError::io(dir, e))?;
         }
@@ -143,6 +153,12 @@ impl Builder for BuildspecBuilder {
             return Err(PipelineError::Build(format!("phase {name} failed: {err} (log: {})", log.path.display())));
         }
         let copied = copy_artifacts(&spec, req, &mut log)?;
+        // A malformed imagedefinitions.json fails the build, where its author looks, rather
+        // than the deployment.
+        let artifact = Artifact::read(&req.artifact_dir).map_err(|e| {
+            log.line(&format!("[coalmine] {e}"));
+            PipelineError::Build(e.to_string())
+        })?;
         let summary = format!(
             "built {} in {:.1}s, {} artifact file(s)",
             req.revision,
@@ -150,7 +166,7 @@ impl Builder for BuildspecBuilder {
             copied
         );
         log.line(&format!("[coalmine] {summary}"));
-        Ok(summary)
+        Ok(Built { summary, artifact })
     }
 }
 

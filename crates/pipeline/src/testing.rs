@@ -26,12 +26,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use coalmine_runtime::{
-    DeploymentState, DeploymentStatus, QueueEnv, RevisionSpec, Runtime, RuntimeError, ServiceSpec, ServiceStatus,
+    Artifact, DeploymentState, DeploymentStatus, QueueEnv, RevisionSpec, Runtime, RuntimeError, ServiceSpec, ServiceStatus,
     TaskIdentity, TaskState, TaskStatus,
 };
 use coalmine_spec::AppSpec;
 
-use crate::build::{BuildRequest, Builder, Cancel};
+use crate::build::{BuildRequest, Builder, Built, Cancel};
 use crate::clock::{Clock, ManualClock};
 use crate::queue_admin::{ConsumerCounts, DeadLetter, InFlight, QueueAdminError, QueueControl, TelemetrySource, QueueDepth, RedriveAll};
 use crate::source::{Commit, Source};
@@ -189,7 +189,7 @@ fn copy_tree(from: &Path, to: &Path) -> Result<usize, PipelineError> {
 }
 
 impl Builder for FakeBuilder {
-    fn build(&self, req: &BuildRequest, cancel: &Cancel) -> Result<String, PipelineError> {
+    fn build(&self, req: &BuildRequest, cancel: &Cancel) -> Result<Built, PipelineError> {
         let failure = {
             let mut st = self.inner.lock().unwrap();
             st.builds.push(req.clone());
@@ -210,7 +210,7 @@ impl Builder for FakeBuilder {
             return Err(PipelineError::Build(format!("no checkout at {}", req.src_dir.display())));
         }
         let files = copy_tree(&req.src_dir, &req.artifact_dir)?;
-        Ok(format!("built {} (fake), {files} artifact file(s)", req.revision))
+        Ok(Built { summary: format!("built {} (fake), {files} artifact file(s)", req.revision), artifact: Artifact::folder(&req.artifact_dir) })
     }
 }
 

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use coalmine_pipeline::build::{BuildRequest, Builder, BuildspecBuilder, Cancel};
+use coalmine_runtime::Artifact;
 
 fn request(dir: &Path, buildspec: &str, timeout: Duration) -> BuildRequest {
     let src = dir.join("src");
@@ -54,14 +55,37 @@ artifacts:
     - '**/*'
 "#;
     let req = request(tmp.path(), spec, Duration::from_secs(60));
-    let summary = BuildspecBuilder.build(&req, &Cancel::default()).expect("build succeeds");
-    assert!(summary.contains("2 artifact file(s)"), "{summary}");
+    let built = BuildspecBuilder.build(&req, &Cancel::default()).expect("build succeeds");
+    assert!(built.summary.contains("2 artifact file(s)"), "{built:?}");
+    assert_eq!(built.artifact, Artifact::folder(&req.artifact_dir), "a folder and no image");
     let info = std::fs::read_to_string(req.artifact_dir.join("sub/info.txt")).unwrap();
     assert_eq!(info.trim(), "0123456789abcdef0123456789abcdef01234567 hello yes app:7");
     let srcdir = std::fs::read_to_string(req.artifact_dir.join("srcdir.txt")).unwrap();
     assert_eq!(srcdir.trim(), req.src_dir.to_string_lossy());
     let l = log(tmp.path());
     assert!(l.contains("install 42") && l.contains("finally ran"), "{l}");
+}
+
+/// The images a build names in its imagedefinitions.json are part of what it made; a malformed
+/// file fails the build, with the file and the fix, instead of the deployment later.
+#[test]
+fn image_definitions_are_part_of_the_artifact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = |json: &str| {
+        format!(
+            "version: 0.2\nphases:\n  build:\n    commands:\n      - printf '%s' '{json}' > imagedefinitions.json\nartifacts:\n  files:\n    - imagedefinitions.json\n"
+        )
+    };
+    let req = request(tmp.path(), &spec(r#"[{"name":"app","imageUri":"repo/app:7"}]"#), Duration::from_secs(60));
+    let built = BuildspecBuilder.build(&req, &Cancel::default()).expect("build succeeds");
+    assert_eq!(built.artifact.image("app").unwrap(), "repo/app:7", "{built:?}");
+    assert_eq!(built.artifact.dir, req.artifact_dir);
+
+    let bad = tempfile::tempdir().unwrap();
+    let req = request(bad.path(), &spec(r#"[{"name":"app"}]"#), Duration::from_secs(60));
+    let err = BuildspecBuilder.build(&req, &Cancel::default()).unwrap_err().to_string();
+    assert!(err.contains("imagedefinitions.json") && err.contains("has no \"imageUri\"") && err.contains("printf"), "{err}");
+    assert!(log(bad.path()).contains("has no \"imageUri\""), "the build log says it too");
 }
 
 #[test]

@@ -84,7 +84,7 @@ fn bootstrap_release_runs_to_succeeded() {
     // The build's artifact folder holds the commit's files, and the services run it.
     let artifact = f.paths.artifacts(&rev);
     assert_eq!(std::fs::read_to_string(artifact.join("REVISION")).unwrap(), c.id);
-    assert_eq!(f.engine.runtime().spec("primary").unwrap().revision.dir, artifact);
+    assert_eq!(f.engine.runtime().spec("primary").unwrap().revision.artifact.dir, artifact);
     assert_eq!(f.source.checkouts(), vec![c.id.clone()]);
     assert_eq!(end_events(&f, exec.id).len(), 1);
 }

@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use coalmine_runtime::local::LocalRuntime;
-use coalmine_runtime::{QueueEnv, RevisionSpec, Runtime, ServiceSpec, TaskState};
+use coalmine_runtime::{Artifact, QueueEnv, RevisionSpec, Runtime, ServiceSpec, TaskState};
 
 fn spec(name: &str, rev: &str, dir: &std::path::Path, command: &str, desired: u32, healthy_after: Duration) -> ServiceSpec {
     ServiceSpec {
         name: name.into(),
-        revision: RevisionSpec { name: rev.into(), dir: dir.to_path_buf(), command: command.into(), env: BTreeMap::new() },
+        revision: RevisionSpec { name: rev.into(), artifact: Artifact::folder(dir), command: command.into(), env: BTreeMap::new() },
         desired,
         minimum_healthy_percent: 100,
         maximum_percent: 200,

@@ -34,8 +34,6 @@ use crate::{
     DeploymentState, DeploymentStatus, Runtime, RuntimeError, ServiceSpec, ServiceStatus, TaskState, TaskStatus,
 };
 
-/// The file CodePipeline's ECS deploy action reads, written by the build.
-pub const IMAGE_DEFINITIONS: &str = "imagedefinitions.json";
 /// The app container's variable that names the coalmine revision of a task definition.
 pub const REVISION_ENV: &str = "COALMINE_REVISION";
 /// The proxy's variables (as `coalmine synth aws` writes them).
@@ -45,8 +43,8 @@ pub const PROXY_ENV_APP: &str = "COALMINE_APP";
 /// Errors of the ECS backend.
 #[derive(Debug, thiserror::Error)]
 pub enum EcsError {
-    #[error("{path}: {reason}; {fix}")]
-    ImageDefinitions { path: PathBuf, reason: String, fix: String },
+    #[error(transparent)]
+    Artifact(#[from] crate::ArtifactError),
     #[error("ECS {operation} failed: {message}")]
     Api { operation: &'static str, message: String },
     #[error("service `{service}` not found in cluster `{cluster}`: create the services first (`coalmine synth aws` writes them), or name yours in [runtime] primary_service / canary_service")]
@@ -74,63 +72,6 @@ fn api<E: std::error::Error + 'static>(operation: &'static str) -> impl FnOnce(a
         };
         EcsError::Api { operation, message }
     }
-}
-
-// ----- imagedefinitions.json ----------------------------------------------------------------
-
-#[derive(Deserialize)]
-struct ImageDefinition {
-    name: Option<String>,
-    #[serde(rename = "imageUri")]
-    image_uri: Option<String>,
-}
-
-/// The image of `container` in an `imagedefinitions.json` (`[{"name": ..., "imageUri": ...}]`,
-/// as CodePipeline's ECS deploy action reads it). `path` is for the messages.
-pub fn parse_image_definitions(text: &str, path: &Path, container: &str) -> Result<String, EcsError> {
-    let err = |reason: String, fix: &str| EcsError::ImageDefinitions { path: path.to_path_buf(), reason, fix: fix.to_string() };
-    let shape = "write it as the guidance's buildspec does: printf '[{\"name\":\"%s\",\"imageUri\":\"%s\"}]' <container> <image> > imagedefinitions.json";
-    let entries: Vec<ImageDefinition> = serde_json::from_str(text).map_err(|e| {
-        err(format!("not a JSON list of {{\"name\", \"imageUri\"}} objects (line {}, column {}: {e})", e.line(), e.column()), shape)
-    })?;
-    let mut names = Vec::new();
-    let mut found = None;
-    for (i, entry) in entries.iter().enumerate() {
-        let Some(name) = entry.name.as_deref().filter(|n| !n.trim().is_empty()) else {
-            return Err(err(format!("entry {i} has no \"name\""), shape));
-        };
-        let Some(uri) = entry.image_uri.as_deref().map(str::trim).filter(|u| !u.is_empty()) else {
-            return Err(err(format!("entry {i} (`{name}`) has no \"imageUri\""), shape));
-        };
-        if uri.chars().any(char::is_whitespace) {
-            return Err(err(format!("entry {i} (`{name}`): `{uri}` is not an image reference"), shape));
-        }
-        if names.contains(&name) {
-            return Err(err(format!("container `{name}` is named twice"), "keep one entry per container"));
-        }
-        names.push(name);
-        if name == container {
-            found = Some(uri.to_string());
-        }
-    }
-    found.ok_or_else(|| {
-        let have = if names.is_empty() { "it is empty".to_string() } else { format!("it names {}", names.join(", ")) };
-        err(
-            format!("no entry for the app's container `{container}` ({have})"),
-            "write the container's name as [runtime] container says (default: the app's name), or set [runtime] container",
-        )
-    })
-}
-
-/// The image of `container` for a revision: `<dir>/imagedefinitions.json`.
-pub fn revision_image(dir: &Path, container: &str) -> Result<String, EcsError> {
-    let path = dir.join(IMAGE_DEFINITIONS);
-    let text = std::fs::read_to_string(&path).map_err(|e| EcsError::ImageDefinitions {
-        path: path.clone(),
-        reason: format!("cannot read it ({e})"),
-        fix: "the build must write imagedefinitions.json into its output folder, as the guidance's buildspec does".into(),
-    })?;
-    parse_image_definitions(&text, &path, container)
 }
 
 // ----- configuration ------------------------------------------------------------------------
@@ -1111,7 +1052,7 @@ async fn run(
                             if let Some(spec) = s.specs.get_mut(name) {
                                 spec.revision = rev.unwrap_or_else(|| crate::RevisionSpec {
                                     name: back.clone(),
-                                    dir: PathBuf::new(),
+                                    artifact: crate::Artifact::default(),
                                     command: spec.revision.command.clone(),
                                     env: spec.revision.env.clone(),
                                 });
@@ -1133,7 +1074,7 @@ impl Runtime for EcsRuntime {
         if spec.name != "primary" && spec.name != "canary" {
             return Err(RuntimeError::UnknownService(spec.name));
         }
-        let image = revision_image(&spec.revision.dir, &self.container)?;
+        let image = spec.revision.artifact.image(&self.container).map_err(EcsError::from)?.to_string();
         {
             let mut s = self.shared.lock().unwrap();
             s.revisions.insert(spec.revision.name.clone(), spec.revision.clone());

@@ -16,9 +16,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod artifact;
 pub mod ecs;
 pub mod local;
 pub mod rolling;
+
+pub use artifact::{Artifact, ArtifactError};
 
 /// Errors a runtime returns.
 #[derive(Debug, thiserror::Error)]
@@ -48,14 +51,16 @@ pub enum RuntimeError {
     Start(std::io::Error),
 }
 
-/// One built version of the app as a runtime sees it: where its files are and how to start it.
+/// One built version of the app as a runtime sees it: what the build made and how to start it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RevisionSpec {
     /// Revision name (a short commit id), e.g. `3f2a9c1d04be`.
     pub name: String,
-    /// The revision's directory; tasks start with this as their working directory.
-    pub dir: PathBuf,
-    /// Command run through `bash -c` in `dir` (the shell `exec`s it, so the task's pid is the app's).
+    /// The build's output: local tasks start in its folder, ECS runs its image.
+    #[serde(flatten)]
+    pub artifact: Artifact,
+    /// Command run through `bash -c` in the artifact's folder (the shell `exec`s it, so the
+    /// task's pid is the app's); on ECS the container's command (empty: the image's).
     pub command: String,
     /// Extra environment for every task of this revision.
     #[serde(default)]

@@ -236,8 +236,8 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), RuntimeError> {
     if rev.command.trim().is_empty() {
         return invalid("revision.command is empty; set the command that starts the worker".into());
     }
-    if !rev.dir.is_dir() {
-        return invalid(format!("revision directory {} does not exist; build the revision first", rev.dir.display()));
+    if !rev.artifact.dir.is_dir() {
+        return invalid(format!("revision directory {} does not exist; build the revision first", rev.artifact.dir.display()));
     }
     if spec.maximum_percent < 100 {
         return invalid(format!("maximum_percent is {}; it must be at least 100", spec.maximum_percent));
@@ -811,7 +811,7 @@ impl Supervisor {
         t.health_in_flight = false;
         t.next_health_at = None;
         t.health_failures = 0;
-        match process::spawn_task(&t.revision.dir, &t.revision.command, &env, self.options.sidecar.as_deref()) {
+        match process::spawn_task(&t.revision.artifact.dir, &t.revision.command, &env, self.options.sidecar.as_deref()) {
             Ok(started) => {
                 t.pid = Some(started.pid);
                 t.start_ticks = process::proc_stat(started.pid).map(|s| s.start_ticks).unwrap_or(0);
@@ -852,7 +852,7 @@ impl Supervisor {
                 });
             }
             Err(e) => {
-                let exit = format!("failed to start `bash -c \"exec {}\"` in {}: {e}", t.revision.command, t.revision.dir.display());
+                let exit = format!("failed to start `bash -c \"exec {}\"` in {}: {e}", t.revision.command, t.revision.artifact.dir.display());
                 tracing::warn!(service = name, task = %t.id, "{exit}");
                 t.pid = None;
                 t.last_exit = Some(exit.clone());
@@ -874,7 +874,7 @@ impl Supervisor {
         let tx = self.tx.clone();
         let (service, task, serial) = (name.to_string(), t.id.clone(), t.serial);
         let timeout = self.options.health_check_timeout;
-        let child = process::spawn_check(&t.revision.dir, &cmd, &env);
+        let child = process::spawn_check(&t.revision.artifact.dir, &cmd, &env);
         tokio::spawn(async move {
             let ok = match child {
                 Ok(mut child) => match tokio::time::timeout(timeout, child.wait()).await {

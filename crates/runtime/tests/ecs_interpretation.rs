@@ -7,10 +7,11 @@
 use std::path::Path;
 
 use coalmine_runtime::ecs::{
-    deployment_number, exit_description, interpret_service, is_crash, parse_image_definitions, EcsConfig, ServiceMemory,
+    deployment_number, exit_description, interpret_service, is_crash, EcsConfig, ServiceMemory,
     ServiceView, TaskView,
 };
-use coalmine_runtime::{DeploymentState, TaskState};
+use coalmine_runtime::artifact::parse_image_definitions;
+use coalmine_runtime::{Artifact, DeploymentState, TaskState};
 use coalmine_spec::EcsSpec;
 use serde_json::{json, Value};
 
@@ -251,14 +252,19 @@ fn stopped_tasks_count_as_crashes_only_when_nobody_asked() {
 #[test]
 fn imagedefinitions_json_as_codepipeline_reads_it() {
     let path = Path::new("/art/rev1/imagedefinitions.json");
+    // The image of the app's container, as the ECS backend asks the build's artifact for it.
+    let image = |text: &str| {
+        parse_image_definitions(text, path)
+            .and_then(|images| Artifact { dir: "/art/rev1".into(), images }.image("sample-app").map(str::to_string))
+    };
     // As the guidance's buildspec writes it (printf, one line).
     let ok = r#"[{"name":"sample-app","imageUri":"123456789012.dkr.ecr.us-east-1.amazonaws.com/sample-app:3f2a9c1"}]"#;
-    assert_eq!(parse_image_definitions(ok, path, "sample-app").unwrap(), "123456789012.dkr.ecr.us-east-1.amazonaws.com/sample-app:3f2a9c1");
+    assert_eq!(image(ok).unwrap(), "123456789012.dkr.ecr.us-east-1.amazonaws.com/sample-app:3f2a9c1");
     let two = r#"[ {"name": "sidecar", "imageUri": "x:1"},
                   {"name": "sample-app", "imageUri": "repo@sha256:abc"} ]"#;
-    assert_eq!(parse_image_definitions(two, path, "sample-app").unwrap(), "repo@sha256:abc");
+    assert_eq!(image(two).unwrap(), "repo@sha256:abc");
 
-    let err = |text: &str| parse_image_definitions(text, path, "sample-app").unwrap_err().to_string();
+    let err = |text: &str| image(text).unwrap_err().to_string();
     let e = err("[{\"name\":\"sample-app\",\n \"imageUri\": }]");
     assert!(e.starts_with("/art/rev1/imagedefinitions.json: ") && e.contains("line 2") && e.contains("printf"), "{e}");
     let e = err(r#"{"name":"sample-app","imageUri":"x:1"}"#);
@@ -270,7 +276,7 @@ fn imagedefinitions_json_as_codepipeline_reads_it() {
     let e = err(r#"[{"name":"web","imageUri":"x:1"},{"name":"worker","imageUri":"y:1"}]"#);
     assert!(e.contains("no entry for the app's container `sample-app`") && e.contains("web, worker") && e.contains("[runtime] container"), "{e}");
     let e = err("[]");
-    assert!(e.contains("it is empty"), "{e}");
+    assert!(e.contains("named no image") && e.contains("`sample-app`"), "{e}");
     let e = err(r#"[{"name":"sample-app","imageUri":"x:1"},{"name":"sample-app","imageUri":"x:2"}]"#);
     assert!(e.contains("named twice"), "{e}");
     let e = err(r#"[{"name":"sample-app","imageUri":"x 1"}]"#);

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ecs::types::{ContainerCondition, ContainerDefinition, TaskDefinition};
 use coalmine_runtime::ecs::{EcsBackend, EcsConfig, EcsRuntime, REVISION_ENV};
-use coalmine_runtime::{QueueEnv, RevisionSpec, Runtime, ServiceSpec};
+use coalmine_runtime::{Artifact, QueueEnv, RevisionSpec, Runtime, ServiceSpec};
 use coalmine_spec::{EcsSpec, PROXY_CONTAINER};
 
 const APP: &str = "sample-app";
@@ -28,7 +28,7 @@ fn revision(root: &Path, name: &str, body: Option<&str>) -> RevisionSpec {
     std::fs::create_dir_all(&dir).unwrap();
     let body = body.map(str::to_string).unwrap_or_else(|| format!(r#"[{{"name":"{APP}","imageUri":"{REPO}:{name}"}}]"#));
     std::fs::write(dir.join("imagedefinitions.json"), body).unwrap();
-    RevisionSpec { name: name.into(), dir, command: String::new(), env: BTreeMap::from([("BATCH".into(), "10".into())]) }
+    RevisionSpec { name: name.into(), artifact: Artifact::read(&dir).unwrap(), command: String::new(), env: BTreeMap::from([("BATCH".into(), "10".into())]) }
 }
 
 fn spec(name: &str, revision: RevisionSpec, desired: u32, min_healthy: u32) -> ServiceSpec {
@@ -150,7 +150,7 @@ fn deploy_promote_and_roll_back_on_moto() {
     let bad_dir = tmp.path().join("empty");
     std::fs::create_dir_all(&bad_dir).unwrap();
     let err = ecs
-        .apply(spec("canary", RevisionSpec { name: "x".into(), dir: bad_dir.clone(), command: String::new(), env: BTreeMap::new() }, 1, 100))
+        .apply(spec("canary", RevisionSpec { name: "x".into(), artifact: Artifact::read(&bad_dir).unwrap(), command: String::new(), env: BTreeMap::new() }, 1, 100))
         .unwrap_err()
         .to_string();
     assert!(err.contains(&bad_dir.join("imagedefinitions.json").display().to_string()) && err.contains("buildspec"), "{err}");

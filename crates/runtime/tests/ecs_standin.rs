@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use coalmine_runtime::ecs::{EcsConfig, EcsRuntime};
-use coalmine_runtime::{DeploymentState, QueueEnv, RevisionSpec, Runtime, ServiceSpec, ServiceStatus};
+use coalmine_runtime::{Artifact, DeploymentState, QueueEnv, RevisionSpec, Runtime, ServiceSpec, ServiceStatus};
 use coalmine_spec::EcsSpec;
 
 const APP: &str = "sample-app";
@@ -24,7 +24,7 @@ fn revision(root: &Path, name: &str, env: &[(&str, &str)]) -> RevisionSpec {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("imagedefinitions.json"), format!(r#"[{{"name":"{APP}","imageUri":"{REPO}:{name}"}}]"#)).unwrap();
-    RevisionSpec { name: name.into(), dir, command: String::new(), env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>() }
+    RevisionSpec { name: name.into(), artifact: Artifact::read(&dir).unwrap(), command: String::new(), env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>() }
 }
 
 fn spec(revision: RevisionSpec) -> ServiceSpec {

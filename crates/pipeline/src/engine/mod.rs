@@ -14,11 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use coalmine_analysis::{Observation, Outcome, RevisionSample};
-use coalmine_runtime::{DeploymentState, QueueEnv, RevisionSpec, Runtime, ServiceSpec, TaskIdentity};
+use coalmine_runtime::{Artifact, DeploymentState, QueueEnv, RevisionSpec, Runtime, ServiceSpec, TaskIdentity};
 use coalmine_spec::{AppSpec, Promote, ServiceName, Step};
 use serde::{Deserialize, Serialize};
 
-use crate::build::{BuildRequest, Builder, Cancel};
+use crate::build::{BuildRequest, Builder, Built, Cancel};
 use crate::queue_admin::{QueueControl, TelemetrySource};
 use crate::source::{Commit, Source};
 use crate::store::{status, Status, ApprovalRow, ExecutionRow, RollbackRow, StageRow, Store, VerdictRow};
@@ -127,7 +127,7 @@ pub(crate) fn human_ms(ms: u64) -> String {
 
 struct RunningBuild {
     cancel: Cancel,
-    result: Arc<Mutex<Option<Result<String, String>>>>,
+    result: Arc<Mutex<Option<Result<Built, String>>>>,
 }
 
 /// What the engine is built from.

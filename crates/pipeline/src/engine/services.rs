@@ -73,11 +73,21 @@ impl Engine {
             .flatten()
             .and_then(|j| serde_json::from_str::<coalmine_spec::RunSpec>(&j).ok());
         let run = own.as_ref().unwrap_or(&self.spec.run);
+        // What its build made; a revision built before builds said so: its folder, read now.
+        let artifact = store
+            .kv_get(&format!("artifact:{revision}"))
+            .ok()
+            .flatten()
+            .and_then(|j| serde_json::from_str::<Artifact>(&j).ok())
+            .unwrap_or_else(|| {
+                let dir = self.paths.artifacts(revision);
+                Artifact::read(&dir).unwrap_or_else(|_| Artifact::folder(dir))
+            });
         ServiceSpec {
             name: name.into(),
             revision: RevisionSpec {
                 name: revision.into(),
-                dir: self.paths.artifacts(revision),
+                artifact,
                 command: run.command.clone(),
                 env: run.env.clone(),
             },

@@ -203,10 +203,13 @@ impl Engine {
         let done = running.result.lock().unwrap().take();
         match done {
             None => Ok(()),
-            Some(Ok(summary)) => {
+            Some(Ok(built)) => {
                 builds.remove(&exec.id);
                 drop(builds);
-                self.stage_done(exec, stage, &summary)
+                // What the runtimes start for this revision from now on (a rollback years later too).
+                let artifact = serde_json::to_string(&built.artifact).expect("an artifact serialises");
+                self.store.lock().unwrap().kv_set(&format!("artifact:{}", exec.revision), &artifact)?;
+                self.stage_done(exec, stage, &built.summary)
             }
             Some(Err(err)) => {
                 builds.remove(&exec.id);

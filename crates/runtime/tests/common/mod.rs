@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use coalmine_runtime::{QueueEnv, RevisionSpec, ServiceSpec};
+use coalmine_runtime::{Artifact, QueueEnv, RevisionSpec, ServiceSpec};
 
 pub fn programs() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("programs")
@@ -16,7 +16,7 @@ pub fn program(name: &str) -> String {
 }
 
 pub fn revision(name: &str, dir: &Path, command: &str) -> RevisionSpec {
-    RevisionSpec { name: name.into(), dir: dir.to_path_buf(), command: command.into(), env: BTreeMap::new() }
+    RevisionSpec { name: name.into(), artifact: Artifact::folder(dir), command: command.into(), env: BTreeMap::new() }
 }
 
 pub fn service(name: &str, revision: RevisionSpec, desired: u32) -> ServiceSpec {
