@@ -14,6 +14,9 @@ pub mod consumer;
 pub mod duration;
 pub mod simulate;
 pub mod stats;
+pub mod timings;
+
+pub use timings::Timings;
 
 /// One alarm, as written in `[[alarms]]` of `coalmine.toml` (`kind = "dlq-depth"`, ...).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,6 +105,63 @@ impl AlarmSpec {
             },
         ]
     }
+
+    /// The settings this kind takes, as `[[alarms]]` names them.
+    pub fn settings(&self) -> &'static [&'static str] {
+        match self {
+            AlarmSpec::DlqDepth { .. } => &["threshold", "period"],
+            AlarmSpec::FailureRatio { .. } => &["min_sample", "confidence", "consecutive_failures"],
+            AlarmSpec::Crashes { .. } => &["threshold"],
+            AlarmSpec::Latency { .. } => &["percentile", "factor", "min_sample"],
+            AlarmSpec::Hung { .. } => &["factor", "min_ms"],
+        }
+    }
+
+    /// Whether an app may have several alarms of this kind (with different settings); the
+    /// others judge the one canary once.
+    pub fn repeatable(&self) -> bool {
+        matches!(self, AlarmSpec::DlqDepth { .. } | AlarmSpec::Latency { .. })
+    }
+
+    /// What is wrong with these settings, as (setting, problem, how to fix it); empty when
+    /// they make sense.
+    pub fn problems(&self) -> Vec<(&'static str, String, String)> {
+        let no_data = || "a minimum sample of 0 would judge the canary on no data".to_string();
+        let mut out = Vec::new();
+        match *self {
+            AlarmSpec::DlqDepth { .. } => {}
+            AlarmSpec::FailureRatio { min_sample, confidence, .. } => {
+                if !(confidence > 0.5 && confidence < 1.0) {
+                    out.push(("confidence", format!("a confidence of {confidence} is outside 0.5 to 1 (both excluded)"), "use e.g. 0.99 (1 % chance of rolling back a healthy canary per look)".into()));
+                }
+                if min_sample == 0 {
+                    out.push(("min_sample", no_data(), "use 20 or more".into()));
+                }
+            }
+            AlarmSpec::Crashes { threshold } => {
+                if threshold == 0 {
+                    out.push(("threshold", "a threshold of 0 fails every canary, even one that never crashes".into(), "use 1 (any crash) or more".into()));
+                }
+            }
+            AlarmSpec::Latency { percentile, factor, min_sample } => {
+                if !(percentile > 0.0 && percentile <= 100.0) {
+                    out.push(("percentile", format!("percentile {percentile} is outside 0 to 100"), "use e.g. 95 for the p95".into()));
+                }
+                if !(factor >= 1.0 && factor.is_finite()) {
+                    out.push(("factor", format!("a factor of {factor} would flag a canary as fast as the primary"), "use 1 or more, e.g. 2.0".into()));
+                }
+                if min_sample == 0 {
+                    out.push(("min_sample", no_data(), "use 20 or more".into()));
+                }
+            }
+            AlarmSpec::Hung { factor, .. } => {
+                if !(factor >= 1.0 && factor.is_finite()) {
+                    out.push(("factor", format!("a factor of {factor} would call a canary hung before the primary's own processing time"), "use 1 or more, e.g. 10".into()));
+                }
+            }
+        }
+        out
+    }
 }
 
 /// The alarms in force when `coalmine.toml` has no `[[alarms]]`: every kind but `dlq-depth`.
@@ -134,7 +194,7 @@ pub struct RevisionSample {
     pub failures_since_last_success: u64,
     /// Receive-to-delete times of the successful messages, in milliseconds (each task's first
     /// messages left out: warm-up).
-    pub latencies_ms: Vec<f64>,
+    pub latencies_ms: Timings,
     /// How long ago (ms) each message this revision holds in flight now was received.
     pub held_ms: Vec<u64>,
     /// How long ago (ms) this revision last deleted a message; `None`: not in the window.
@@ -166,9 +226,9 @@ pub struct HoldLimit {
 }
 
 /// The hold limit from the primary's processing times (ms).
-pub fn hold_limit(primary_latencies_ms: &[f64]) -> HoldLimit {
-    match percentile(primary_latencies_ms, 99.0) {
-        Some(p99) if primary_latencies_ms.len() >= HOLD_MIN_PRIMARY_SAMPLE => {
+pub fn hold_limit(primary_latencies_ms: &Timings) -> HoldLimit {
+    match primary_latencies_ms.percentile(99.0) {
+        Some(p99) if primary_latencies_ms.len() >= HOLD_MIN_PRIMARY_SAMPLE as u64 => {
             HoldLimit { ms: (HOLD_FACTOR * p99).max(HOLD_FLOOR_MS), established: true }
         }
         _ => HoldLimit { ms: HOLD_FLOOR_MS, established: false },
@@ -392,8 +452,8 @@ fn evaluate_one(alarm: &AlarmSpec, obs: &Observation) -> Verdict {
 pub const LATENCY_ALPHA: f64 = 1e-4;
 
 fn latency(kind: &str, pct: f64, factor: f64, min_sample: u64, obs: &Observation) -> Verdict {
-    let nc = obs.canary.latencies_ms.len() as u64;
-    let np = obs.primary.latencies_ms.len() as u64;
+    let nc = obs.canary.latencies_ms.len();
+    let np = obs.primary.latencies_ms.len();
     let mut numbers = vec![
         ("canary_n", nc as f64),
         ("primary_n", np as f64),
@@ -410,10 +470,10 @@ fn latency(kind: &str, pct: f64, factor: f64, min_sample: u64, obs: &Observation
             &numbers,
         );
     }
-    let c = percentile(&obs.canary.latencies_ms, pct).unwrap_or(0.0);
-    let p = percentile(&obs.primary.latencies_ms, pct).unwrap_or(0.0);
+    let c = obs.canary.latencies_ms.percentile(pct).unwrap_or(0.0);
+    let p = obs.primary.latencies_ms.percentile(pct).unwrap_or(0.0);
     let limit = factor * p;
-    let test = stats::mann_whitney(&obs.canary.latencies_ms, &obs.primary.latencies_ms);
+    let test = stats::mann_whitney_timings(&obs.canary.latencies_ms, &obs.primary.latencies_ms);
     numbers.extend([
         ("canary_ms", c),
         ("primary_ms", p),
@@ -454,7 +514,7 @@ fn latency(kind: &str, pct: f64, factor: f64, min_sample: u64, obs: &Observation
 
 fn hung(kind: &str, factor: f64, min_ms: u64, obs: &Observation) -> Verdict {
     let (c, p) = (&obs.canary, &obs.primary);
-    let p99 = percentile(&p.latencies_ms, 99.0);
+    let p99 = p.latencies_ms.percentile(99.0);
     let limit = p99.map_or(min_ms as f64, |x| (factor * x).max(min_ms as f64));
     let oldest = c.oldest_held_ms();
     // How long the canary has gone without a success: since its last one, or since the window

@@ -247,7 +247,7 @@ pub fn simulate_run(rng: &mut Rng, alarms: &[AlarmSpec], sc: &Scenario) -> Optio
             let s = if m.canary { &mut obs.canary } else { &mut obs.primary };
             if m.success {
                 s.succeeded += 1;
-                s.latencies_ms.push(m.latency);
+                s.latencies_ms.add(m.latency, 1);
                 s.failures_since_last_success = 0;
                 let ls = &mut last_success[m.canary as usize];
                 *ls = Some(ls.map_or(m.ends, |x: f64| x.max(m.ends)));

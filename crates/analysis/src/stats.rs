@@ -1,5 +1,7 @@
 //! The statistics behind the failure-ratio alarm.
 
+use crate::timings::Timings;
+
 /// The result of [`two_proportion_z`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ZTest {
@@ -217,18 +219,30 @@ fn rank_bucket(x: f64) -> i32 {
 /// 9 %-wide logarithmic buckets (ties within a bucket), which makes it linear in the sample
 /// sizes and blind to differences too small to matter. `p_value` is 1 with either side empty.
 pub fn mann_whitney(a: &[f64], b: &[f64]) -> MannWhitney {
-    let (n1, n2) = (a.len() as f64, b.len() as f64);
-    if a.is_empty() || b.is_empty() {
-        return MannWhitney { u: 0.0, superiority: 0.5, z: 0.0, p_value: 1.0 };
-    }
+    mann_whitney_counts(a.iter().map(|x| (*x, 1)), b.iter().map(|x| (*x, 1)))
+}
+
+/// [`mann_whitney`] over processing-time histograms.
+pub fn mann_whitney_timings(a: &Timings, b: &Timings) -> MannWhitney {
+    mann_whitney_counts(a.iter(), b.iter())
+}
+
+/// [`mann_whitney`] over (value, how many) pairs.
+fn mann_whitney_counts(a: impl IntoIterator<Item = (f64, u64)>, b: impl IntoIterator<Item = (f64, u64)>) -> MannWhitney {
     // Buckets from 2^-32 to 2^32 (finer or coarser values share the end buckets).
     let mut buckets = vec![(0.0f64, 0.0f64); 8 * 64 + 1];
     let index = |x: f64| (rank_bucket(x).clamp(-8 * 32, 8 * 32) + 8 * 32) as usize;
-    for x in a {
-        buckets[index(*x)].0 += 1.0;
+    let (mut n1, mut n2) = (0.0, 0.0);
+    for (x, n) in a {
+        buckets[index(x)].0 += n as f64;
+        n1 += n as f64;
     }
-    for x in b {
-        buckets[index(*x)].1 += 1.0;
+    for (x, n) in b {
+        buckets[index(x)].1 += n as f64;
+        n2 += n as f64;
+    }
+    if n1 == 0.0 || n2 == 0.0 {
+        return MannWhitney { u: 0.0, superiority: 0.5, z: 0.0, p_value: 1.0 };
     }
     let (mut u, mut b_below, mut ties) = (0.0, 0.0, 0.0);
     for (ca, cb) in &buckets {

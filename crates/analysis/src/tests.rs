@@ -271,13 +271,13 @@ fn latency_compares_percentiles() {
     }];
     let mut o = obs(sample(0, 0), sample(0, 0));
     o.primary.latencies_ms = (1..=100).map(|x| x as f64 * 10.0).collect(); // p95 = 950.5
-    o.canary.latencies_ms = vec![1000.0; 19];
+    o.canary.latencies_ms = vec![1000.0; 19].into();
     assert_eq!(evaluate(&a, &o)[0].outcome, Outcome::Inconclusive);
-    o.canary.latencies_ms = vec![1900.0; 20];
+    o.canary.latencies_ms = vec![1900.0; 20].into();
     let v = &evaluate(&a, &o)[0];
     assert_eq!(v.outcome, Outcome::Pass, "{v:?}");
     assert!(close(v.numbers["primary_ms"], 950.5, 1e-9));
-    o.canary.latencies_ms = vec![1902.0; 20];
+    o.canary.latencies_ms = vec![1902.0; 20].into();
     let v = &evaluate(&a, &o)[0];
     assert_eq!(v.outcome, Outcome::Fail, "{v:?}");
     assert!(close(v.numbers["limit_ms"], 1901.0, 1e-9));
@@ -288,8 +288,8 @@ fn latency_compares_percentiles() {
         v.reason
     );
     // Sub-millisecond timings: never a failure.
-    o.primary.latencies_ms = vec![0.2; 30];
-    o.canary.latencies_ms = vec![0.9; 30];
+    o.primary.latencies_ms = vec![0.2; 30].into();
+    o.canary.latencies_ms = vec![0.9; 30].into();
     assert_eq!(evaluate(&a, &o)[0].outcome, Outcome::Pass);
 }
 
@@ -332,7 +332,7 @@ fn hung_compares_the_canary_with_the_primary() {
     assert_eq!(evaluate(&a, &o)[0].outcome, Outcome::Pass);
     // A slow primary (p99 5 s) raises the limit to 50 s.
     o.primary.last_success_ago_ms = Some(50);
-    o.primary.latencies_ms = vec![5_000.0; 50];
+    o.primary.latencies_ms = vec![5_000.0; 50].into();
     let v = &evaluate(&a, &o)[0];
     assert_eq!(v.outcome, Outcome::Pass, "{v:?}");
     assert_eq!(v.numbers["limit_ms"], 50_000.0);
@@ -347,7 +347,7 @@ fn held_messages_count_as_failures_on_both_sides() {
     // Primary: 100 ms per message, 1000 successes, and 10 messages left (held 60 s, past the
     // 5 s floor). Canary: 300 successes and 3 left: the same 1 %.
     let mut primary = sample(1000, 0);
-    primary.latencies_ms = vec![100.0; 1000];
+    primary.latencies_ms = vec![100.0; 1000].into();
     primary.held_ms = vec![60_000; 10];
     primary.last_success_ago_ms = Some(10);
     let mut canary = sample(300, 0);
@@ -380,14 +380,14 @@ fn held_messages_count_as_failures_on_both_sides() {
 
 #[test]
 fn hold_limit_follows_the_primary() {
-    assert_eq!(hold_limit(&[]), HoldLimit { ms: HOLD_FLOOR_MS, established: false });
-    assert_eq!(hold_limit(&[100.0; 19]).established, false);
-    assert_eq!(hold_limit(&[100.0; 20]), HoldLimit { ms: HOLD_FLOOR_MS, established: true });
-    assert_eq!(hold_limit(&[2_000.0; 50]).ms, 10_000.0);
+    assert_eq!(hold_limit(&Timings::default()), HoldLimit { ms: HOLD_FLOOR_MS, established: false });
+    assert_eq!(hold_limit(&Timings::from([100.0; 19].to_vec())).established, false);
+    assert_eq!(hold_limit(&Timings::from([100.0; 20].to_vec())), HoldLimit { ms: HOLD_FLOOR_MS, established: true });
+    assert_eq!(hold_limit(&Timings::from([2_000.0; 50].to_vec())).ms, 10_000.0);
     // Held messages are failures on both sides, never a run of consecutive failures.
     let mut c = sample(0, 0);
     c.held_ms = vec![6_000; 5];
-    let k = c.censored(hold_limit(&[100.0; 20]));
+    let k = c.censored(hold_limit(&Timings::from([100.0; 20].to_vec())));
     assert_eq!((k.failed, k.consecutive), (5, 0));
 }
 
@@ -552,4 +552,25 @@ mod simulated_styles {
     fn a_hung_canary_is_decided_within_35_s() {
         assert_decided_within("hang", Worker { hang: true, ..Worker::HEALTHY }, 35_000);
     }
+}
+
+/// Each kind's list of settings is its fields, as the file writes them, and its defaults make
+/// sense; settings that do not are named with the fix.
+#[test]
+fn each_alarm_kind_knows_its_settings_and_their_sense() {
+    for a in AlarmSpec::all_defaults() {
+        let v = serde_json::to_value(&a).unwrap();
+        let mut fields: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).filter(|k| *k != "kind").collect();
+        let mut settings = a.settings().to_vec();
+        fields.sort_unstable();
+        settings.sort_unstable();
+        assert_eq!(fields, settings, "{}", a.kind());
+        assert!(a.problems().is_empty(), "{}: {:?}", a.kind(), a.problems());
+    }
+    let bad = AlarmSpec::Latency { percentile: 0.0, factor: 0.5, min_sample: 0 };
+    let named: Vec<&str> = bad.problems().iter().map(|(k, _, _)| *k).collect();
+    assert_eq!(named, ["percentile", "factor", "min_sample"]);
+    assert!(bad.problems().iter().all(|(_, _, fix)| fix.starts_with("use")));
+    assert!(AlarmSpec::Latency { percentile: 95.0, factor: 2.0, min_sample: 20 }.repeatable());
+    assert!(!AlarmSpec::Crashes { threshold: 1 }.repeatable());
 }

@@ -2,6 +2,7 @@
 
 use coalmine_pipeline::queue_admin::{ConsumerCounts, DeadLetter, InFlight, QueueAdminError, QueueControl, TelemetrySource, QueueDepth, RedriveAll};
 use coalmine_analysis::consumer::{failure_run, Interval, WARMUP_MESSAGES, WARMUP_MS};
+use coalmine_analysis::Timings;
 use coalmine_queue::{Broker, ConsumerTelemetry, LatencyHistogram};
 
 pub struct EmbeddedQueue {
@@ -10,11 +11,13 @@ pub struct EmbeddedQueue {
     pub dlq: String,
 }
 
-fn latencies_ms(h: &LatencyHistogram, out: &mut Vec<f64>) {
+/// The queue's histogram as timings (each at its bucket's upper bound).
+fn timings(h: &LatencyHistogram) -> Timings {
+    let mut out = Timings::default();
     for (i, n) in h.counts.iter().enumerate() {
-        let ms = LatencyHistogram::upper_bound_us(i) / 1000.0;
-        out.extend(std::iter::repeat_n(ms, *n as usize));
+        out.add(LatencyHistogram::upper_bound_us(i) / 1000.0, *n);
     }
+    out
 }
 
 /// Sum a consumer's per-second buckets.
@@ -40,8 +43,8 @@ fn counts(c: ConsumerTelemetry) -> ConsumerCounts {
     }
     let intervals: Vec<Interval> = c.buckets.iter().map(|b| Interval { received: b.received, deleted: b.deleted, failed: b.returned + b.expired }).collect();
     out.failures_since_success = failure_run(&intervals).failures;
-    latencies_ms(&latency, &mut out.latencies_ms);
-    latencies_ms(&warm, &mut out.warm_latencies_ms);
+    out.latencies_ms = timings(&latency);
+    out.warm_latencies_ms = timings(&warm);
     out
 }
 

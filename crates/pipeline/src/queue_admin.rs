@@ -3,6 +3,7 @@
 //! implementation of each per backend (the embedded queue, any SQS through the queue proxies),
 //! wired in by the binary. What a backend cannot tell or do it names in [`QueueDepth::lacks`].
 
+pub use coalmine_analysis::Timings;
 use serde::Serialize;
 
 /// What went wrong talking to the queue.
@@ -24,11 +25,14 @@ pub struct ConsumerCounts {
     /// Visibility timeout ran out.
     pub expired: u64,
     pub dead_lettered: u64,
-    /// Receive-to-delete times of the deleted messages, in milliseconds.
-    pub latencies_ms: Vec<f64>,
+    /// Receive-to-delete times of the deleted messages, in milliseconds (a histogram: time in
+    /// µs -> messages).
+    #[schema(value_type = Object)]
+    pub latencies_ms: Timings,
     /// The same, without the consumer's first messages in the window (warm-up: a task's first
     /// messages pay for its start, connections and caches); what the latency alarm judges.
-    pub warm_latencies_ms: Vec<f64>,
+    #[schema(value_type = Object)]
+    pub warm_latencies_ms: Timings,
     /// Failures since this consumer's last success.
     pub failures_since_success: u64,
     /// When this consumer last deleted a message (Unix ms, to the second); `None`: not in the window.

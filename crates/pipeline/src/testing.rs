@@ -480,10 +480,10 @@ impl TelemetrySource for FakeQueue {
                 }
                 Ev::Deleted { latency_ms } => {
                     c.deleted += 1;
-                    if c.latencies_ms.len() >= WARMUP_MESSAGES {
-                        c.warm_latencies_ms.push(*latency_ms);
+                    if c.latencies_ms.len() >= WARMUP_MESSAGES as u64 {
+                        c.warm_latencies_ms.add(*latency_ms, 1);
                     }
-                    c.latencies_ms.push(*latency_ms);
+                    c.latencies_ms.add(*latency_ms, 1);
                     c.last_success_ms = Some(*at);
                     c.failures_since_success = 0;
                     *since = 0;

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use coalmine_analysis::consumer::{failure_run, Interval, WARMUP_MESSAGES, WARMUP_MS};
+use coalmine_analysis::Timings;
 
 use crate::observe::BUCKETS_MS;
 use crate::telemetry::{Kind, Report};
@@ -35,9 +36,9 @@ pub struct TaskCounts {
     /// Held when its proxy stopped, made visible again by it.
     pub released: u64,
     /// Processing times of the deleted messages, in ms (each at its bucket's upper bound).
-    pub latencies_ms: Vec<f64>,
+    pub latencies_ms: Timings,
     /// The same without the task's warm-up.
-    pub warm_latencies_ms: Vec<f64>,
+    pub warm_latencies_ms: Timings,
     /// Failed attempts since the task's last success (bounded by what it received since).
     pub failures_since_success: u64,
     /// When the task last deleted a message (Unix ms, to the report), inside the window.
@@ -66,11 +67,11 @@ fn zero_like(r: &Report) -> Report {
     z
 }
 
-fn histogram_delta(new: &Report, old: &Report, out: &mut Vec<f64>) {
+fn histogram_delta(new: &Report, old: &Report, out: &mut Timings) {
     for (i, n) in new.processing_ms.counts.iter().enumerate() {
         let before = old.processing_ms.counts.get(i).copied().unwrap_or(0);
         let ms = new.processing_ms.le_ms.get(i).copied().or_else(|| BUCKETS_MS.last().map(|b| b * 2)).unwrap_or(0) as f64;
-        out.extend(std::iter::repeat_n(ms, n.saturating_sub(before) as usize));
+        out.add(ms, n.saturating_sub(before));
     }
 }
 
@@ -227,7 +228,7 @@ mod tests {
         let w = c.window(2_500, 4_000);
         assert_eq!(w.len(), 1);
         assert_eq!((w[0].received, w[0].deleted, w[0].returned), (20, 18, 2));
-        assert_eq!(w[0].latencies_ms, vec![100.0; 18]);
+        assert_eq!(w[0].latencies_ms, Timings::from(vec![100.0; 18]));
         // From before the proxy started: everything.
         let all = c.window(0, 4_000);
         assert_eq!((all[0].received, all[0].deleted), (30, 28));

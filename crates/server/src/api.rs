@@ -657,9 +657,8 @@ async fn telemetry(State(s): State<AppState>, Query(q): Query<Window>) -> ApiRes
         .into_iter()
         .map(|c| {
             let id = coalmine_runtime::TaskIdentity::parse(&c.access_key_id);
-            let mut lat = c.latencies_ms.clone();
-            lat.sort_by(f64::total_cmp);
-            let q = |p: f64| (!lat.is_empty()).then(|| lat[((lat.len() - 1) as f64 * p).round() as usize]);
+            let lat = &c.latencies_ms;
+            let q = |p: f64| lat.nth((lat.len().saturating_sub(1) as f64 * p).round() as u64);
             ConsumerWindow {
                 service: id.as_ref().map(|i| i.service.clone()),
                 revision: id.as_ref().map(|i| i.revision.clone()),

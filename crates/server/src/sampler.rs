@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use coalmine_pipeline::queue_admin::{ConsumerCounts, QueueDepth};
+use coalmine_pipeline::queue_admin::{ConsumerCounts, QueueDepth, Timings};
 use coalmine_runtime::TaskIdentity;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -107,33 +107,12 @@ impl Series {
     }
 }
 
-/// `a` minus `b`, both sorted ascending, as multisets.
-fn multiset_minus(a: &[f64], b: &[f64]) -> Vec<f64> {
-    let mut out = Vec::new();
-    let mut j = 0;
-    for &x in a {
-        while j < b.len() && b[j] < x {
-            j += 1;
-        }
-        if j < b.len() && b[j] == x {
-            j += 1;
-        } else {
-            out.push(x);
-        }
-    }
-    out
-}
-
 /// What one consumer did in the second covered by `wide` (that second and the current one)
 /// but not by `narrow` (the current one only).
-pub(crate) fn second_of(wide: &ConsumerCounts, narrow: Option<&ConsumerCounts>) -> (ConsumerCounts, Vec<f64>) {
+pub(crate) fn second_of(wide: &ConsumerCounts, narrow: Option<&ConsumerCounts>) -> (ConsumerCounts, Timings) {
     let zero = ConsumerCounts::default();
     let n = narrow.unwrap_or(&zero);
-    let mut a = wide.latencies_ms.clone();
-    let mut b = n.latencies_ms.clone();
-    a.sort_by(f64::total_cmp);
-    b.sort_by(f64::total_cmp);
-    let lat = multiset_minus(&a, &b);
+    let lat = wide.latencies_ms.minus(&n.latencies_ms);
     let c = ConsumerCounts {
         access_key_id: wide.access_key_id.clone(),
         received: wide.received.saturating_sub(n.received),
@@ -147,14 +126,6 @@ pub(crate) fn second_of(wide: &ConsumerCounts, narrow: Option<&ConsumerCounts>) 
     (c, lat)
 }
 
-fn median(sorted: &[f64]) -> Option<f64> {
-    if sorted.is_empty() {
-        None
-    } else {
-        Some(sorted[sorted.len() / 2])
-    }
-}
-
 /// Fold one second of per-consumer counts into a sample and the totals.
 pub(crate) fn fold(
     t_ms: u64,
@@ -164,7 +135,7 @@ pub(crate) fn fold(
     totals: &mut BTreeMap<(String, String), Totals>,
 ) -> Sample {
     let mut sample = Sample { t_ms, queue, revisions: BTreeMap::new() };
-    let mut latencies: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut latencies: BTreeMap<String, Timings> = BTreeMap::new();
     for w in wide {
         let (c, lat) = second_of(w, narrow.iter().find(|n| n.access_key_id == w.access_key_id));
         let (service, revision) = match TaskIdentity::parse(&c.access_key_id) {
@@ -184,24 +155,24 @@ pub(crate) fn fold(
         r.processed += c.deleted;
         r.failed += failed;
         r.dead_lettered += c.dead_lettered;
-        latencies.entry(revision.clone()).or_default().extend(&lat);
+        latencies.entry(revision.clone()).or_default().merge(&lat);
 
         let t = totals.entry((service, revision)).or_default();
         t.received += c.received;
         t.processed += c.deleted;
         t.failed += failed;
         t.dead_lettered += c.dead_lettered;
-        for ms in lat {
+        for (ms, n) in lat.iter() {
             let s = ms / 1000.0;
-            t.latency_sum_s += s;
+            t.latency_sum_s += s * n as f64;
             let i = LATENCY_BUCKETS_S.iter().position(|le| s <= *le).unwrap_or(LATENCY_BUCKETS_S.len());
-            t.buckets[i] += 1;
+            t.buckets[i] += n;
         }
     }
-    for (rev, mut lat) in latencies {
-        lat.sort_by(f64::total_cmp);
+    for (rev, lat) in latencies {
         if let Some(r) = sample.revisions.get_mut(&rev) {
-            r.p50_ms = median(&lat);
+            // The upper median, as the dashboard has always shown it.
+            r.p50_ms = lat.nth(lat.len() / 2);
         }
     }
     sample
@@ -290,7 +261,7 @@ mod tests {
             received,
             deleted,
             returned,
-            latencies_ms: lat.to_vec(),
+            latencies_ms: lat.iter().copied().collect(),
             ..Default::default()
         }
     }

@@ -1242,13 +1242,7 @@ fn convert_alarms(cx: &mut Ctx, alarms: Vec<Spanned<RawAlarm>>) -> Vec<AlarmSpec
             continue;
         };
         let k = default.kind();
-        let allowed: &[&str] = match k {
-            "dlq-depth" => &["threshold", "period"],
-            "failure-ratio" => &["min_sample", "confidence", "consecutive_failures"],
-            "crashes" => &["threshold"],
-            "latency" => &["percentile", "factor", "min_sample"],
-            _ => &["factor", "min_ms"],
-        };
+        let allowed = default.settings();
         let present: [(&str, Option<Range<usize>>); 8] = [
             ("threshold", r.threshold.as_ref().map(|s| s.span())),
             ("period", r.period.as_ref().map(|s| s.span())),
@@ -1259,68 +1253,39 @@ fn convert_alarms(cx: &mut Ctx, alarms: Vec<Spanned<RawAlarm>>) -> Vec<AlarmSpec
             ("factor", r.factor.as_ref().map(|s| s.span())),
             ("min_ms", r.min_ms.as_ref().map(|s| s.span())),
         ];
-        for (key, sp) in present {
+        for (key, sp) in &present {
             if let Some(sp) = sp {
-                if !allowed.contains(&key) {
-                    cx.err(Some(sp), p(key), format!("`{key}` does not apply to a `{k}` alarm"), format!("remove it; a `{k}` alarm takes {}", allowed.iter().map(|a| format!("`{a}`")).join_str(", ")));
+                if !allowed.contains(key) {
+                    cx.err(Some(sp.clone()), p(key), format!("`{key}` does not apply to a `{k}` alarm"), format!("remove it; a `{k}` alarm takes {}", allowed.iter().map(|a| format!("`{a}`")).join_str(", ")));
                 }
             }
         }
+        // The file's settings over the kind's defaults; what they mean is the kind's to say.
         let num = |v: &S<u64>, d: u64| v.as_ref().map(|s| *s.get_ref()).unwrap_or(d);
         let flt = |v: &S<f64>, d: f64| v.as_ref().map(|s| *s.get_ref()).unwrap_or(d);
-        let sp = |v: &Option<Spanned<f64>>| v.as_ref().map(|s| s.span());
-        let spu = |v: &Option<Spanned<u64>>| v.as_ref().map(|s| s.span());
         let spec = match default {
             AlarmSpec::DlqDepth { threshold, period } => AlarmSpec::DlqDepth {
                 threshold: num(&r.threshold, threshold),
                 period: cx.positive_duration(&r.period, &p("period"), period),
             },
-            AlarmSpec::FailureRatio { min_sample, confidence, consecutive_failures } => {
-                let c = flt(&r.confidence, confidence);
-                if !(c > 0.5 && c < 1.0) {
-                    cx.err(sp(&r.confidence), p("confidence"), format!("a confidence of {c} is outside 0.5 to 1 (both excluded)"), "use e.g. 0.99 (1 % chance of rolling back a healthy canary per look)".to_string());
-                }
-                let m = num(&r.min_sample, min_sample);
-                if m == 0 {
-                    cx.err(spu(&r.min_sample), p("min_sample"), "a minimum sample of 0 would judge the canary on no data", "use 20 or more".to_string());
-                }
-                AlarmSpec::FailureRatio {
-                    min_sample: m,
-                    confidence: c,
-                    consecutive_failures: num(&r.consecutive_failures, consecutive_failures),
-                }
-            }
-            AlarmSpec::Crashes { threshold } => {
-                let t = num(&r.threshold, threshold);
-                if t == 0 {
-                    cx.err(spu(&r.threshold), p("threshold"), "a threshold of 0 fails every canary, even one that never crashes", "use 1 (any crash) or more".to_string());
-                }
-                AlarmSpec::Crashes { threshold: t }
-            }
-            AlarmSpec::Latency { percentile, factor, min_sample } => {
-                let pc = flt(&r.percentile, percentile);
-                if !(pc > 0.0 && pc <= 100.0) {
-                    cx.err(sp(&r.percentile), p("percentile"), format!("percentile {pc} is outside 0 to 100"), "use e.g. 95 for the p95".to_string());
-                }
-                let f = flt(&r.factor, factor);
-                if !(f >= 1.0 && f.is_finite()) {
-                    cx.err(sp(&r.factor), p("factor"), format!("a factor of {f} would flag a canary as fast as the primary"), "use 1 or more, e.g. 2.0".to_string());
-                }
-                let m = num(&r.min_sample, min_sample);
-                if m == 0 {
-                    cx.err(spu(&r.min_sample), p("min_sample"), "a minimum sample of 0 would judge the canary on no data", "use 20 or more".to_string());
-                }
-                AlarmSpec::Latency { percentile: pc, factor: f, min_sample: m }
-            }
-            AlarmSpec::Hung { factor, min_ms } => {
-                let f = flt(&r.factor, factor);
-                if !(f >= 1.0 && f.is_finite()) {
-                    cx.err(sp(&r.factor), p("factor"), format!("a factor of {f} would call a canary hung before the primary's own processing time"), "use 1 or more, e.g. 10".to_string());
-                }
-                AlarmSpec::Hung { factor: f, min_ms: num(&r.min_ms, min_ms) }
-            }
+            AlarmSpec::FailureRatio { min_sample, confidence, consecutive_failures } => AlarmSpec::FailureRatio {
+                min_sample: num(&r.min_sample, min_sample),
+                confidence: flt(&r.confidence, confidence),
+                consecutive_failures: num(&r.consecutive_failures, consecutive_failures),
+            },
+            AlarmSpec::Crashes { threshold } => AlarmSpec::Crashes { threshold: num(&r.threshold, threshold) },
+            AlarmSpec::Latency { percentile, factor, min_sample } => AlarmSpec::Latency {
+                percentile: flt(&r.percentile, percentile),
+                factor: flt(&r.factor, factor),
+                min_sample: num(&r.min_sample, min_sample),
+            },
+            AlarmSpec::Hung { factor, min_ms } => AlarmSpec::Hung { factor: flt(&r.factor, factor), min_ms: num(&r.min_ms, min_ms) },
         };
-        let single = matches!(k, "failure-ratio" | "crashes" | "hung");
+        for (key, problem, fix) in spec.problems() {
+            let at = present.iter().find(|(k, _)| *k == key).and_then(|(_, sp)| sp.clone());
+            cx.err(at, p(key), problem, fix);
+        }
+        let single = !spec.repeatable();
         if let Some(&(j, at)) = seen.get(k) {
             if single || out.get(at) == Some(&spec) {
                 let why = if single {

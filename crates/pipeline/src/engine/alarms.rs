@@ -81,7 +81,7 @@ impl Engine {
             sample.failed += c.returned + c.expired;
             sample.dead_lettered += c.dead_lettered;
             sample.failures_since_last_success += c.failures_since_success;
-            sample.latencies_ms.extend_from_slice(&c.warm_latencies_ms);
+            sample.latencies_ms.merge(&c.warm_latencies_ms);
             let ls = &mut last_success[is_canary as usize];
             *ls = (*ls).max(c.last_success_ms);
         }
