@@ -285,10 +285,10 @@ pub trait Runtime: Send + Sync {
     fn spec(&self, service: &str) -> Option<ServiceSpec>;
     /// Where a task's log is; `None` for unknown tasks.
     fn task_log(&self, task: &str) -> Option<PathBuf>;
-    /// For backends whose tasks do not log to files here (ECS: CloudWatch Logs): the last
-    /// `lines` lines of each of a service's tasks as `(task, line)`, in task order; with
-    /// `previous`, of the tasks of the revision the service ran before. `None`: the logs are
-    /// the files of [`Runtime::task_log`].
+    /// The last `lines` lines of each of a service's tasks as `(task, line)`, in task order;
+    /// with `previous`, of the tasks of the revision the service ran before. Each backend reads
+    /// its own log source (local: the task log files; ECS: CloudWatch Logs). `None`: this
+    /// backend keeps no logs.
     fn service_logs(&self, _service: &str, _previous: bool, _lines: usize) -> Option<Result<Vec<(String, String)>, RuntimeError>> {
         None
     }

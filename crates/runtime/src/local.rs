@@ -206,6 +206,17 @@ impl Runtime for LocalRuntime {
         (known || path.exists()).then_some(path)
     }
 
+    /// The tasks' log files: of the tasks the service runs now, or of its previous revision's.
+    fn service_logs(&self, service: &str, previous: bool, lines: usize) -> Option<Result<Vec<(String, String)>, RuntimeError>> {
+        let Some(st) = self.service(service) else { return Some(Err(RuntimeError::UnknownService(service.to_string()))) };
+        let files = if previous {
+            logs::previous_files(&self.state_dir, service, &st.revision)
+        } else {
+            Ok(st.tasks.iter().filter_map(|t| self.task_log(&t.id).map(|p| (t.id.clone(), p))).collect())
+        };
+        Some(files.map(|f| logs::tail_files(f, lines).into_iter().map(|l| (l.task, l.line)).collect()))
+    }
+
     fn shutdown(&self) {
         if self.shared.lock().unwrap().shut_down {
             return;

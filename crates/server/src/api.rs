@@ -464,64 +464,27 @@ fn service_sources(engine: &Arc<Engine>, name: &str) -> Result<follow::Sources, 
     }))
 }
 
-/// The log files of the tasks of a service's previous revision: the newest revision, other
-/// than the one the service runs now, that any of its tasks ran (read from each log's first
-/// line, which names the task's revision).
-fn previous_sources(engine: &Arc<Engine>, name: &str) -> Result<follow::Sources, ApiError> {
-    let Some(current) = engine.runtime().service(name) else {
-        return Err(ApiError::NotFound(format!("no service `{name}` is running: the services are `primary` and `canary`")));
-    };
-    let files = coalmine_runtime::local::logs::log_files(&engine.paths().root, name).unwrap_or_default();
-    let revision_of = |path: &std::path::Path| -> Option<String> {
-        use std::io::BufRead;
-        let mut first = String::new();
-        std::io::BufReader::new(std::fs::File::open(path).ok()?).read_line(&mut first).ok()?;
-        let rest = first.split("(revision ").nth(1)?;
-        Some(rest.split(')').next()?.to_string())
-    };
-    // Files come in task order: the last one of another revision names the previous revision.
-    let tagged: Vec<(String, std::path::PathBuf, Option<String>)> =
-        files.into_iter().map(|(t, p)| { let r = revision_of(&p); (t, p, r) }).collect();
-    let previous = tagged.iter().rev().find_map(|(_, _, r)| r.clone().filter(|r| *r != current.revision));
-    let Some(previous) = previous else {
-        return Err(ApiError::NotFound(format!(
-            "service `{name}` has run no revision but {}: there are no previous logs",
-            current.revision
-        )));
-    };
-    let chosen: Vec<(String, std::path::PathBuf)> =
-        tagged.into_iter().filter(|(_, _, r)| r.as_deref() == Some(previous.as_str())).map(|(t, p, _)| (t, p)).collect();
-    Ok(Box::new(move || chosen.clone()))
-}
-
 /// The last lines of the logs of every task of a service, each prefixed by `<task> | `.
 #[utoipa::path(get, path = "/services/{name}/logs", tag = "services",
     params(("name" = String, Path, description = "`primary` or `canary`"), Lines),
     responses((status = 200, content_type = "text/plain", body = String), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn service_logs(State(s): State<AppState>, Path(name): Path<String>, Query(q): Query<Lines>) -> ApiResult {
-    // Backends that keep logs elsewhere (ECS: CloudWatch Logs) answer themselves.
+    // Each backend reads its own log source (local files, CloudWatch Logs).
     let (previous, lines) = (q.previous.unwrap_or(false), q.lines.unwrap_or(50));
-    let wanted = name.clone();
-    let remote = blocking(&s.engine, move |e| {
+    let got = blocking(&s.engine, move |e| {
         let rt = e.runtime();
-        rt.service(&wanted).and_then(|_| rt.service_logs(&wanted, previous, lines)).transpose().map_err(|e| match e {
-            coalmine_runtime::RuntimeError::NothingToShow(why) => ApiError::NotFound(why),
-            e => ApiError::Internal(e.to_string()),
-        })
+        if rt.service(&name).is_none() {
+            return Err(ApiError::NotFound(format!("no service `{name}` is running: the services are `primary` and `canary`")));
+        }
+        rt.service_logs(&name, previous, lines)
+            .ok_or_else(|| ApiError::NotFound(format!("the runtime of service `{name}` keeps no logs")))?
+            .map_err(|e| match e {
+                coalmine_runtime::RuntimeError::NothingToShow(why) => ApiError::NotFound(why),
+                e => ApiError::Internal(e.to_string()),
+            })
     })
     .await?;
-    if let Some(got) = remote {
-        return Ok(got.into_iter().map(|(task, line)| format!("{task} | {line}\n")).collect::<String>().into_response());
-    }
-    let mut sources = if previous { previous_sources(&s.engine, &name)? } else { service_sources(&s.engine, &name)? };
-    let mut out = String::new();
-    for (task, path) in sources() {
-        let text = tokio::fs::read_to_string(&path).await.unwrap_or_default();
-        for line in follow::tail(&text, lines).lines() {
-            out.push_str(&format!("{task} | {line}\n"));
-        }
-    }
-    Ok(out.into_response())
+    Ok(got.into_iter().map(|(task, line)| format!("{task} | {line}\n")).collect::<String>().into_response())
 }
 
 /// Follow the logs of every task of a service (tasks that start later included): event `line`

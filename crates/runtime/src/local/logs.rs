@@ -237,8 +237,34 @@ fn task_number(task: &str) -> u64 {
 /// The last `lines` lines of a task's log (or of each of a service's task logs, in task order),
 /// reading into the previous rotated file when the current one is short.
 pub fn tail(state_dir: &Path, target: &str, lines: usize) -> Result<Vec<LogLine>, RuntimeError> {
+    Ok(tail_files(log_files(state_dir, target)?, lines))
+}
+
+/// The log files of the tasks of a service's previous revision: the newest revision, other
+/// than `current`, that any of its tasks ran (each log's first line names the task's revision).
+pub fn previous_files(state_dir: &Path, service: &str, current: &str) -> Result<Vec<(String, PathBuf)>, RuntimeError> {
+    let revision_of = |path: &Path| -> Option<String> {
+        let mut first = String::new();
+        BufReader::new(File::open(path).ok()?).read_line(&mut first).ok()?;
+        let rest = first.split("(revision ").nth(1)?;
+        Some(rest.split(')').next()?.to_string())
+    };
+    // Files come in task order: the last one of another revision names the previous revision.
+    let tagged: Vec<(String, PathBuf, Option<String>)> =
+        log_files(state_dir, service).unwrap_or_default().into_iter().map(|(t, p)| {
+            let r = revision_of(&p);
+            (t, p, r)
+        }).collect();
+    let Some(previous) = tagged.iter().rev().find_map(|(_, _, r)| r.clone().filter(|r| r != current)) else {
+        return Err(RuntimeError::NothingToShow(format!("service `{service}` has run no revision but {current}: there are no previous logs")));
+    };
+    Ok(tagged.into_iter().filter(|(_, _, r)| r.as_deref() == Some(previous.as_str())).map(|(t, p, _)| (t, p)).collect())
+}
+
+/// The last `lines` lines of each of these logs, in the order given.
+pub fn tail_files(files: Vec<(String, PathBuf)>, lines: usize) -> Vec<LogLine> {
     let mut out = Vec::new();
-    for (task, path) in log_files(state_dir, target)? {
+    for (task, path) in files {
         let mut keep: VecDeque<String> = VecDeque::with_capacity(lines.min(4096));
         // Oldest first: .1 then the current file.
         for p in [rotated(&path, 1), path.clone()] {
@@ -274,7 +300,7 @@ pub fn tail(state_dir: &Path, target: &str, lines: usize) -> Result<Vec<LogLine>
         }
         out.extend(keep.into_iter().map(|line| LogLine { task: task.clone(), line }));
     }
-    Ok(out)
+    out
 }
 
 /// Follows a task's or a service's logs: each [`LogFollower::poll`] returns the complete lines
