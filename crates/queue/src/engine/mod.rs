@@ -31,7 +31,9 @@ mod send;
 /// Whether a request waits for its changes to be committed to disk before it is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
-    /// Answer after the change is committed (a `kill -9` loses nothing acknowledged).
+    /// Answer after the change is committed (a `kill -9` loses nothing acknowledged). A
+    /// receive's own change (the messages in flight) is the exception: it is committed with the
+    /// next group without being waited for; lost, its messages are delivered again.
     #[default]
     Commit,
     /// Answer at once; the change is committed shortly after.

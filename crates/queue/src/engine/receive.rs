@@ -114,7 +114,16 @@ impl Broker {
                 dlq.notify.notify_one();
             }
         }
-        self.submit(ctx, ops);
+        if ops.iter().all(|op| matches!(op, Op::State { .. })) {
+            // Who holds the messages until when is committed with the next group, without
+            // waiting for it: were it lost (the process killed within the millisecond, or the
+            // disk failing that commit), the messages are merely delivered again, as after a
+            // visibility timeout — at least once, as SQS promises. Moves to a dead-letter
+            // queue are waited for like any other change.
+            self.inner.store.submit(ops);
+        } else {
+            self.submit(ctx, ops);
+        }
         Ok(out)
     }
 
