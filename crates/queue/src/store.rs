@@ -481,7 +481,7 @@ fn coalesce(ops: impl IntoIterator<Item = Op>) -> Vec<Op> {
     let ops = ops.into_iter();
     let mut plan: Vec<Option<Op>> = Vec::with_capacity(ops.size_hint().0);
     // seq -> index in `plan` of the message's latest write
-    let mut last: std::collections::HashMap<u64, usize> = std::collections::HashMap::with_capacity(ops.size_hint().0);
+    let mut last: foldhash::HashMap<u64, usize> = foldhash::HashMapExt::with_capacity(ops.size_hint().0);
     for op in ops {
         match op {
             Op::Insert(m) => {
@@ -776,7 +776,7 @@ fn compact(conn: &Connection, s: &mut Stmts<'_>) -> rusqlite::Result<()> {
     }
     // Messages inserted and deleted within the log, with nothing after the delete: they leave
     // no trace (as `coalesce` would find), so their changes are not even read.
-    let mut state: std::collections::HashMap<u64, bool> = std::collections::HashMap::new(); // seq -> gone
+    let mut state: foldhash::HashMap<u64, bool> = foldhash::HashMapExt::new(); // seq -> gone
     for b in &blobs {
         oplog::scan(b, |tag, seq| match tag {
             1 => {

@@ -1,6 +1,9 @@
 //! Per-queue, per-consumer (access key id) counts in one-second buckets.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+// (foldhash: these maps are looked up for every message received and deleted)
+use foldhash::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -104,7 +107,8 @@ pub struct ConsumerTelemetry {
 
 #[derive(Clone, Copy)]
 pub(crate) enum Event {
-    Received,
+    /// `n` messages handed out by one receive.
+    Received { n: u64 },
     Deleted { latency_us: u64 },
     Returned,
     Released,
@@ -123,7 +127,7 @@ pub(crate) struct Telemetry {
     /// queue -> key -> buckets (oldest first)
     pub(crate) series: HashMap<String, HashMap<Arc<str>, VecDeque<TelemetryBucket>>>,
     /// (queue, key, second) changed since the last flush to the store.
-    pub(crate) dirty: HashMap<String, std::collections::HashSet<(Arc<str>, u64)>>,
+    pub(crate) dirty: HashMap<String, HashSet<(Arc<str>, u64)>>,
     dirty_n: usize,
     /// The store's last issued ticket (see [`crate::store::Store::issued`]): an event recorded
     /// with the state lock held belongs to the change submitted next, ticket `issued + 1`.
@@ -221,7 +225,7 @@ impl Telemetry {
         };
         let add = |n: &mut u64| *n = n.saturating_add_signed(delta);
         match ev {
-            Event::Received => add(&mut b.received),
+            Event::Received { n } => b.received = b.received.saturating_add_signed(delta.saturating_mul(n as i64)),
             Event::Deleted { latency_us } => {
                 add(&mut b.deleted);
                 if delta > 0 {

@@ -7,7 +7,9 @@
 //! `receive`, `delete` (deletes and visibility changes), `moves` (message move tasks); `admin`
 //! is the Rust API for the rest of coalmine.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 

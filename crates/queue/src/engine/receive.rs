@@ -87,9 +87,11 @@ impl Broker {
                 *q.group_inflight.entry(g.clone()).or_insert(0) += 1;
             }
             ops.push(m.state_op(seq));
-            telemetry.record(name, &key, now, Event::Received);
             received.push((seq, m.nonce));
             out.push(render_message(m, seq, p, self.region(), self.account(), q.fifo));
+        }
+        if !received.is_empty() {
+            telemetry.record(name, &key, now, Event::Received { n: received.len() as u64 });
         }
         if let (true, Some(attempt), false) = (q.fifo, &p.attempt, received.is_empty()) {
             // (an attempt that received nothing is not remembered: its retry may receive)
