@@ -20,12 +20,14 @@ pub const MAX_IN_FLIGHT: usize = 120_000;
 /// An access key id, shared by every message and telemetry series that names it. Equal ids
 /// share one allocation through a process-wide table; ids nothing refers to any more are
 /// dropped from the table as it grows, so a client cycling through fresh ids cannot grow it
-/// beyond about twice the ids in use (see [`interned_access_keys`]).
+/// beyond about twice the ids in use (see [`interned_access_keys`]). One pointer wide (the
+/// name behind a second `Arc`): every message names two.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub(crate) struct KeyId(Option<Arc<str>>);
+pub(crate) struct KeyId(Option<Arc<Arc<str>>>);
 
 struct KeyTable {
-    set: std::collections::HashSet<Arc<str>>,
+    /// name -> its id (the key shares the name's allocation)
+    ids: HashMap<Arc<str>, Arc<Arc<str>>>,
     /// Prune when the table grows past this (twice its size after the last prune).
     prune_at: usize,
 }
@@ -35,7 +37,7 @@ static KEYS: std::sync::Mutex<Option<KeyTable>> = std::sync::Mutex::new(None);
 
 /// How many distinct access key ids the process holds interned now.
 pub fn interned_access_keys() -> usize {
-    KEYS.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|t| t.set.len()).unwrap_or(0)
+    KEYS.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|t| t.ids.len()).unwrap_or(0)
 }
 
 impl KeyId {
@@ -43,31 +45,32 @@ impl KeyId {
 
     pub fn intern(name: &str) -> KeyId {
         let mut g = KEYS.lock().unwrap_or_else(|e| e.into_inner());
-        let t = g.get_or_insert_with(|| KeyTable { set: Default::default(), prune_at: KEY_TABLE_MIN_PRUNE });
-        if let Some(a) = t.set.get(name) {
-            return KeyId(Some(a.clone()));
+        let t = g.get_or_insert_with(|| KeyTable { ids: HashMap::new(), prune_at: KEY_TABLE_MIN_PRUNE });
+        if let Some(id) = t.ids.get(name) {
+            return KeyId(Some(id.clone()));
         }
-        if t.set.len() >= t.prune_at {
+        if t.ids.len() >= t.prune_at {
             // Only the table holds these: nobody names them any more.
-            t.set.retain(|a| Arc::strong_count(a) > 1);
-            t.prune_at = (t.set.len() * 2).max(KEY_TABLE_MIN_PRUNE);
+            t.ids.retain(|_, id| Arc::strong_count(id) > 1);
+            t.prune_at = (t.ids.len() * 2).max(KEY_TABLE_MIN_PRUNE);
         }
-        let a: Arc<str> = Arc::from(name);
-        t.set.insert(a.clone());
-        KeyId(Some(a))
+        let name: Arc<str> = Arc::from(name);
+        let id = Arc::new(name.clone());
+        t.ids.insert(name, id.clone());
+        KeyId(Some(id))
     }
 
     pub fn get(&self) -> Option<Arc<str>> {
-        self.0.clone()
+        self.0.as_deref().cloned()
     }
 
     /// Whether this is `name`'s very allocation.
     pub fn is(&self, name: &Arc<str>) -> bool {
-        self.0.as_ref().is_some_and(|a| Arc::ptr_eq(a, name))
+        self.0.as_deref().is_some_and(|a| Arc::ptr_eq(a, name))
     }
 
     pub fn name(&self) -> String {
-        self.0.as_deref().unwrap_or_default().to_string()
+        self.0.as_deref().map(|a| a.to_string()).unwrap_or_default()
     }
 }
 
@@ -686,4 +689,27 @@ pub fn check_message_attributes(attrs: &Map<String, Value>, system: bool) -> Res
         }
     }
     Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A queued message's own memory (its body aside): with a million queued, each byte here
+    /// is a MiB of RSS.
+    #[test]
+    fn a_message_stays_small() {
+        assert_eq!(std::mem::size_of::<KeyId>(), 8);
+        assert!(std::mem::size_of::<Msg>() <= 104, "{} bytes", std::mem::size_of::<Msg>());
+    }
+
+    #[test]
+    fn equal_key_ids_share_one_allocation() {
+        let (a, b) = (KeyId::intern("AKIDSHARED"), KeyId::intern("AKIDSHARED"));
+        assert_eq!(a, b);
+        let name = a.get().unwrap();
+        assert!(b.is(&name) && Arc::ptr_eq(&name, &b.get().unwrap()));
+        assert_eq!(b.name(), "AKIDSHARED");
+        assert_eq!(KeyId::NONE.get(), None);
+    }
 }

@@ -135,7 +135,7 @@ fn open_conn(path: &Path) -> Result<Connection, QueueError> {
     conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
     conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
     conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
-    conn.pragma_update(None, "cache_size", -16_384).map_err(err)?;
+    conn.pragma_update(None, "cache_size", -2_048).map_err(err)?;
     conn.pragma_update(None, "temp_store", "MEMORY").map_err(err)?;
     conn.pragma_update(None, "journal_size_limit", WAL_RESTART_BYTES as i64).map_err(err)?;
     conn.execute_batch(SCHEMA).map_err(err)?;
