@@ -1239,7 +1239,9 @@ mod tests {
             }
         }
         store.close();
-        assert!(largest <= 3 * WAL_RESTART_BYTES, "the log grew to {largest} bytes while {written} were written");
+        // (kept under half of what was written: typically ~1.5 × WAL_RESTART_BYTES; without the
+        // restart it passes all that was written)
+        assert!(largest <= total / 2, "the log grew to {largest} bytes while {written} were written");
     }
 
     /// A group larger than a log row takes several rows, and reads back whole.
