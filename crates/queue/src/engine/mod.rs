@@ -8,12 +8,11 @@
 //! is the Rust API for the rest of coalmine.
 
 use std::collections::BTreeMap;
-
-use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use base64::Engine as _;
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use serde_json::{json, Map, Value};
 
 use crate::digest::{md5_hex, md5_of_attributes};
