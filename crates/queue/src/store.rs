@@ -862,12 +862,13 @@ fn frames(file: &[u8]) -> Vec<&[u8]> {
     out
 }
 
-/// Create the log file of `generation`, its header written.
+/// Create the log file of `generation` (mode 0600), its header written.
 fn start_log(dir: &Path, generation: u64) -> Result<std::fs::File, QueueError> {
     use std::io::Write as _;
     let path = log_path(dir, generation);
     let io = |source| QueueError::Io { path: path.clone(), source };
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&path).map_err(io)?;
+    // (message bodies: for its owner only, as `queue.db`)
+    let mut f = std::os::unix::fs::OpenOptionsExt::mode(std::fs::OpenOptions::new().write(true).create(true).truncate(true), 0o600).open(&path).map_err(io)?;
     let mut head = LOG_MAGIC.to_vec();
     head.extend_from_slice(&generation.to_le_bytes());
     f.write_all(&head).map_err(io)?;
@@ -1362,7 +1363,10 @@ mod tests {
         }
         let n: i64 = conn.query_row("SELECT count(*) FROM messages", [], |r| r.get(0)).unwrap();
         assert_eq!(n, 0, "the changes wait in the log");
-        log_path(dir, j.generation)
+        let log = log_path(dir, j.generation);
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&log).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o600, "message bodies are for the owner only");
+        log
     }
 
     /// Changes still in the operation log when the process stops (nothing folded them) are in
