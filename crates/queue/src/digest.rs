@@ -14,8 +14,62 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
-pub fn md5_hex(data: &[u8]) -> String {
-    hex(&Md5::digest(data))
+/// Text of a fixed length (hex digests, message ids, receipt handles) kept inline: an answer
+/// writes it as a string without allocating one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Ascii<const N: usize>([u8; N]);
+
+impl<const N: usize> Ascii<N> {
+    /// `bytes` must be ASCII.
+    pub fn new(bytes: [u8; N]) -> Self {
+        assert!(bytes.is_ascii(), "inline text is ASCII");
+        Ascii(bytes)
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("ASCII")
+    }
+}
+
+impl<const N: usize> std::fmt::Display for Ascii<N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl<const N: usize> std::fmt::Debug for Ascii<N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl<const N: usize> PartialEq<&str> for Ascii<N> {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl<const N: usize> serde::Serialize for Ascii<N> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+pub fn md5_hex(data: &[u8]) -> Ascii<32> {
+    const H: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 32];
+    for (i, b) in Md5::digest(data).iter().enumerate() {
+        out[2 * i] = H[(b >> 4) as usize];
+        out[2 * i + 1] = H[(b & 15) as usize];
+    }
+    Ascii(out)
+}
+
+/// A message id (a UUID's hyphenated lowercase form).
+pub fn message_id(id: [u8; 16]) -> Ascii<36> {
+    let mut out = [0u8; 36];
+    uuid::Uuid::from_bytes(id).hyphenated().encode_lower(&mut out);
+    Ascii(out)
 }
 
 fn put(h: &mut Md5, bytes: &[u8]) {
@@ -73,6 +127,13 @@ mod tests {
     #[test]
     fn body_md5_matches_known_value() {
         assert_eq!(md5_hex(b"hi"), "49f68a5c8493ec2c0bf489821c21fc3b");
+        assert_eq!(serde_json::to_string(&md5_hex(b"hi")).unwrap(), "\"49f68a5c8493ec2c0bf489821c21fc3b\"");
+    }
+
+    #[test]
+    fn message_ids_are_hyphenated_lowercase_uuids() {
+        let id = uuid::Uuid::parse_str("D6B7571F-FCB5-4236-A049-87CA4B8DB5CB").unwrap();
+        assert_eq!(message_id(*id.as_bytes()), "d6b7571f-fcb5-4236-a049-87ca4b8db5cb");
     }
 
     #[test]

@@ -105,7 +105,7 @@ pub(crate) struct Msg {
 
 impl Msg {
     pub fn id_string(&self) -> String {
-        uuid::Uuid::from_bytes(self.id).hyphenated().to_string()
+        crate::digest::message_id(self.id).to_string()
     }
     pub fn group(&self) -> Option<&Arc<str>> {
         self.extra.as_ref().and_then(|e| e.group.as_ref())
@@ -116,7 +116,7 @@ impl Msg {
         crate::store::MsgRow {
             seq,
             queue: queue.to_string(),
-            id: self.id_string(),
+            id: self.id,
             body: self.body.to_string(),
             attrs: e.and_then(|e| e.attrs.as_ref()).map(|a| Value::Object(a.clone()).to_string()),
             sys_attrs: e.and_then(|e| e.sys_attrs.as_ref()).map(|a| Value::Object(a.clone()).to_string()),
@@ -125,8 +125,8 @@ impl Msg {
             recv_count: self.recv_count,
             first_recv_ms: self.first_recv_ms,
             nonce: self.nonce,
-            sender: self.sender.name(),
-            receiver: self.receiver.get().map(|r| r.to_string()),
+            sender: self.sender.get().unwrap_or_else(|| Arc::from("")),
+            receiver: self.receiver.get(),
             received_at: self.received_at,
             group_id: e.and_then(|e| e.group.as_ref()).map(|g| g.to_string()),
             dedup_id: e.and_then(|e| e.dedup_id.clone()),

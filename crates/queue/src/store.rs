@@ -17,7 +17,8 @@ use crate::error::QueueError;
 pub struct MsgRow {
     pub seq: u64,
     pub queue: String,
-    pub id: String,
+    /// The message id's UUID (stored as its hyphenated text).
+    pub id: [u8; 16],
     pub body: String,
     pub attrs: Option<String>,
     pub sys_attrs: Option<String>,
@@ -26,8 +27,8 @@ pub struct MsgRow {
     pub recv_count: u32,
     pub first_recv_ms: u64,
     pub nonce: u32,
-    pub sender: String,
-    pub receiver: Option<String>,
+    pub sender: Arc<str>,
+    pub receiver: Option<Arc<str>>,
     pub received_at: u64,
     pub group_id: Option<String>,
     pub dedup_id: Option<String>,
@@ -310,6 +311,11 @@ impl Store {
     }
 }
 
+/// A stored message id's UUID (a fresh one for text that is none, which no version wrote).
+fn parse_id(text: &str) -> [u8; 16] {
+    uuid::Uuid::parse_str(text).map(|u| *u.as_bytes()).unwrap_or_else(|_| rand::random())
+}
+
 fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
     let mut queues = Vec::new();
     let mut st = conn.prepare("SELECT name, created_s, modified_s, attrs, tags, last_purge_ms FROM queues")?;
@@ -336,7 +342,7 @@ fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
         Ok(MsgRow {
             seq: r.get::<_, i64>(0)? as u64,
             queue: r.get(1)?,
-            id: r.get(2)?,
+            id: parse_id(&r.get::<_, String>(2)?),
             body: r.get(3)?,
             attrs: r.get(4)?,
             sys_attrs: r.get(5)?,
@@ -345,8 +351,8 @@ fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
             recv_count: r.get::<_, i64>(8)? as u32,
             first_recv_ms: r.get::<_, i64>(9)? as u64,
             nonce: r.get::<_, i64>(10)? as u32,
-            sender: r.get(11)?,
-            receiver: r.get(12)?,
+            sender: Arc::from(r.get::<_, String>(11)?),
+            receiver: r.get::<_, Option<String>>(12)?.map(Arc::from),
             received_at: r.get::<_, i64>(13)? as u64,
             group_id: r.get(14)?,
             dedup_id: r.get(15)?,
@@ -407,7 +413,7 @@ fn apply(conn: &Connection, s: &mut Stmts<'_>, op: &Op) -> rusqlite::Result<()> 
             s.put.execute(params![
                 m.seq as i64,
                 m.queue,
-                m.id,
+                crate::digest::message_id(m.id).as_str(),
                 m.body,
                 m.attrs,
                 m.sys_attrs,
@@ -416,8 +422,8 @@ fn apply(conn: &Connection, s: &mut Stmts<'_>, op: &Op) -> rusqlite::Result<()> 
                 m.recv_count as i64,
                 m.first_recv_ms as i64,
                 m.nonce as i64,
-                m.sender,
-                m.receiver,
+                &*m.sender,
+                m.receiver.as_deref(),
                 m.received_at as i64,
                 m.group_id,
                 m.dedup_id,
@@ -519,7 +525,7 @@ impl Folder {
                             m.recv_count = recv_count;
                             m.first_recv_ms = first_recv_ms;
                             m.nonce = nonce;
-                            m.receiver = receiver.as_deref().map(str::to_string);
+                            m.receiver = receiver;
                             m.received_at = received_at;
                             return;
                         }
@@ -598,7 +604,7 @@ mod oplog {
                 out.push(if matches!(op, Op::Insert(_)) { 1 } else { 2 });
                 u64_(out, m.seq);
                 str_(out, &m.queue);
-                str_(out, &m.id);
+                str_(out, crate::digest::message_id(m.id).as_str());
                 str_(out, &m.body);
                 opt(out, m.attrs.as_deref());
                 opt(out, m.sys_attrs.as_deref());
@@ -738,7 +744,7 @@ mod oplog {
                     let m = Box::new(MsgRow {
                         seq,
                         queue: r.str_()?,
-                        id: r.str_()?,
+                        id: super::parse_id(&r.str_()?),
                         body: r.str_()?,
                         attrs: r.opt()?,
                         sys_attrs: r.opt()?,
@@ -747,8 +753,8 @@ mod oplog {
                         recv_count: r.u32_()?,
                         first_recv_ms: r.u64_()?,
                         nonce: r.u32_()?,
-                        sender: r.str_()?,
-                        receiver: r.opt()?,
+                        sender: std::sync::Arc::from(r.str_()?),
+                        receiver: r.opt()?.map(std::sync::Arc::from),
                         received_at: r.u64_()?,
                         group_id: r.opt()?,
                         dedup_id: r.opt()?,
@@ -1230,7 +1236,7 @@ mod tests {
         MsgRow {
             seq,
             queue: queue.into(),
-            id: format!("id-{seq}"),
+            id: (seq as u128).to_be_bytes(),
             body: body.into(),
             attrs: None,
             sys_attrs: None,
@@ -1239,7 +1245,7 @@ mod tests {
             recv_count: 0,
             first_recv_ms: 0,
             nonce: 0,
-            sender: "AKID".into(),
+            sender: Arc::from("AKID"),
             receiver: None,
             received_at: 0,
             group_id: None,

@@ -15,7 +15,7 @@ use base64::Engine as _;
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use serde_json::{json, Map, Value};
 
-use crate::digest::{md5_hex, md5_of_attributes};
+use crate::digest::{md5_hex, md5_of_attributes, Ascii};
 use crate::error::{QueueError, SqsError};
 use crate::protocol::json;
 use crate::model::*;
@@ -255,11 +255,14 @@ pub fn queue_name_from_url(url: &str) -> &str {
     url.trim_end_matches('/').rsplit('/').next().unwrap_or("")
 }
 
-fn receipt(seq: u64, nonce: u32) -> String {
+fn receipt(seq: u64, nonce: u32) -> Ascii<16> {
     let mut b = [0u8; 12];
     b[..8].copy_from_slice(&seq.to_be_bytes());
     b[8..].copy_from_slice(&nonce.to_be_bytes());
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    let mut out = [0u8; 16];
+    let n = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_slice(b, &mut out).expect("12 bytes are 16 characters");
+    debug_assert_eq!(n, 16);
+    Ascii::new(out)
 }
 
 fn parse_receipt(h: &str) -> Result<(u64, u32), SqsError> {
@@ -379,9 +382,9 @@ pub(crate) struct Sent {
     #[serde(rename = "Id", skip_serializing_if = "Option::is_none")]
     id: Option<String>,
     #[serde(rename = "MessageId")]
-    message_id: String,
+    message_id: Ascii<36>,
     #[serde(rename = "MD5OfMessageBody")]
-    md5_body: String,
+    md5_body: Ascii<32>,
     #[serde(rename = "MD5OfMessageAttributes", skip_serializing_if = "Option::is_none")]
     md5_attrs: Option<String>,
     #[serde(rename = "MD5OfMessageSystemAttributes", skip_serializing_if = "Option::is_none")]
@@ -428,11 +431,11 @@ pub(crate) struct BatchOut<T> {
 #[derive(serde::Serialize)]
 pub(crate) struct Received {
     #[serde(rename = "MessageId")]
-    message_id: String,
+    message_id: Ascii<36>,
     #[serde(rename = "ReceiptHandle")]
-    receipt_handle: String,
+    receipt_handle: Ascii<16>,
     #[serde(rename = "MD5OfBody")]
-    md5_body: String,
+    md5_body: Ascii<32>,
     #[serde(rename = "Body")]
     body: String,
     #[serde(rename = "Attributes", skip_serializing_if = "Option::is_none")]
@@ -619,7 +622,7 @@ fn build_queues(queues: Vec<QueueRow>, messages: Vec<crate::store::MsgRow>, path
         q.next_seqnum = q.next_seqnum.max(r.seqnum);
         let in_flight = r.recv_count > 0 && r.visible_at > now && r.nonce != 0;
         let m = Msg {
-            id: uuid::Uuid::parse_str(&r.id).map(|u| *u.as_bytes()).unwrap_or_else(|_| rand::random()),
+            id: r.id,
             body: r.body.into_boxed_str(),
             extra,
             sent_ms: r.sent_ms,
@@ -1050,7 +1053,7 @@ fn render_message(m: &Msg, seq: u64, p: &RecvParams, region: &str, account: &str
     let want_all_sys = p.sys_names.iter().any(|n| n == "All");
     let want = |n: &str| want_all_sys || p.sys_names.iter().any(|x| x == n);
     let mut v = Received {
-        message_id: m.id_string(),
+        message_id: crate::digest::message_id(m.id),
         receipt_handle: receipt(seq, m.nonce),
         md5_body: md5_hex(m.body.as_bytes()),
         body: m.body.to_string(),

@@ -64,7 +64,7 @@ impl Broker {
             if let Some((_, id, seqnum)) = q.dedup.get(&key) {
                 return Ok(Sent {
                     id: None,
-                    message_id: uuid::Uuid::from_bytes(*id).hyphenated().to_string(),
+                    message_id: crate::digest::message_id(*id),
                     md5_body,
                     md5_attrs,
                     md5_sys,
@@ -129,7 +129,7 @@ impl Broker {
         };
         // a sequence number never used before: a new row
         ops.push(Op::Insert(Box::new(m.row(seq, name))));
-        let mut out = Sent { id: None, message_id: m.id_string(), md5_body, md5_attrs, md5_sys, sequence_number: None };
+        let mut out = Sent { id: None, message_id: crate::digest::message_id(m.id), md5_body, md5_attrs, md5_sys, sequence_number: None };
         if let Some(e) = m.extra.as_ref().filter(|_| q.fifo) {
             out.sequence_number = Some(format!("{:020}", e.seqnum));
             let key = if q.dedup_by_group() {
