@@ -16,6 +16,7 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use serde_json::{json, Map, Value};
 
 use crate::digest::{md5_hex, md5_of_attributes, Ascii};
+use answers::Answer as _;
 use crate::error::{QueueError, SqsError};
 use crate::protocol::json;
 use crate::model::*;
@@ -23,6 +24,7 @@ use crate::store::{Op, QueueRow, Store};
 use crate::telemetry::{ConsumerTelemetry, Event, Telemetry};
 
 mod admin;
+mod answers;
 mod delete;
 mod moves;
 mod queues;
@@ -457,12 +459,6 @@ fn to_value<T: serde::Serialize>(v: &T) -> Value {
     serde_json::to_value(v).expect("answers are plain JSON")
 }
 
-/// A typed answer as the AWS JSON 1.0 protocol's body.
-fn to_body<T: serde::Serialize>(v: &T) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(1024);
-    serde_json::to_writer(&mut buf, v).expect("answers are plain JSON");
-    buf
-}
 
 fn failed(id: &str, e: &SqsError) -> Value {
     json!({"Id": id, "SenderFault": e.sender_fault, "Code": e.code, "Message": e.message})
@@ -988,7 +984,7 @@ impl Broker {
         self.store_ready()?;
         let r = match &req {
             json::Fast::Receive(r) => match parse_receive_typed(r).and_then(|p| Ok((p, self.queue_of_url(r.queue_url.as_deref())?))) {
-                Ok((p, name)) => self.receive_with(&p, &name, ctx).await.map(|r| to_body(&r)),
+                Ok((p, name)) => self.receive_with(&p, &name, ctx).await.map(|r| r.to_json()),
                 Err(e) => Err(e),
             },
             _ => self.handle_json(&req, ctx),
@@ -1001,14 +997,14 @@ impl Broker {
         match req {
             json::Fast::Send(e) => {
                 let name = self.queue_of_url(e.queue_url.as_deref())?;
-                self.send_single(&name, SendArgs::from_typed(e), ctx).map(|r| to_body(&r))
+                self.send_single(&name, SendArgs::from_typed(e), ctx).map(|r| r.to_json())
             }
             json::Fast::SendBatch(b) => {
                 let name = self.queue_of_url(b.queue_url.as_deref())?;
                 let entries = b.entries.as_deref().unwrap_or_default();
                 check_batch_ids(entries.iter().map(|e| e.id.as_deref()), entries.len())?;
                 let entries = entries.iter().map(|e| (e.id.as_deref().unwrap_or(""), SendArgs::from_typed(e))).collect();
-                self.send_entries(&name, entries, ctx).map(|r| to_body(&r))
+                self.send_entries(&name, entries, ctx).map(|r| r.to_json())
             }
             json::Fast::Delete(e) => {
                 let name = self.queue_of_url(e.queue_url.as_deref())?;
@@ -1023,7 +1019,7 @@ impl Broker {
                     .iter()
                     .map(|e| (e.id.as_deref().unwrap_or(""), e.receipt_handle.as_deref().ok_or_else(|| SqsError::missing_parameter("ReceiptHandle"))))
                     .collect();
-                self.delete_batch(&name, entries, ctx).map(|r| to_body(&r))
+                self.delete_batch(&name, entries, ctx).map(|r| r.to_json())
             }
             json::Fast::Receive(_) => unreachable!("ReceiveMessage waits: see dispatch_json"),
         }
