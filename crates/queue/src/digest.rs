@@ -55,10 +55,19 @@ impl<const N: usize> serde::Serialize for Ascii<N> {
     }
 }
 
+pub fn md5(data: &[u8]) -> [u8; 16] {
+    Md5::digest(data).into()
+}
+
 pub fn md5_hex(data: &[u8]) -> Ascii<32> {
+    hex16(&md5(data))
+}
+
+/// A 16-byte digest as lowercase hex.
+pub fn hex16(digest: &[u8; 16]) -> Ascii<32> {
     const H: &[u8; 16] = b"0123456789abcdef";
     let mut out = [0u8; 32];
-    for (i, b) in Md5::digest(data).iter().enumerate() {
+    for (i, b) in digest.iter().enumerate() {
         out[2 * i] = H[(b >> 4) as usize];
         out[2 * i + 1] = H[(b & 15) as usize];
     }

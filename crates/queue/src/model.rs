@@ -90,7 +90,11 @@ pub(crate) struct Msg {
     pub extra: Option<Box<Extra>>,
     pub sent_ms: u64,
     pub visible_at: u64,
-    pub first_recv_ms: u64,
+    /// The body's MD5 (every receive answers it; kept rather than computed again).
+    pub md5: [u8; 16],
+    /// When the message was first received: 1 + milliseconds after `sent_ms` (0: never), see
+    /// [`Msg::first_recv_ms`]. Four bytes hold 49 days, more than a message is kept.
+    pub first_recv: u32,
     pub recv_count: u32,
     /// Nonce of the current receipt handle; 0 when not in flight.
     pub nonce: u32,
@@ -107,6 +111,18 @@ impl Msg {
     pub fn id_string(&self) -> String {
         crate::digest::message_id(self.id).to_string()
     }
+    /// When the message was first received (ms since the epoch), or 0.
+    pub fn first_recv_ms(&self) -> u64 {
+        match self.first_recv {
+            0 => 0,
+            n => self.sent_ms + u64::from(n - 1),
+        }
+    }
+
+    pub fn set_first_recv_ms(&mut self, ms: u64) {
+        self.first_recv = if ms == 0 { 0 } else { ms.saturating_sub(self.sent_ms).min(u64::from(u32::MAX - 1)) as u32 + 1 };
+    }
+
     pub fn group(&self) -> Option<&Arc<str>> {
         self.extra.as_ref().and_then(|e| e.group.as_ref())
     }
@@ -123,7 +139,7 @@ impl Msg {
             sent_ms: self.sent_ms,
             visible_at: self.visible_at,
             recv_count: self.recv_count,
-            first_recv_ms: self.first_recv_ms,
+            first_recv_ms: self.first_recv_ms(),
             nonce: self.nonce,
             sender: self.sender.get().unwrap_or_else(|| Arc::from("")),
             receiver: self.receiver.get(),
@@ -141,7 +157,7 @@ impl Msg {
             seq,
             visible_at: self.visible_at,
             recv_count: self.recv_count,
-            first_recv_ms: self.first_recv_ms,
+            first_recv_ms: self.first_recv_ms(),
             // not in flight: the last receipt's nonce, which still deletes the message (a
             // stored message is in flight only while its visibility lasts)
             nonce: if self.nonce != 0 { self.nonce } else { self.last_nonce },
@@ -700,7 +716,38 @@ mod tests {
     #[test]
     fn a_message_stays_small() {
         assert_eq!(std::mem::size_of::<KeyId>(), 8);
-        assert!(std::mem::size_of::<Msg>() <= 104, "{} bytes", std::mem::size_of::<Msg>());
+        assert!(std::mem::size_of::<Msg>() <= 112, "{} bytes", std::mem::size_of::<Msg>());
+    }
+
+    /// The first receive's time, kept as an offset from the send, reads back as it was set.
+    #[test]
+    fn the_first_receive_time_reads_back() {
+        let sent = 1_764_000_000_000;
+        let mut m = Msg {
+            id: [0; 16],
+            body: "b".into(),
+            extra: None,
+            sent_ms: sent,
+            visible_at: sent,
+            md5: crate::digest::md5(b"b"),
+            first_recv: 0,
+            recv_count: 0,
+            nonce: 0,
+            last_nonce: 0,
+            sender: KeyId::NONE,
+            receiver: KeyId::NONE,
+            received_at: 0,
+        };
+        assert_eq!(m.first_recv_ms(), 0, "never received");
+        for at in [sent, sent + 1, sent + 14 * 86_400_000] {
+            m.set_first_recv_ms(at);
+            assert_eq!(m.first_recv_ms(), at);
+        }
+        // a clock set back between the send and the receive: no earlier than the send
+        m.set_first_recv_ms(sent - 5);
+        assert_eq!(m.first_recv_ms(), sent);
+        m.set_first_recv_ms(0);
+        assert_eq!(m.first_recv_ms(), 0);
     }
 
     #[test]

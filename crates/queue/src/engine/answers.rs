@@ -122,6 +122,7 @@ impl Answer for ReceiveOut {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::digest::md5_hex;
 
     fn same<T: Answer + serde::Serialize>(v: &T) {
         assert_eq!(String::from_utf8(v.to_json()).unwrap(), serde_json::to_string(v).unwrap());

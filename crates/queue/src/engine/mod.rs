@@ -15,7 +15,7 @@ use base64::Engine as _;
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use serde_json::{json, Map, Value};
 
-use crate::digest::{md5_hex, md5_of_attributes, Ascii};
+use crate::digest::{md5_of_attributes, Ascii};
 use answers::Answer as _;
 use crate::error::{QueueError, SqsError};
 use crate::protocol::json;
@@ -617,13 +617,14 @@ fn build_queues(queues: Vec<QueueRow>, messages: Vec<crate::store::MsgRow>, path
         };
         q.next_seqnum = q.next_seqnum.max(r.seqnum);
         let in_flight = r.recv_count > 0 && r.visible_at > now && r.nonce != 0;
-        let m = Msg {
+        let mut m = Msg {
             id: r.id,
+            md5: crate::digest::md5(r.body.as_bytes()),
             body: r.body.into_boxed_str(),
             extra,
             sent_ms: r.sent_ms,
             visible_at: r.visible_at,
-            first_recv_ms: r.first_recv_ms,
+            first_recv: 0,
             recv_count: r.recv_count,
             nonce: if in_flight { r.nonce } else { 0 },
             last_nonce: if in_flight { 0 } else { r.nonce },
@@ -631,6 +632,7 @@ fn build_queues(queues: Vec<QueueRow>, messages: Vec<crate::store::MsgRow>, path
             receiver,
             received_at: r.received_at,
         };
+        m.set_first_recv_ms(r.first_recv_ms);
         if let (true, Some(d)) = (q.fifo, r.dedup_id.as_ref()) {
             let key = match (&r.group_id, q.dedup_by_group()) {
                 (Some(g), true) => format!("{g}\u{0}{d}"),
@@ -1051,7 +1053,7 @@ fn render_message(m: &Msg, seq: u64, p: &RecvParams, region: &str, account: &str
     let mut v = Received {
         message_id: crate::digest::message_id(m.id),
         receipt_handle: receipt(seq, m.nonce),
-        md5_body: md5_hex(m.body.as_bytes()),
+        md5_body: crate::digest::hex16(&m.md5),
         body: m.body.to_string(),
         attributes: None,
         md5_attrs: None,
@@ -1070,7 +1072,7 @@ fn render_message(m: &Msg, seq: u64, p: &RecvParams, region: &str, account: &str
             a.insert("ApproximateReceiveCount".into(), json!(m.recv_count.to_string()));
         }
         if want("ApproximateFirstReceiveTimestamp") {
-            a.insert("ApproximateFirstReceiveTimestamp".into(), json!(m.first_recv_ms.to_string()));
+            a.insert("ApproximateFirstReceiveTimestamp".into(), json!(m.first_recv_ms().to_string()));
         }
         if let Some(e) = e {
             if let Some(g) = &e.group {

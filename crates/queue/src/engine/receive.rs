@@ -68,8 +68,8 @@ impl Broker {
             q.ready.remove(&seq);
             let m = q.msgs.get_mut(&seq).expect("present");
             m.recv_count += 1;
-            if m.first_recv_ms == 0 {
-                m.first_recv_ms = now;
+            if m.first_recv == 0 {
+                m.set_first_recv_ms(now);
             }
             m.nonce = loop {
                 let n: u32 = rand::random();

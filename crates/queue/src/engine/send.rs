@@ -27,7 +27,8 @@ impl Broker {
             )));
         }
         let now = ctx.now_ms;
-        let md5_body = md5_hex(body.as_bytes());
+        let md5 = crate::digest::md5(body.as_bytes());
+        let md5_body = crate::digest::hex16(&md5);
         let md5_attrs = attrs.as_ref().and_then(md5_of_attributes);
         let md5_sys = sys_attrs.as_ref().and_then(md5_of_attributes);
         let mut extra = None;
@@ -119,7 +120,8 @@ impl Broker {
             extra,
             sent_ms: now,
             visible_at: now + delay_s * 1000,
-            first_recv_ms: 0,
+            md5,
+            first_recv: 0,
             recv_count: 0,
             nonce: 0,
             last_nonce: 0,
