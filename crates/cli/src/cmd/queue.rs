@@ -21,7 +21,7 @@ pub struct ServeArgs {
     /// Address to bind.
     #[arg(long, default_value = "127.0.0.1")]
     pub bind: String,
-    /// Folder of the queue's data (`queue.db`).
+    /// Folder of the queue's data (`queue.db` and its operation log, `queue.oplog.*`).
     #[arg(long, default_value = ".coalmine")]
     pub data_dir: PathBuf,
     /// `commit`: answer a change only once it is on disk; `none`: answer at once.

@@ -44,10 +44,10 @@ pub(crate) trait Answer {
     }
 }
 
-impl Answer for Sent {
+impl Answer for Sent<'_> {
     fn write(&self, out: &mut Vec<u8>) {
         out.push(b'{');
-        if let Some(id) = &self.id {
+        if let Some(id) = self.id {
             out.extend_from_slice(b"\"Id\":");
             string(out, id);
             out.push(b',');
@@ -63,7 +63,7 @@ impl Answer for Sent {
     }
 }
 
-impl Answer for Done {
+impl Answer for Done<'_> {
     fn write(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"Id\":");
         string(out, &self.id);
@@ -151,8 +151,8 @@ mod tests {
             }
         }
         same(&ReceiveOut { messages: vec![] });
-        let sent = |id: Option<&str>, fifo: bool| Sent {
-            id: id.map(str::to_string),
+        let sent = |id: Option<&'static str>, fifo: bool| Sent {
+            id,
             message_id: crate::digest::message_id([1; 16]),
             md5_body: md5_hex(b"x"),
             md5_attrs: fifo.then(|| "m5".to_string()),
@@ -163,7 +163,7 @@ mod tests {
         same(&sent(None, true));
         let e = SqsError::invalid_parameter("bad \"value\"");
         same(&BatchOut { successful: vec![sent(Some("m\"0"), false), sent(Some("m1"), true)], failed: vec![Failed::new("m2", &e)] });
-        same(&BatchOut { successful: vec![Done { id: "d0".into() }, Done { id: "d\\1".into() }], failed: vec![] });
+        same(&BatchOut { successful: vec![Done { id: "d0" }, Done { id: "d\\1" }], failed: vec![] });
         same(&BatchOut::<Done> { successful: vec![], failed: vec![Failed::new("d", &e)] });
     }
 }

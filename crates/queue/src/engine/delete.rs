@@ -11,13 +11,13 @@ impl Broker {
         r
     }
 
-    pub(super) fn delete_batch(&self, name: &str, entries: Vec<(&str, Result<&str, SqsError>)>, ctx: &mut Ctx) -> Result<BatchOut<Done>, SqsError> {
+    pub(super) fn delete_batch<'a>(&self, name: &str, entries: Vec<(&'a str, Result<&str, SqsError>)>, ctx: &mut Ctx) -> Result<BatchOut<Done<'a>>, SqsError> {
         let mut st = self.lock();
         st.queue(name)?;
         let (mut ok, mut bad, mut ops) = (Vec::with_capacity(entries.len()), Vec::new(), Vec::with_capacity(entries.len()));
         for (id, h) in entries {
             match h.and_then(|h| Self::delete_one(&mut st, name, h, ctx, &mut ops)) {
-                Ok(()) => ok.push(Done { id: id.to_string() }),
+                Ok(()) => ok.push(Done { id }),
                 Err(e) => bad.push(Failed::new(id, &e)),
             }
         }

@@ -380,9 +380,9 @@ impl<'a> SendArgs<'a> {
 
 /// What sending one message answers (a batch entry's answer adds its `Id`).
 #[derive(serde::Serialize)]
-pub(crate) struct Sent {
+pub(crate) struct Sent<'a> {
     #[serde(rename = "Id", skip_serializing_if = "Option::is_none")]
-    id: Option<String>,
+    id: Option<&'a str>,
     #[serde(rename = "MessageId")]
     message_id: Ascii<36>,
     #[serde(rename = "MD5OfMessageBody")]
@@ -416,9 +416,9 @@ impl Failed {
 
 /// A batch entry that succeeded with nothing to say but its id.
 #[derive(serde::Serialize)]
-pub(crate) struct Done {
+pub(crate) struct Done<'a> {
     #[serde(rename = "Id")]
-    id: String,
+    id: &'a str,
 }
 
 #[derive(serde::Serialize)]

@@ -4,7 +4,7 @@ use super::*;
 
 impl Broker {
     /// Validate and enqueue one message. `req` is a SendMessage request or batch entry.
-    pub(super) fn send_one(&self, st: &mut State, name: &str, a: SendArgs<'_>, ctx: &Ctx, ops: &mut Vec<Op>) -> Result<Sent, SqsError> {
+    pub(super) fn send_one(&self, st: &mut State, name: &str, a: SendArgs<'_>, ctx: &Ctx, ops: &mut Vec<Op>) -> Result<Sent<'static>, SqsError> {
         let body = a.body?;
         check_body(body)?;
         let attrs = a.attrs?.filter(|m| !m.is_empty()).cloned();
@@ -146,7 +146,7 @@ impl Broker {
         Ok(out)
     }
 
-    pub(super) fn send_single(&self, name: &str, a: SendArgs<'_>, ctx: &mut Ctx) -> Result<Sent, SqsError> {
+    pub(super) fn send_single(&self, name: &str, a: SendArgs<'_>, ctx: &mut Ctx) -> Result<Sent<'static>, SqsError> {
         let mut st = self.lock();
         let mut ops = Vec::with_capacity(1);
         let r = self.send_one(&mut st, name, a, ctx, &mut ops);
@@ -162,7 +162,7 @@ impl Broker {
         self.send_entries(&name, entries, ctx).map(|r| to_value(&r))
     }
 
-    pub(super) fn send_entries(&self, name: &str, entries: Vec<(&str, SendArgs<'_>)>, ctx: &mut Ctx) -> Result<BatchOut<Sent>, SqsError> {
+    pub(super) fn send_entries<'a>(&self, name: &str, entries: Vec<(&'a str, SendArgs<'_>)>, ctx: &mut Ctx) -> Result<BatchOut<Sent<'a>>, SqsError> {
         let total: usize = entries.iter().map(|(_, a)| a.size()).sum();
         if total > MAX_MESSAGE_BYTES {
             return Err(SqsError::batch_too_long(total, MAX_MESSAGE_BYTES));
@@ -187,7 +187,7 @@ impl Broker {
         for (id, e) in entries {
             match self.send_one(&mut st, name, e, ctx, &mut ops) {
                 Ok(mut v) => {
-                    v.id = Some(id.to_string());
+                    v.id = Some(id);
                     ok.push(v)
                 }
                 Err(err) => bad.push(Failed::new(id, &err)),
