@@ -1,9 +1,9 @@
 //! The embedded SQS-compatible queue.
 //!
 //! [`Broker`] holds the queues (in memory, logged durably: an operation log folded into SQLite
-//! `queue.db`), serves the
-//! SQS wire protocols over HTTP ([`Broker::router`], [`Broker::serve`]), and gives the rest
-//! of coalmine per-consumer telemetry and dead-letter administration.
+//! `queue.db`), serves the SQS wire protocols over HTTP ([`Broker::router`],
+//! [`Broker::serve`]), and gives the rest of coalmine per-consumer telemetry and dead-letter
+//! administration.
 
 pub mod digest;
 mod engine;
