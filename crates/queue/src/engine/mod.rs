@@ -268,8 +268,9 @@ fn receipt(seq: u64, nonce: u32) -> Ascii<16> {
 }
 
 fn parse_receipt(h: &str) -> Result<(u64, u32), SqsError> {
-    let b = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(h.trim()).map_err(|_| SqsError::receipt_handle_invalid(h))?;
-    if b.len() != 12 {
+    let mut b = [0u8; 12];
+    let n = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode_slice(h.trim(), &mut b).map_err(|_| SqsError::receipt_handle_invalid(h))?;
+    if n != 12 {
         return Err(SqsError::receipt_handle_invalid(h));
     }
     let seq = u64::from_be_bytes(b[..8].try_into().unwrap());
@@ -1133,5 +1134,25 @@ impl<'a> WaitingGuard<'a> {
 impl Drop for WaitingGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A receipt handle reads back as the message and receive it names; anything else is
+    /// refused as invalid, whatever its length.
+    #[test]
+    fn receipt_handles_read_back_and_nothing_else_does() {
+        for (seq, nonce) in [(1, 1), (u64::MAX, u32::MAX), (42, 7)] {
+            let h = receipt(seq, nonce);
+            assert_eq!(h.as_str().len(), 16);
+            assert_eq!(parse_receipt(h.as_str()).unwrap(), (seq, nonce));
+        }
+        let long = format!("{}AAAA", receipt(1, 1));
+        for bad in ["", "AAAA", "AAAAAAAAAAEAAAAA", "AAAAAAAAAAEAAAA!", &long, "AAAAAAAAAAEAAAABAAAAAAAAAAEAAAAB"] {
+            assert_eq!(parse_receipt(bad).unwrap_err().code, "ReceiptHandleIsInvalid", "{bad:?}");
+        }
     }
 }
