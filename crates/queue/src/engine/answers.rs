@@ -34,6 +34,18 @@ fn field<T: serde::Serialize>(out: &mut Vec<u8>, key: &str, value: Option<&T>) {
     }
 }
 
+/// `[a,b,...]`.
+fn list<T: Answer>(out: &mut Vec<u8>, items: &[T]) {
+    out.push(b'[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        item.write(out);
+    }
+    out.push(b']');
+}
+
 pub(crate) trait Answer {
     fn write(&self, out: &mut Vec<u8>);
 
@@ -73,14 +85,9 @@ impl Answer for Done<'_> {
 
 impl<T: Answer> Answer for BatchOut<T> {
     fn write(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"{\"Successful\":[");
-        for (i, s) in self.successful.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            s.write(out);
-        }
-        out.extend_from_slice(b"],\"Failed\":");
+        out.extend_from_slice(b"{\"Successful\":");
+        list(out, &self.successful);
+        out.extend_from_slice(b",\"Failed\":");
         serde_json::to_writer(&mut *out, &self.failed).expect("answers are plain JSON");
         out.push(b'}');
     }
@@ -108,14 +115,9 @@ impl Answer for ReceiveOut {
             out.extend_from_slice(b"{}");
             return;
         }
-        out.extend_from_slice(b"{\"Messages\":[");
-        for (i, m) in self.messages.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            m.write(out);
-        }
-        out.extend_from_slice(b"]}");
+        out.extend_from_slice(b"{\"Messages\":");
+        list(out, &self.messages);
+        out.push(b'}');
     }
 }
 
