@@ -127,11 +127,11 @@ impl Msg {
         self.extra.as_ref().and_then(|e| e.group.as_ref())
     }
 
-    pub fn row(&self, seq: u64, queue: &str) -> crate::store::MsgRow {
+    pub fn row(&self, seq: u64, queue: Arc<str>) -> crate::store::MsgRow {
         let e = self.extra.as_deref();
         crate::store::MsgRow {
             seq,
-            queue: queue.to_string(),
+            queue,
             id: self.id,
             body: self.body.to_string(),
             attrs: e.and_then(|e| e.attrs.as_ref()).map(|a| Value::Object(a.clone()).to_string()),
@@ -279,7 +279,8 @@ impl std::ops::Index<&u64> for MsgStore {
 }
 
 pub(crate) struct Queue {
-    pub name: String,
+    /// (shared with the rows the store writes for its messages)
+    pub name: Arc<str>,
     pub fifo: bool,
     /// Attributes set by users (normalized strings).
     pub attrs: BTreeMap<String, String>,
@@ -458,7 +459,7 @@ pub fn valid_queue_name(name: &str) -> bool {
 impl Queue {
     pub fn new(name: &str, attrs: BTreeMap<String, String>, tags: BTreeMap<String, String>, created_s: u64) -> Queue {
         let mut q = Queue {
-            name: name.to_string(),
+            name: Arc::from(name),
             fifo: name.ends_with(".fifo"),
             attrs,
             tags,

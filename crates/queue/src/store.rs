@@ -16,7 +16,7 @@ use crate::error::QueueError;
 #[derive(Debug, Clone)]
 pub struct MsgRow {
     pub seq: u64,
-    pub queue: String,
+    pub queue: Arc<str>,
     /// The message id's UUID (stored as its hyphenated text).
     pub id: [u8; 16],
     pub body: String,
@@ -341,7 +341,7 @@ fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
     let rows = st.query_map([], |r| {
         Ok(MsgRow {
             seq: r.get::<_, i64>(0)? as u64,
-            queue: r.get(1)?,
+            queue: Arc::from(r.get::<_, String>(1)?),
             id: parse_id(&r.get::<_, String>(2)?),
             body: r.get(3)?,
             attrs: r.get(4)?,
@@ -412,7 +412,7 @@ fn apply(conn: &Connection, s: &mut Stmts<'_>, op: &Op) -> rusqlite::Result<()> 
         Op::Insert(m) | Op::Put(m) => {
             s.put.execute(params![
                 m.seq as i64,
-                m.queue,
+                &*m.queue,
                 crate::digest::message_id(m.id).as_str(),
                 m.body,
                 m.attrs,
@@ -743,7 +743,7 @@ mod oplog {
                 tag @ (1 | 2) => {
                     let m = Box::new(MsgRow {
                         seq,
-                        queue: r.str_()?,
+                        queue: std::sync::Arc::from(r.str_()?),
                         id: super::parse_id(&r.str_()?),
                         body: r.str_()?,
                         attrs: r.opt()?,
@@ -1235,7 +1235,7 @@ mod tests {
     fn row(seq: u64, queue: &str, body: &str) -> MsgRow {
         MsgRow {
             seq,
-            queue: queue.into(),
+            queue: Arc::from(queue),
             id: (seq as u128).to_be_bytes(),
             body: body.into(),
             attrs: None,

@@ -121,7 +121,7 @@ impl Broker {
                 e.dl_source = None;
                 e.dl_moved_at = 0;
             }
-            ops.push(Op::Put(Box::new(m.row(*seq, src))));
+            ops.push(Op::Put(Box::new(m.row(*seq, Arc::from(src.as_str())))));
             let d = queues.get_mut(src).expect("present");
             d.insert(*seq, m, now);
             d.notify.notify_one();
@@ -266,7 +266,7 @@ impl Broker {
     /// Counts of messages per queue and state (for metrics).
     pub(crate) fn depth_snapshot(&self) -> Vec<(String, usize, usize, usize)> {
         let st = self.lock();
-        let mut v: Vec<_> = st.queues.values().map(|q| (q.name.clone(), q.ready.len(), q.inflight, q.delayed())).collect();
+        let mut v: Vec<_> = st.queues.values().map(|q| (q.name.to_string(), q.ready.len(), q.inflight, q.delayed())).collect();
         v.sort();
         v
     }

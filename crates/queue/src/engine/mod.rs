@@ -568,7 +568,7 @@ impl State {
 
 fn queue_row(q: &Queue) -> QueueRow {
     QueueRow {
-        name: q.name.clone(),
+        name: q.name.to_string(),
         created_s: q.created_s,
         modified_s: q.modified_s,
         attrs: serde_json::to_string(&q.attrs).unwrap_or_default(),
@@ -596,7 +596,7 @@ fn build_queues(queues: Vec<QueueRow>, messages: Vec<crate::store::MsgRow>, path
         next_seq = next_seq.max(r.seq + 1);
         let sender = KeyId::intern(&r.sender);
         let receiver = r.receiver.as_deref().map(KeyId::intern).unwrap_or_default();
-        let Some(q) = out.get_mut(&r.queue) else {
+        let Some(q) = out.get_mut(&*r.queue) else {
             orphans += 1;
             continue;
         };
@@ -848,8 +848,8 @@ impl Broker {
                 if !st.queues.contains_key(&name) {
                     return Err(SqsError::queue_does_not_exist());
                 }
-                let mut names: Vec<&String> =
-                    st.queues.values().filter(|q| q.redrive.as_ref().is_some_and(|r| r.0 == name)).map(|q| &q.name).collect();
+                let mut names: Vec<&str> =
+                    st.queues.values().filter(|q| q.redrive.as_ref().is_some_and(|r| r.0 == name)).map(|q| &*q.name).collect();
                 names.sort();
                 Ok(self.paged(names, max, s(req, "NextToken"), &ctx.host, "queueUrls"))
             }

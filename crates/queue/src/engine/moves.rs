@@ -88,7 +88,7 @@ impl Broker {
                 m.visible_at = now;
                 m.nonce = 0;
                 let d = queues.get_mut(&src_name).expect("present");
-                ops.push(Op::Put(Box::new(m.row(seq, &src_name))));
+                ops.push(Op::Put(Box::new(m.row(seq, d.name.clone()))));
                 d.insert(seq, m, now);
                 d.notify.notify_one();
                 moved += 1;

@@ -95,11 +95,11 @@ impl Broker {
         Ok(name.to_string())
     }
 
-    pub(super) fn paged(&self, names: Vec<&String>, max: Option<i64>, token: Option<&str>, host: &str, field: &str) -> Value {
+    pub(super) fn paged(&self, names: Vec<&str>, max: Option<i64>, token: Option<&str>, host: &str, field: &str) -> Value {
         let start = token
             .and_then(|t| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(t).ok())
             .and_then(|b| String::from_utf8(b).ok());
-        let mut it: Vec<&String> = names.into_iter().filter(|n| start.as_ref().is_none_or(|s| n.as_str() > s.as_str())).collect();
+        let mut it: Vec<&str> = names.into_iter().filter(|n| start.as_ref().is_none_or(|s| *n > s.as_str())).collect();
         let limit = max.map(|m| m as usize).unwrap_or(1000);
         let more = it.len() > limit;
         it.truncate(limit);
@@ -108,7 +108,7 @@ impl Broker {
             out.insert(field.into(), json!(it.iter().map(|n| self.url(host, n)).collect::<Vec<_>>()));
         }
         if more && max.is_some() {
-            let last = it.last().map(|s| s.as_str()).unwrap_or("");
+            let last = it.last().copied().unwrap_or("");
             out.insert("NextToken".into(), json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(last)));
         }
         Value::Object(out)
@@ -118,7 +118,7 @@ impl Broker {
         let prefix = s(req, "QueueNamePrefix").unwrap_or("");
         let max = int_range(req, "MaxResults", 1, 1000)?;
         let st = self.lock();
-        let mut names: Vec<&String> = st.queues.keys().filter(|n| n.starts_with(prefix)).collect();
+        let mut names: Vec<&str> = st.queues.keys().filter(|n| n.starts_with(prefix)).map(String::as_str).collect();
         names.sort();
         Ok(self.paged(names, max, s(req, "NextToken"), &ctx.host, "QueueUrls"))
     }

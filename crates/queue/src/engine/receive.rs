@@ -110,7 +110,7 @@ impl Broker {
                 m.nonce = 0;
                 m.visible_at = now;
                 let dlq = queues.get_mut(&dlq_name).expect("dlq present");
-                ops.push(Op::Put(Box::new(m.row(seq, &dlq_name))));
+                ops.push(Op::Put(Box::new(m.row(seq, dlq.name.clone()))));
                 tracing::debug!(queue = %name, dlq = %dlq_name, "message moved to the dead-letter queue");
                 dlq.insert(seq, m, now);
                 dlq.notify.notify_one();

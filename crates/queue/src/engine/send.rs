@@ -130,7 +130,7 @@ impl Broker {
             received_at: 0,
         };
         // a sequence number never used before: a new row
-        ops.push(Op::Insert(Box::new(m.row(seq, name))));
+        ops.push(Op::Insert(Box::new(m.row(seq, q.name.clone()))));
         let mut out = Sent { id: None, message_id: crate::digest::message_id(m.id), md5_body, md5_attrs, md5_sys, sequence_number: None };
         if let Some(e) = m.extra.as_ref().filter(|_| q.fifo) {
             out.sequence_number = Some(format!("{:020}", e.seqnum));
