@@ -19,8 +19,11 @@
 //!
 //! `cargo bench -p coalmine-queue --bench throughput`; env: BENCH_SECS (10), BENCH_DURABILITY (commit|none),
 //! BENCH_PEER (none|commit|off), BENCH_PRODUCERS (32), BENCH_CONSUMERS (32), BENCH_THREADS (8),
-//! BENCH_RSS_MESSAGES (1000000), BENCH_SERVER_THREADS (server runtime workers; default 1, as `queue serve`),
-//! BENCH_SERVER_BIN (run that binary as `queue serve` instead, e.g. target/release/coalmine).
+//! BENCH_RSS_MESSAGES (1000000), BENCH_SERVER_THREADS (server runtime workers, passed to BENCH_SERVER_BIN as `--threads`;
+//! default 1, as `queue serve`),
+//! BENCH_SERVER_BIN (run that binary as `queue serve` instead, e.g. target/release/coalmine),
+//! BENCH_ROUNDS (4: full-load rounds of the broker and the ceiling side by side after the main
+//! figures; 0 for none).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -235,6 +238,9 @@ fn start_server(durability: &str) -> Server {
         Ok(bin) => {
             let mut c = Command::new(bin);
             c.args(["queue", "serve", "--port", "0", "--durability", durability, "--data-dir"]).arg(dir.path());
+            if let Ok(threads) = std::env::var("BENCH_SERVER_THREADS") {
+                c.args(["--threads", &threads]);
+            }
             c
         }
         Err(_) => {
@@ -328,6 +334,41 @@ fn print_figures(label: &str, f: &Figures) {
     println!("{label}             {}", f.half_requests);
 }
 
+/// Full-load runs of the broker and the ceiling in turn (broker, ceiling, ceiling, broker, …),
+/// each pair's ratios printed and their median: on a shared machine whose load drifts, a ratio
+/// of two runs side by side says more than one of two runs a minute apart.
+async fn alternate(durability: &str, a: (&aws_sdk_sqs::Client, &Server), b: (&aws_sdk_sqs::Client, &Server), rounds: u64, (producers, consumers, secs): (u64, u64, u64)) {
+    if rounds == 0 {
+        return;
+    }
+    let (mut tput, mut cpu) = (Vec::new(), Vec::new());
+    for i in 0..rounds {
+        let mut pair = Vec::new();
+        for (c, server) in if i % 2 == 0 { [a, b] } else { [b, a] } {
+            let q = c.create_queue().queue_name(format!("bench-round-{i}")).send().await.unwrap().queue_url().unwrap().to_string();
+            let r = run(c, &q, &server.pid, producers, consumers, secs, None).await;
+            let _ = c.purge_queue().queue_url(&q).send().await;
+            pair.push((r.deleted as f64 / r.secs, r.server_cpu_us / r.deleted.max(1) as f64));
+        }
+        let ((ta, ca), (tb, cb)) = if i % 2 == 0 { (pair[0], pair[1]) } else { (pair[1], pair[0]) };
+        tput.push(ta / tb.max(1.0));
+        cpu.push(ca / cb.max(0.001));
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    };
+    let list = |v: &[f64]| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(" ");
+    println!(
+        "{durability} vs sqsceiling, {rounds} full-load rounds side by side: end-to-end msgs/s {} x (median {:.2} x), server CPU/msg {} x (median {:.2} x)",
+        list(&tput),
+        median(&mut tput.clone()),
+        list(&cpu),
+        median(&mut cpu.clone())
+    );
+}
+
 /// As the `coalmine` binary does (see its main.rs).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -371,7 +412,6 @@ fn main() {
             let ceiling = start_ceiling(&bin, env("BENCH_CEILING_THREADS", 1));
             let cc = client(&ceiling.url);
             let p = measure(&cc, &ceiling, producers, consumers, secs).await;
-            drop(ceiling);
             print_figures("sqsceiling       ", &p);
             println!(
                 "{durability} vs sqsceiling: end-to-end msgs/s {:.2} x, server CPU/msg {:.2} x, half-load p99 {:.2} ms vs {:.2} ms",
@@ -380,6 +420,8 @@ fn main() {
                 main.half_p99,
                 p.half_p99
             );
+            alternate(&durability, (&c, &server), (&cc, &ceiling), env("BENCH_ROUNDS", 4), (producers, consumers, secs)).await;
+            drop(ceiling);
         }
         // RSS with many messages queued
         let total = env("BENCH_RSS_MESSAGES", 1_000_000);
