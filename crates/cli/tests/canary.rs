@@ -171,25 +171,13 @@ fn healthy_canary_on_a_noisy_app_is_not_rolled_back_and_can_be_approved() {
     let v2 = rig.commit(&run_sh(WORK_MS, NOISE, false), "a good release");
     let v = rig.wait_status("the healthy canary awaiting approval", T, |v| waiting_for_approval(v) && service_steady(v, "canary"));
     let id = exec_id(&v);
-    // Watch it for 30 s of traffic: it must stay, and the analysis must have looked at it.
-    let until = Instant::now() + Duration::from_secs(30);
-    let mut looked = 0;
-    while Instant::now() < until {
-        let v = rig.status();
-        assert!(exec_id(&v) == id && waiting_for_approval(&v), "the healthy canary was not kept: {}", v["execution"]);
-        assert!(v["execution"]["rollbacks"].as_array().is_none_or(|r| r.is_empty()));
-        let verdicts = v["execution"]["verdicts"].as_array().cloned().unwrap_or_default();
-        assert!(verdicts.iter().all(|x| x["outcome"] != "Fail"), "verdicts: {verdicts:?}");
-        looked = looked.max(verdicts.len());
-        send_more(&traffic, 5);
-    }
-    assert!(looked >= 4, "the alarms were evaluated");
-    let out = rig.outcomes();
-    assert!(Outcomes::count(&out.processed, &v2) >= 20, "the canary did real work");
+    // Watch it under traffic: it must stay, and the analysis must have judged it on enough data.
+    rig.watch_healthy_canary("noisy app", id, Duration::from_secs(30), 2 * T, || send_more(&traffic, 5));
     let v = rig.status();
-    let verdicts = v["execution"]["verdicts"].as_array().unwrap();
-    let fr = verdicts.iter().find(|x| x["alarm"] == "failure-ratio").expect("a failure-ratio verdict");
-    assert_eq!(fr["outcome"], "Pass", "enough data for a passing failure-ratio verdict: {fr}");
+    assert!(v["execution"]["rollbacks"].as_array().is_none_or(|r| r.is_empty()));
+    assert!(v["execution"]["verdicts"].as_array().is_some_and(|x| x.len() >= 4), "every alarm was evaluated: {}", v["execution"]["verdicts"]);
+    // And its own log shows the work (the traffic goes on, so this only waits for the log).
+    wait_for("the canary's log to show 20 messages processed", T, || (Outcomes::count(&rig.outcomes().processed, &v2) >= 20).then_some(()), || tail(&rig.up_log(), 40));
 
     let out = rig.cli(&["approve", &id.to_string(), "-m", "numbers look fine"]);
     assert!(out.status.success(), "approve: {}", String::from_utf8_lossy(&out.stderr));

@@ -18,7 +18,7 @@ mod sample;
 mod pyenv;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sample::*;
 use serde_json::Value;
@@ -141,12 +141,7 @@ fn all_styles(style: &str) {
         v["execution"]["revision"] == good.as_str() && waiting_for_approval(v) && service_steady(v, "canary")
     });
     let id = exec_id(&v);
-    let until = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < until {
-        let v = rig.status();
-        assert!(exec_id(&v) == id && waiting_for_approval(&v), "the healthy canary ({style}) was not kept: {}", v["execution"]);
-        send_more(&traffic, 5);
-    }
+    rig.watch_healthy_canary(style, id, Duration::from_secs(30), 2 * T, || send_more(&traffic, 5));
     let out = rig.cli(&["approve", &id.to_string(), "-m", "numbers look fine"]);
     assert!(out.status.success(), "approve: {}", String::from_utf8_lossy(&out.stderr));
     rig.wait_status("the good release on both services", T, |v| {

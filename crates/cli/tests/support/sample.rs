@@ -305,6 +305,34 @@ impl Rig {
         })
     }
 
+    /// Watch the healthy canary of execution `id` awaiting approval while `more` keeps the
+    /// traffic going: for at least `at_least`, and until its failure-ratio alarm has passed on a
+    /// full sample (`min_sample` messages completed by the canary and by the primary). A loaded
+    /// machine makes the tasks slower, so the watch lasts as long as that sample takes, up to
+    /// `timeout`. At every look the canary must still be kept and no alarm may have failed.
+    /// Returns the passing verdict.
+    pub fn watch_healthy_canary(&self, label: &str, id: i64, at_least: Duration, timeout: Duration, mut more: impl FnMut()) -> Value {
+        let start = Instant::now();
+        loop {
+            let v = self.status();
+            assert!(exec_id(&v) == id && waiting_for_approval(&v), "the healthy canary ({label}) was not kept: {}", v["execution"]);
+            let verdicts = v["execution"]["verdicts"].as_array().cloned().unwrap_or_default();
+            assert!(verdicts.iter().all(|x| x["outcome"] != "Fail"), "{label}: an alarm failed on the healthy canary: {verdicts:?}");
+            let ratio = verdicts.iter().find(|x| x["alarm"] == "failure-ratio").cloned().unwrap_or_default();
+            let n = |k: &str| ratio["numbers"][k].as_f64().unwrap_or(0.0);
+            let full = ratio["outcome"] == "Pass" && n("min_sample") > 0.0 && n("canary_n") >= n("min_sample") && n("primary_n") >= n("min_sample");
+            if full && start.elapsed() >= at_least {
+                return ratio;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "{label}: no passing failure-ratio verdict on a full sample after {timeout:?} of watching the healthy canary: {ratio}\n--- up.log (tail) ---\n{}",
+                tail(&self.up_log(), 40)
+            );
+            more();
+        }
+    }
+
     /// Commit `run_sh` as the first release and wait until both services run it.
     pub fn bootstrap(&mut self, run_sh: &str) -> String {
         let rev = self.commit(run_sh, "first release");
