@@ -64,8 +64,11 @@ def main():
             order = words[1] if len(words) > 1 and words[0] == "order" else "-"
             ok = random.random() >= fail_rate and not (fail_word and fail_word in m["Body"])
             if ok:
-                sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+                # The work is done: say so before the delete, so that a worker killed during the
+                # delete (which may have reached the queue) still leaves the line. If the delete
+                # did not happen, the message comes back and is processed again: at least once.
                 print(f"processed {m['MessageId']} revision={rev} task={task} ms={ms} order={order}", flush=True)
+                sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
             else:
                 print(f"failed {m['MessageId']} revision={rev} task={task} ms={ms} order={order} error=simulated", flush=True)
                 if not leave:

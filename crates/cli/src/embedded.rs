@@ -74,7 +74,7 @@ impl QueueControl for EmbeddedQueue {
             .dead_letters(&self.dlq)
             .map_err(err)?
             .into_iter()
-            .map(|d| DeadLetter { message_id: d.message_id, last_receiver: d.last_receiver })
+            .map(|d| DeadLetter { message_id: d.message_id, last_receiver: d.last_receiver, released_at_stop: false })
             .collect())
     }
 

@@ -423,7 +423,8 @@ impl QueueControl for SqsQueue {
             .iter()
             .map(|m| {
                 let id = m.message_id().unwrap_or_default().to_string();
-                DeadLetter { last_receiver: self.receiver_of(&id), message_id: id }
+                let released_at_stop = self.collector.lock().unwrap().released_at_stop(&id);
+                DeadLetter { last_receiver: self.receiver_of(&id), message_id: id, released_at_stop }
             })
             .collect();
         self.hand_back(messages)?;

@@ -38,11 +38,6 @@ fn num(v: &Value, key: &str) -> i64 {
 }
 
 /// Keep sending until `more` further messages went out (pacing, not synchronisation).
-fn send_more(traffic: &Traffic, more: usize) {
-    let target = traffic.sent() + more;
-    wait_for("the traffic to go on", Duration::from_secs(30), || (traffic.sent() >= target).then_some(()), String::new);
-}
-
 /// A canary failing `fail_rate` of its messages is rolled back; afterwards both services run
 /// the primary's revision, nothing is lost, and every message the canary failed was redriven
 /// and processed by the primary.
@@ -50,7 +45,7 @@ fn bad_canary_is_rolled_back(fail_rate: f64, within: Duration) {
     let mut rig = rig(MANUAL_STEPS);
     let v1 = rig.bootstrap(&run_sh(WORK_MS, NOISE, false));
     let traffic = Traffic::start(&rig, &rig.queue_url(APP), RATE);
-    send_more(&traffic, 40);
+    traffic.send_more(40);
     let v2 = rig.commit(&run_sh(WORK_MS, fail_rate, false), "a bad release");
     let v = rig.wait_status("the canary rolled back and back on the primary's revision", within, |v| {
         exec_status(v) == "RolledBack"
@@ -68,7 +63,7 @@ fn bad_canary_is_rolled_back(fail_rate: f64, within: Duration) {
     // Bad tasks get the 3 s rollback grace, not the deploy's; generous for a loaded machine.
     assert!(num(&rb, "canary_back_ms") < 60_000, "the canary left the bad revision {} ms after the decision", rb["canary_back_ms"]);
     // The traffic goes on for a while after the rollback, then everything must settle.
-    send_more(&traffic, 40);
+    traffic.send_more(40);
     let (sent, errors) = traffic.finish();
     assert!(errors.is_empty(), "every send acknowledged: {errors:?}");
     let out = rig.wait_settled(&sent, &[&v1], T);
@@ -135,7 +130,7 @@ fn canary_crashing_at_start_fails_the_execution_without_loss() {
     let mut rig = rig(MANUAL_STEPS);
     let v1 = rig.bootstrap(&run_sh(WORK_MS, NOISE, false));
     let traffic = Traffic::start(&rig, &rig.queue_url(APP), RATE);
-    send_more(&traffic, 20);
+    traffic.send_more(20);
     rig.commit(&run_sh(WORK_MS, NOISE, true), "crashes at start");
     let v = rig.wait_status("the execution to end", T, |v| {
         exec_id(v) > 1 && matches!(exec_status(v), "Failed" | "RolledBack")
@@ -149,7 +144,7 @@ fn canary_crashing_at_start_fails_the_execution_without_loss() {
         tasks_on(v, "canary", &v1) && service_steady(v, "canary") && service_revision(v, "canary") == v1
     });
     assert_eq!(service_revision(&v, "primary"), v1);
-    send_more(&traffic, 20);
+    traffic.send_more(20);
     let (sent, errors) = traffic.finish();
     assert!(errors.is_empty(), "{errors:?}");
     let out = rig.wait_settled(&sent, &[&v1], T);
@@ -167,12 +162,12 @@ fn healthy_canary_on_a_noisy_app_is_not_rolled_back_and_can_be_approved() {
     let mut rig = rig(MANUAL_STEPS);
     let v1 = rig.bootstrap(&run_sh(WORK_MS, NOISE, false));
     let traffic = Traffic::start(&rig, &rig.queue_url(APP), RATE);
-    send_more(&traffic, 20);
+    traffic.send_more(20);
     let v2 = rig.commit(&run_sh(WORK_MS, NOISE, false), "a good release");
     let v = rig.wait_status("the healthy canary awaiting approval", T, |v| waiting_for_approval(v) && service_steady(v, "canary"));
     let id = exec_id(&v);
     // Watch it under traffic: it must stay, and the analysis must have judged it on enough data.
-    rig.watch_healthy_canary("noisy app", id, Duration::from_secs(30), 2 * T, || send_more(&traffic, 5));
+    rig.watch_healthy_canary("noisy app", id, Duration::from_secs(30), 2 * T, || traffic.send_more(5));
     let v = rig.status();
     assert!(v["execution"]["rollbacks"].as_array().is_none_or(|r| r.is_empty()));
     assert!(v["execution"]["verdicts"].as_array().is_some_and(|x| x.len() >= 4), "every alarm was evaluated: {}", v["execution"]["verdicts"]);
@@ -199,7 +194,7 @@ fn analysis_step_promotes_a_healthy_canary_by_itself() {
     let mut rig = rig(&auto_steps("10s"));
     let v1 = rig.bootstrap(&run_sh(WORK_MS, NOISE, false));
     let traffic = Traffic::start(&rig, &rig.queue_url(APP), RATE);
-    send_more(&traffic, 20);
+    traffic.send_more(20);
     let v2 = rig.commit(&run_sh(WORK_MS, NOISE, false), "promoted by its numbers");
     let v = rig.wait_status("the release promoted automatically", Duration::from_secs(180), |v| {
         exec_id(v) > 1 && exec_status(v) == "Succeeded" && service_revision(v, "primary") == v2
@@ -228,7 +223,7 @@ fn hung_canary_is_rolled_back_and_its_messages_come_back_without_the_visibility_
     let mut rig = rig(MANUAL_STEPS);
     let v1 = rig.bootstrap(&run_sh(WORK_MS, NOISE, false));
     let traffic = Traffic::start(&rig, &rig.queue_url(APP), RATE);
-    send_more(&traffic, 20);
+    traffic.send_more(20);
     let v2 = rig.commit(&run_sh(600_000, 0.0, false), "hangs on every message");
     let v = rig.wait_status("the hung canary rolled back", T, |v| {
         exec_status(v) == "RolledBack" && tasks_on(v, "canary", &v1) && service_steady(v, "canary")
@@ -241,7 +236,7 @@ fn hung_canary_is_rolled_back_and_its_messages_come_back_without_the_visibility_
         reason.starts_with("alarm failure-ratio") || reason.starts_with("alarm hung"),
         "rolled back by the held messages (failure-ratio) or the hung alarm: {reason}"
     );
-    send_more(&traffic, 20);
+    traffic.send_more(20);
     let (sent, errors) = traffic.finish();
     assert!(errors.is_empty(), "{errors:?}");
     let out = rig.wait_settled(&sent, &[&v1], Duration::from_secs(100));

@@ -111,11 +111,6 @@ fn orders_in(endpoint: &str, app: &Path, url: &str) -> BTreeSet<u64> {
     })
 }
 
-fn send_more(traffic: &Traffic, more: usize) {
-    let target = traffic.sent() + more;
-    wait_for("the traffic to go on", Duration::from_secs(60), || (traffic.sent() >= target).then_some(()), String::new);
-}
-
 fn story(style: &str) {
     // moto's server, or another SQS (LocalStack: scripts/localstack-sqs.sh) with test credentials.
     let external = std::env::var("COALMINE_TEST_SQS_ENDPOINT").ok().filter(|e| !e.is_empty());
@@ -133,7 +128,7 @@ fn story(style: &str) {
     let v1 = rig.bootstrap(&noisy);
     let (queue, dlq) = (queue_url(&endpoint, rig.path(), &format!("{APP}-{style}")), queue_url(&endpoint, rig.path(), &format!("{APP}-{style}-dlq")));
     let traffic = Traffic::start(&rig, &queue, RATE);
-    send_more(&traffic, 60);
+    traffic.send_more(60);
 
     // Bad releases, one after another: each rolled back on the proxies' telemetry (or put back
     // by the circuit breaker).
@@ -157,7 +152,7 @@ fn story(style: &str) {
         eprintln!("{style}: the release that {name}: {}: {reason}", exec_status(&v));
         assert_eq!(service_revision(&v, "primary"), v1, "the primary never left its revision");
         bad_revisions.push(bad);
-        send_more(&traffic, 20);
+        traffic.send_more(20);
     }
 
     // A healthy release: kept under watch, then approved.
@@ -167,7 +162,7 @@ fn story(style: &str) {
     });
     let id = exec_id(&v);
     // The judgement saw the canary's messages through its proxy.
-    let ratio = rig.watch_healthy_canary(style, id, Duration::from_secs(30), 2 * T, || send_more(&traffic, 5));
+    let ratio = rig.watch_healthy_canary(style, id, Duration::from_secs(30), 2 * T, || traffic.send_more(5));
     eprintln!("{style}: the healthy canary kept: {}", ratio["reason"]);
     let out = rig.cli(&["approve", &id.to_string(), "-m", "numbers look fine"]);
     assert!(out.status.success(), "approve: {}", String::from_utf8_lossy(&out.stderr));

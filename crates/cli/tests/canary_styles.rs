@@ -78,11 +78,6 @@ fn num(v: &Value, key: &str) -> i64 {
 }
 
 /// Keep sending until `more` further messages went out (pacing, not synchronisation).
-fn send_more(traffic: &Traffic, more: usize) {
-    let target = traffic.sent() + more;
-    wait_for("the traffic to go on", Duration::from_secs(60), || (traffic.sent() >= target).then_some(()), String::new);
-}
-
 fn all_styles(style: &str) {
     let coalmine = PathBuf::from(env!("CARGO_BIN_EXE_coalmine"));
     // The buildspec copies this file beside run.sh; the worker runs from the source tree.
@@ -95,7 +90,7 @@ fn all_styles(style: &str) {
     let mut rig = Rig::new(&coalmine, &worker(), &toml);
     let v1 = rig.bootstrap(&noisy(style));
     let traffic = Traffic::start(&rig, &rig.queue_url(APP), RATE);
-    send_more(&traffic, 40);
+    traffic.send_more(40);
     let mut bad_revisions = Vec::new();
     for bad in bad_releases() {
         let rev = rig.commit(&run_py(style, &bad.settings), bad.name);
@@ -132,7 +127,7 @@ fn all_styles(style: &str) {
             None => eprintln!("{style}: release that {}: {}, the canary put back by the circuit breaker: {reason}", bad.name, exec_status(&v)),
         }
         assert_eq!(service_revision(&v, "primary"), v1, "the primary never left its revision");
-        send_more(&traffic, 20);
+        traffic.send_more(20);
     }
 
     // Last, a healthy release: kept under watch, then approved.
@@ -141,7 +136,7 @@ fn all_styles(style: &str) {
         v["execution"]["revision"] == good.as_str() && waiting_for_approval(v) && service_steady(v, "canary")
     });
     let id = exec_id(&v);
-    rig.watch_healthy_canary(style, id, Duration::from_secs(30), 2 * T, || send_more(&traffic, 5));
+    rig.watch_healthy_canary(style, id, Duration::from_secs(30), 2 * T, || traffic.send_more(5));
     let out = rig.cli(&["approve", &id.to_string(), "-m", "numbers look fine"]);
     assert!(out.status.success(), "approve: {}", String::from_utf8_lossy(&out.stderr));
     rig.wait_status("the good release on both services", T, |v| {

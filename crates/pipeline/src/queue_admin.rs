@@ -70,6 +70,10 @@ pub struct InFlight {
 pub struct DeadLetter {
     pub message_id: String,
     pub last_receiver: Option<String>,
+    /// Its last receiver did not fail it: the task stopped holding it and handed it back
+    /// unprocessed, and the queue counted that receive towards the DLQ (SQS does; the embedded
+    /// queue undoes the receive of a message it releases, so there this is never true).
+    pub released_at_stop: bool,
 }
 
 /// What a redrive of the whole DLQ did.

@@ -220,7 +220,7 @@ impl Builder for FakeBuilder {
 enum Place {
     Visible,
     InFlight { key: String, since_ms: u64 },
-    Dead { last_receiver: Option<String> },
+    Dead { last_receiver: Option<String>, released: bool },
     Deleted,
 }
 
@@ -348,7 +348,15 @@ impl FakeQueue {
     /// of 1): a failed attempt, then a dead letter whose last receiver is `consumer`.
     pub fn fail_to_dlq(&self, consumer: &str, n: usize) -> usize {
         let key = consumer.to_string();
-        self.settle(consumer, n, move || Place::Dead { last_receiver: Some(key.clone()) }, &[Ev::Returned, Ev::DeadLettered])
+        self.settle(consumer, n, move || Place::Dead { last_receiver: Some(key.clone()), released: false }, &[Ev::Returned, Ev::DeadLettered])
+    }
+
+    /// `consumer`'s task stops holding up to `n` messages, unprocessed: its proxy hands them
+    /// back and, as SQS counts that receive, they reach the DLQ (a max receive count of 1)
+    /// with `consumer` as their last receiver, released rather than failed.
+    pub fn release_to_dlq(&self, consumer: &str, n: usize) -> usize {
+        let key = consumer.to_string();
+        self.settle(consumer, n, move || Place::Dead { last_receiver: Some(key.clone()), released: true }, &[Ev::Released, Ev::DeadLettered])
     }
 
     /// Send `ok + failed` messages; `consumer` receives them, deletes `ok` and hands `failed` back.
@@ -418,7 +426,9 @@ impl QueueControl for FakeQueue {
             .messages
             .iter()
             .filter_map(|(id, p)| match p {
-                Place::Dead { last_receiver } => Some(DeadLetter { message_id: id.clone(), last_receiver: last_receiver.clone() }),
+                Place::Dead { last_receiver, released } => {
+                    Some(DeadLetter { message_id: id.clone(), last_receiver: last_receiver.clone(), released_at_stop: *released })
+                }
                 _ => None,
             })
             .collect())

@@ -237,6 +237,27 @@ fn a_rolled_back_canarys_dead_letters_go_back_only_once_its_tasks_are_gone() {
 }
 
 #[test]
+fn messages_a_stopped_task_handed_back_come_back_from_the_dlq_and_failures_stay() {
+    let (_dir, f) = fixture();
+    let (_first, id, _second) = canary_awaiting(&f);
+    let primary = f.runtime.task_keys("primary").remove(0);
+    // A primary task fails one message to the DLQ, and stops holding three more: on SQS its
+    // proxy hands them back and the next receive dead-letters them (a max receive count of 1).
+    f.queue.send(4);
+    f.queue.receive(&primary, 4);
+    f.queue.fail_to_dlq(&primary, 1);
+    f.queue.release_to_dlq(&primary, 3);
+    assert_eq!(f.queue.totals().dead, 4);
+    ticks(&f, 2, Duration::from_secs(6));
+    let t = f.queue.totals();
+    assert_eq!((t.dead, t.visible), (1, 3), "the three released go back, the failure stays: {t:?}");
+    assert!(t.conserved(), "{t:?}");
+    assert!(f.is_awaiting(id), "nothing else changed");
+    let said = f.store().unwrap().events(None, u32::MAX).unwrap().into_iter().any(|e| e.kind == "redrive" && e.reason.starts_with("redrove 3 message(s)"));
+    assert!(said, "the redrive is in the events");
+}
+
+#[test]
 fn a_healthy_canarys_old_failures_expiring_in_a_quiet_queue_do_not_roll_it_back() {
     // A worker that leaves its failed messages: the canary holds 3 failed ones while it
     // processes the rest like the primary; then the traffic stops, and one visibility timeout

@@ -51,12 +51,21 @@ pub struct TaskCounts {
 #[derive(Debug, Default)]
 pub struct Collector {
     proxies: HashMap<String, VecDeque<Report>>,
-    /// Message id -> (report time, (service, revision, task)) of the last task seen holding
-    /// or failing it: its last receiver, as far as the reports tell.
-    receivers: HashMap<String, (u64, (String, String, String))>,
+    /// Message id -> the last task seen holding or failing it: its last receiver, as far as
+    /// the reports tell.
+    receivers: HashMap<String, Receiver>,
     receiver_order: VecDeque<String>,
     /// Reports refused (not coalmine's, other versions), for the log.
     pub refused: u64,
+}
+
+/// Who held or failed a message last, when the report said so, and whether that task let go of
+/// it only because it stopped (handed back unprocessed by its proxy: not a failure of the app).
+#[derive(Clone, Debug)]
+struct Receiver {
+    time_ms: u64,
+    who: (String, String, String),
+    released: bool,
 }
 
 fn zero_like(r: &Report) -> Report {
@@ -81,12 +90,16 @@ impl Collector {
         // Failed ids, and ids held now: a task the runtime kills before its final report has
         // said in its last tick what it held. A newer report wins (reports arrive in any order).
         let who = (r.service.clone(), r.revision.clone(), r.task.clone());
-        for id in r.failed.iter().map(|f| &f.id).chain(&r.held_ids) {
+        let seen_now = r.failed.iter().map(|f| (&f.id, f.how == "released")).chain(r.held_ids.iter().map(|id| (id, false)));
+        for (id, released) in seen_now {
+            let now = Receiver { time_ms: r.time_ms, who: who.clone(), released };
             match self.receivers.get_mut(id) {
-                Some(seen) if seen.0 > r.time_ms => {}
-                Some(seen) => *seen = (r.time_ms, who.clone()),
+                Some(seen) if seen.time_ms > r.time_ms => {}
+                // A final report names a message both as held (its last tick) and released.
+                Some(seen) if seen.time_ms == r.time_ms && seen.who == now.who => seen.released |= released,
+                Some(seen) => *seen = now,
                 None => {
-                    self.receivers.insert(id.clone(), (r.time_ms, who.clone()));
+                    self.receivers.insert(id.clone(), now);
                     self.receiver_order.push_back(id.clone());
                     if self.receiver_order.len() > RECEIVER_IDS {
                         if let Some(old) = self.receiver_order.pop_front() {
@@ -109,7 +122,13 @@ impl Collector {
 
     /// The task that held or failed this message last, as (service, revision, task).
     pub fn last_receiver(&self, message_id: &str) -> Option<&(String, String, String)> {
-        self.receivers.get(message_id).map(|(_, who)| who)
+        self.receivers.get(message_id).map(|r| &r.who)
+    }
+
+    /// Whether the message's last receiver handed it back unprocessed when its task stopped
+    /// (its proxy's hand-back), rather than failing it.
+    pub fn released_at_stop(&self, message_id: &str) -> bool {
+        self.receivers.get(message_id).is_some_and(|r| r.released)
     }
 
     /// Per task, what it did since `since_ms`, as of `now_ms`.
@@ -283,6 +302,27 @@ mod tests {
         c.add(later);
         c.add(older);
         assert_eq!(c.last_receiver("m-9").map(|f| f.2.as_str()), Some("primary-2"));
+    }
+
+    #[test]
+    fn a_message_handed_back_at_the_stop_is_released_until_someone_holds_it_again() {
+        let mut c = Collector::default();
+        let mut tick = report("p1", 1, 2_000, 2, 0, 0);
+        tick.held_ids = vec!["m-1".into(), "m-2".into()];
+        c.add(tick);
+        // The final report: m-1 handed back at the stop, m-2 returned by the app (a failure).
+        let mut last = report("p1", 2, 3_000, 2, 0, 1);
+        last.kind = Kind::Final;
+        last.failed = vec![FailedReport { id: "m-1".into(), how: "released".into() }, FailedReport { id: "m-2".into(), how: "returned".into() }];
+        c.add(last);
+        assert!(c.released_at_stop("m-1"));
+        assert!(!c.released_at_stop("m-2"));
+        assert!(!c.released_at_stop("m-3"), "never seen");
+        // Received again by another task: its own now, and not released.
+        let mut again = report("p2", 1, 4_000, 1, 0, 0);
+        again.held_ids = vec!["m-1".into()];
+        c.add(again);
+        assert!(!c.released_at_stop("m-1"));
     }
 
     #[test]

@@ -181,6 +181,7 @@ struct LoopState {
     dlq_samples: Vec<(u64, u64)>,
     last_source_error: Option<String>,
     last_orphan_check_ms: u64,
+    last_released_redrive_ms: u64,
 }
 
 const ACTOR_ENGINE: &str = "coalmine";
@@ -345,6 +346,50 @@ impl Engine {
                     &format!("{n} message(s) held by {} stopped task(s) made visible again", gone.len()),
                 )?;
             }
+        }
+        self.redrive_released()
+    }
+
+    /// On SQS a stopping task's proxy hands back what the task still held, and SQS counts that
+    /// receive: with a max receive count of 1 such a message reaches the DLQ though nobody
+    /// failed it. Those go back to the queue (every 10 s), as the embedded queue's release never
+    /// sends them to the DLQ. Not a rolled-back canary revision's: its rollback redrives what
+    /// it held once its tasks are gone.
+    fn redrive_released(&self) -> Result<(), PipelineError> {
+        let now = self.now_ms();
+        {
+            let mut ls = self.loop_state.lock().unwrap();
+            if now < ls.last_released_redrive_ms + 10_000 {
+                return Ok(());
+            }
+            ls.last_released_redrive_ms = now;
+        }
+        let rolled_back: std::collections::HashSet<String> =
+            self.store.lock().unwrap().rollbacks(None)?.into_iter().map(|r| r.revision).collect();
+        let ids: Vec<String> = self
+            .queue
+            .dead_letters()?
+            .into_iter()
+            .filter(|d| {
+                d.released_at_stop
+                    && d.last_receiver
+                        .as_deref()
+                        .and_then(TaskIdentity::parse)
+                        .is_some_and(|id| !(id.service == "canary" && rolled_back.contains(&id.revision)))
+            })
+            .map(|d| d.message_id)
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let moved = self.queue.redrive(&ids)?;
+        if moved > 0 {
+            self.store.lock().unwrap().event(
+                None,
+                "redrive",
+                ACTOR_ENGINE,
+                &format!("redrove {moved} message(s) back to the queue that stopped tasks held and handed back unprocessed (the queue had counted that receive towards the DLQ)"),
+            )?;
         }
         Ok(())
     }
