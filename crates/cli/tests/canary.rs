@@ -37,7 +37,6 @@ fn num(v: &Value, key: &str) -> i64 {
     v[key].as_i64().unwrap_or_else(|| panic!("{key} missing in {v}"))
 }
 
-/// Keep sending until `more` further messages went out (pacing, not synchronisation).
 /// A canary failing `fail_rate` of its messages is rolled back; afterwards both services run
 /// the primary's revision, nothing is lost, and every message the canary failed was redriven
 /// and processed by the primary.

@@ -77,7 +77,6 @@ fn num(v: &Value, key: &str) -> i64 {
     v[key].as_i64().unwrap_or_else(|| panic!("{key} missing in {v}"))
 }
 
-/// Keep sending until `more` further messages went out (pacing, not synchronisation).
 fn all_styles(style: &str) {
     let coalmine = PathBuf::from(env!("CARGO_BIN_EXE_coalmine"));
     // The buildspec copies this file beside run.sh; the worker runs from the source tree.
