@@ -258,6 +258,47 @@ fn messages_a_stopped_task_handed_back_come_back_from_the_dlq_and_failures_stay(
 }
 
 #[test]
+fn a_judged_canarys_handed_back_messages_wait_in_the_dlq_for_the_verdict() {
+    // A canary task crashes holding two messages; its proxy hands them back and the next
+    // receive dead-letters them. While the canary is judged they stay: its rollback redrives
+    // them and its report counts them, nothing lost.
+    let (_dir, f) = fixture();
+    let (first, id, second) = canary_awaiting(&f);
+    let bad = f.canary_key(&second).expect("a canary task runs the second revision");
+    f.queue.send(2);
+    f.queue.receive(&bad, 2);
+    f.queue.release_to_dlq(&bad, 2);
+    ticks(&f, 3, Duration::from_secs(6));
+    assert!(f.is_awaiting(id), "{}", f.execution(id).unwrap().reason);
+    assert_eq!(f.queue.totals().dead, 2, "not redriven while the canary is judged");
+    f.engine.rollback("alice", "not this one").unwrap();
+    ticks(&f, 3, Duration::from_secs(6));
+    assert_eq!(f.running_revision("canary").as_deref(), Some(first.as_str()));
+    let rb = f.store().unwrap().rollbacks(Some(id)).unwrap().remove(0);
+    assert_eq!((rb.released, rb.dead_lettered, rb.redriven, rb.lost), (2, 2, 2, 0), "{rb:?}");
+    let t = f.queue.totals();
+    assert_eq!((t.dead, t.visible), (0, 2), "{t:?}");
+    assert!(t.conserved(), "{t:?}");
+}
+
+#[test]
+fn an_approved_canarys_handed_back_messages_come_back_from_the_dlq() {
+    let (_dir, f) = fixture();
+    let (_, id, second) = canary_awaiting(&f);
+    let canary = f.canary_key(&second).expect("a canary task runs the second revision");
+    f.queue.send(2);
+    f.queue.receive(&canary, 2);
+    f.queue.release_to_dlq(&canary, 2);
+    ticks(&f, 2, Duration::from_secs(6));
+    assert_eq!(f.queue.totals().dead, 2, "not redriven while the canary is judged");
+    f.engine.decide(id, true, "alice", "").unwrap();
+    f.tick_until("the release to succeed", |f| f.execution(id).unwrap().status == status::SUCCEEDED).unwrap();
+    ticks(&f, 2, Duration::from_secs(6));
+    let t = f.queue.totals();
+    assert_eq!((t.dead, t.visible), (0, 2), "once its revision is the primary's, they go back: {t:?}");
+}
+
+#[test]
 fn a_healthy_canarys_old_failures_expiring_in_a_quiet_queue_do_not_roll_it_back() {
     // A worker that leaves its failed messages: the canary holds 3 failed ones while it
     // processes the rest like the primary; then the traffic stops, and one visibility timeout

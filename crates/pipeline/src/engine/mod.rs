@@ -353,8 +353,9 @@ impl Engine {
     /// On SQS a stopping task's proxy hands back what the task still held, and SQS counts that
     /// receive: with a max receive count of 1 such a message reaches the DLQ though nobody
     /// failed it. Those go back to the queue (every 10 s), as the embedded queue's release never
-    /// sends them to the DLQ. Not a rolled-back canary revision's: its rollback redrives what
-    /// it held once its tasks are gone.
+    /// sends them to the DLQ. Not a canary revision's while it is judged (a crashed canary's
+    /// message waits for the verdict), nor a rolled-back one's: its rollback redrives what it
+    /// held once its tasks are gone, and its report counts them.
     fn redrive_released(&self) -> Result<(), PipelineError> {
         let now = self.now_ms();
         {
@@ -364,8 +365,17 @@ impl Engine {
             }
             ls.last_released_redrive_ms = now;
         }
-        let rolled_back: std::collections::HashSet<String> =
-            self.store.lock().unwrap().rollbacks(None)?.into_iter().map(|r| r.revision).collect();
+        // Canary revisions whose dead letters wait: the rolled-back ones and the one judged.
+        let waiting: std::collections::HashSet<String> = {
+            let store = self.store.lock().unwrap();
+            let mut waiting: std::collections::HashSet<String> = store.rollbacks(None)?.into_iter().map(|r| r.revision).collect();
+            if let (Some((canary, _)), primary) = (store.service("canary")?, store.kv_get("primary_revision")?) {
+                if primary.as_deref() != Some(canary.as_str()) {
+                    waiting.insert(canary);
+                }
+            }
+            waiting
+        };
         let ids: Vec<String> = self
             .queue
             .dead_letters()?
@@ -375,7 +385,7 @@ impl Engine {
                     && d.last_receiver
                         .as_deref()
                         .and_then(TaskIdentity::parse)
-                        .is_some_and(|id| !(id.service == "canary" && rolled_back.contains(&id.revision)))
+                        .is_some_and(|id| !(id.service == "canary" && waiting.contains(&id.revision)))
             })
             .map(|d| d.message_id)
             .collect();
