@@ -257,20 +257,27 @@ fn messages_a_stopped_task_handed_back_come_back_from_the_dlq_and_failures_stay(
     assert!(said, "the redrive is in the events");
 }
 
+/// A canary awaiting approval whose task stopped holding two messages, handed back by its
+/// proxy and dead-lettered at their next receive; they stay there while the canary is judged.
+fn canary_hands_back_two_to_the_dlq(f: &Fixture) -> (String, i64) {
+    let (first, id, second) = canary_awaiting(f);
+    let canary = f.canary_key(&second).expect("a canary task runs the second revision");
+    f.queue.send(2);
+    f.queue.receive(&canary, 2);
+    f.queue.release_to_dlq(&canary, 2);
+    ticks(f, 3, Duration::from_secs(6));
+    assert!(f.is_awaiting(id), "{}", f.execution(id).unwrap().reason);
+    assert_eq!(f.queue.totals().dead, 2, "not redriven while the canary is judged");
+    (first, id)
+}
+
 #[test]
 fn a_judged_canarys_handed_back_messages_wait_in_the_dlq_for_the_verdict() {
     // A canary task crashes holding two messages; its proxy hands them back and the next
     // receive dead-letters them. While the canary is judged they stay: its rollback redrives
     // them and its report counts them, nothing lost.
     let (_dir, f) = fixture();
-    let (first, id, second) = canary_awaiting(&f);
-    let bad = f.canary_key(&second).expect("a canary task runs the second revision");
-    f.queue.send(2);
-    f.queue.receive(&bad, 2);
-    f.queue.release_to_dlq(&bad, 2);
-    ticks(&f, 3, Duration::from_secs(6));
-    assert!(f.is_awaiting(id), "{}", f.execution(id).unwrap().reason);
-    assert_eq!(f.queue.totals().dead, 2, "not redriven while the canary is judged");
+    let (first, id) = canary_hands_back_two_to_the_dlq(&f);
     f.engine.rollback("alice", "not this one").unwrap();
     ticks(&f, 3, Duration::from_secs(6));
     assert_eq!(f.running_revision("canary").as_deref(), Some(first.as_str()));
@@ -284,13 +291,7 @@ fn a_judged_canarys_handed_back_messages_wait_in_the_dlq_for_the_verdict() {
 #[test]
 fn an_approved_canarys_handed_back_messages_come_back_from_the_dlq() {
     let (_dir, f) = fixture();
-    let (_, id, second) = canary_awaiting(&f);
-    let canary = f.canary_key(&second).expect("a canary task runs the second revision");
-    f.queue.send(2);
-    f.queue.receive(&canary, 2);
-    f.queue.release_to_dlq(&canary, 2);
-    ticks(&f, 2, Duration::from_secs(6));
-    assert_eq!(f.queue.totals().dead, 2, "not redriven while the canary is judged");
+    let (_, id) = canary_hands_back_two_to_the_dlq(&f);
     f.engine.decide(id, true, "alice", "").unwrap();
     f.tick_until("the release to succeed", |f| f.execution(id).unwrap().status == status::SUCCEEDED).unwrap();
     ticks(&f, 2, Duration::from_secs(6));

@@ -6,14 +6,10 @@ impl Engine {
     /// Evaluate the alarms for the execution whose canary is under watch: from the canary
     /// deploy until the primary deploy completes.
     pub(super) fn watch_alarms(&self) -> Result<(), PipelineError> {
-        let now = self.now_ms();
-        {
-            let mut ls = self.loop_state.lock().unwrap();
-            if now < ls.last_alarm_ms + 500 {
-                return Ok(());
-            }
-            ls.last_alarm_ms = now;
+        if !self.due(|ls| &mut ls.last_alarm_ms, 500) {
+            return Ok(());
         }
+        let now = self.now_ms();
         let store = self.store.lock().unwrap();
         let Some(exec) = store.executions_in(status::IN_PROGRESS)?.into_iter().next() else { return Ok(()) };
         if exec.bootstrap {

@@ -310,16 +310,23 @@ impl Engine {
         first.map_or(Ok(()), Err)
     }
 
+    /// Whether a step run every `every_ms` is due (`last` is when it last ran); if so, it runs now.
+    fn due(&self, last: fn(&mut LoopState) -> &mut u64, every_ms: u64) -> bool {
+        let now = self.now_ms();
+        let mut ls = self.loop_state.lock().unwrap();
+        let last = last(&mut ls);
+        if now < *last + every_ms {
+            return false;
+        }
+        *last = now;
+        true
+    }
+
     /// Messages held by tasks that no longer exist (stopped by a deployment, killed) go back
     /// to the queue now instead of after their visibility timeout.
     fn release_orphans(&self) -> Result<(), PipelineError> {
-        let now = self.now_ms();
-        {
-            let mut ls = self.loop_state.lock().unwrap();
-            if now < ls.last_orphan_check_ms + 2000 {
-                return Ok(());
-            }
-            ls.last_orphan_check_ms = now;
+        if !self.due(|ls| &mut ls.last_orphan_check_ms, 2000) {
+            return Ok(());
         }
         let live: std::collections::HashSet<String> = self
             .runtime
@@ -357,13 +364,8 @@ impl Engine {
     /// message waits for the verdict), nor a rolled-back one's: its rollback redrives what it
     /// held once its tasks are gone, and its report counts them.
     fn redrive_released(&self) -> Result<(), PipelineError> {
-        let now = self.now_ms();
-        {
-            let mut ls = self.loop_state.lock().unwrap();
-            if now < ls.last_released_redrive_ms + 10_000 {
-                return Ok(());
-            }
-            ls.last_released_redrive_ms = now;
+        if !self.due(|ls| &mut ls.last_released_redrive_ms, 10_000) {
+            return Ok(());
         }
         // Canary revisions whose dead letters wait: the rolled-back ones and the one judged.
         let waiting: std::collections::HashSet<String> = {
